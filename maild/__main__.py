@@ -1,0 +1,5 @@
+"""Allow ``python -m maild``."""
+
+from maild.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,69 @@
+"""A config factory for tests (Flask's ``create_app(test_config)``): real TOML files on disk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from maild.config import Config, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+AREAS_FILE = REPO / "config" / "areas.toml"
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str | Path):
+        return json.dumps(str(value), ensure_ascii=False)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def to_toml(data: dict[str, dict[str, Any]]) -> str:
+    lines = []
+    for section, table in data.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {_value(value)}" for key, value in table.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def base_settings(folder: Path) -> dict[str, dict[str, Any]]:
+    """A complete config for a daemon under ``folder``: ports 0, relay a maildir."""
+    return {
+        "service": {
+            "base_url": "http://127.0.0.1:8080",
+            "state_dir": str(folder / "state"),
+        },
+        "smtp": {
+            "listen": "127.0.0.1:0",
+            "hostname": "mail.example.jp",
+            "registration_address": "entry@mail.example.jp",
+            "bounce_address": "bounce@mail.example.jp",
+        },
+        "web": {"listen": "127.0.0.1:0"},
+        "relay": {"url": f"maildir:{folder / 'maildir'}"},
+        "mail": {"from_address": "info@mail.example.jp"},
+        "spool": {"dir": str(folder / "spool")},
+        "areas": {"file": str(AREAS_FILE)},
+    }
+
+
+def write_config(folder: Path, **overrides: dict[str, Any]) -> Path:
+    """Write ``folder/maild.toml`` from the base settings with sections updated by overrides."""
+    settings = base_settings(folder)
+    for section, table in overrides.items():
+        settings.setdefault(section, {}).update(table)
+    path = folder / "maild.toml"
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(to_toml(settings), encoding="utf-8")
+    return path
+
+
+def make_config(folder: Path, **overrides: dict[str, Any]) -> Config:
+    return load_config(write_config(folder, **overrides))

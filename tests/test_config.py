@@ -1,0 +1,106 @@
+"""The config is checked once at load; every mistake names its key and file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from maild.config import ConfigError, ListenAddress, load_config
+from tests.configs import REPO, make_config, to_toml, write_config
+
+
+def test_example_config_loads_with_spec_defaults() -> None:
+    config = load_config(REPO / "config" / "maild.example.toml")
+    assert config.smtp.listen == ListenAddress("0.0.0.0", 25)
+    assert config.window.start == "08:30" and config.window.end == "17:15"
+    assert config.limits.answers_per_ip_per_minute == 120
+    assert config.database_url == "sqlite:////var/lib/maild/maild.db"
+    assert config.areas.file == REPO / "config" / "areas.toml"
+
+
+def test_dev_config_uses_local_folders() -> None:
+    config = load_config(REPO / "config" / "dev.toml")
+    assert config.service.state_dir == REPO / "var"
+    assert config.relay.scheme == "maildir"
+    assert config.relay.url == f"maildir:{REPO / 'var' / 'maildir'}"
+    assert config.smtp.listen == ListenAddress("127.0.0.1", 8025)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"smtp": {"listne": "x"}}, "[smtp] listne: unknown key"),
+        ({"smtp": {"listen": "localhost"}}, "[smtp] listen: 'localhost' is not HOST:PORT"),
+        ({"smtp": {"listen": "127.0.0.1:70000"}}, "[smtp] listen: port 70000 is out of range"),
+        ({"smtp": {"max_message_size": "big"}}, "[smtp] max_message_size: must be an integer"),
+        ({"relay": {"connections": 0}}, "[relay] connections: must be between 1 and 256"),
+        ({"relay": {"url": "http://x"}}, "[relay] url: 'http://x' is not smtp://"),
+        ({"relay": {"username": "u"}}, "[relay] password_file: a username needs a password_file"),
+        ({"window": {"start": "8:30"}}, "[window] start: '8:30' is not a time HH:MM"),
+        ({"window": {"start": "18:00"}}, "[window] end: must be later than start"),
+        ({"window": {"days": ["monday"]}}, "[window] days: 'monday' is not allowed here"),
+        ({"service": {"timezone": "Mars/Base"}}, "[service] timezone: 'Mars/Base' is not a known"),
+        ({"areas": {"file": "missing.toml"}}, "[areas] file: area file"),
+        ({"limits": {"trusted_networks": ["10.0.0.0/33"]}}, "[limits] trusted_networks"),
+        ({"nonsense": {"a": 1}}, "unknown section [nonsense]"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, overrides: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        make_config(tmp_path, **overrides)
+    assert message in str(error.value)
+    assert str(tmp_path / "maild.toml") in str(error.value)
+
+
+def test_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "pw").write_text("secret\n")
+    path = tmp_path / "etc" / "maild.toml"
+    path.write_text(
+        to_toml(
+            {
+                "service": {"state_dir": "state"},
+                "relay": {"url": "smtp://127.0.0.1:2525", "username": "u", "password_file": "pw"},
+                "areas": {"file": str(REPO / "config" / "areas.toml")},
+            }
+        )
+    )
+    config = load_config(path)
+    assert config.service.state_dir == tmp_path / "etc" / "state"
+    assert config.relay.password() == "secret"
+    assert (config.relay.host, config.relay.port) == ("127.0.0.1", 2525)
+
+
+def test_check_config_command(tmp_path: Path) -> None:
+    good = write_config(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "maild", "--config", str(good), "check-config"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "OK" in done.stdout
+
+    bad = write_config(tmp_path / "bad", web={"listen": "nowhere"})
+    done = subprocess.run(
+        [sys.executable, "-m", "maild", "--config", str(bad), "check-config"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert "[web] listen" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.count("\n") == 1  # one sentence
+
+
+def test_missing_config_file_is_one_sentence(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "maild", "--config", str(tmp_path / "nope.toml"), "check-config"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert "does not exist" in done.stderr and "Traceback" not in done.stderr

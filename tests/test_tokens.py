@@ -1,0 +1,72 @@
+"""Signed links: purposes don't mix, register links expire, keys rotate."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from maild.clock import FakeClock
+from maild.tokens import (
+    MANAGE,
+    REGISTER,
+    UNSUBSCRIBE,
+    LinkError,
+    Links,
+    load_or_create_key,
+)
+
+
+def test_key_is_created_once_and_private(tmp_path: Path) -> None:
+    key = load_or_create_key(tmp_path / "state")
+    assert load_or_create_key(tmp_path / "state") == key
+    mode = stat.S_IMODE(os.stat(tmp_path / "state" / "secret.key").st_mode)
+    assert mode == 0o600
+
+
+def test_purposes_do_not_mix() -> None:
+    links = Links(b"k" * 64)
+    token = links.subscriber_link(MANAGE, 7, "abc")
+    assert links.check_subscriber_link(MANAGE, token) == (7, "abc")
+    with pytest.raises(LinkError) as error:
+        links.check_subscriber_link(UNSUBSCRIBE, token)
+    assert error.value.reason == "invalid"
+
+
+def test_register_links_expire_after_24_hours() -> None:
+    clock = FakeClock()
+    links = Links(b"k" * 64, clock=clock)
+    token = links.subscriber_link(REGISTER, 1, "abc")
+    clock.advance(hours=23, minutes=59)
+    assert links.check_subscriber_link(REGISTER, token) == (1, "abc")
+    clock.advance(minutes=2)
+    with pytest.raises(LinkError) as error:
+        links.check_subscriber_link(REGISTER, token)
+    assert error.value.reason == "expired"
+
+
+def test_manage_links_do_not_expire() -> None:
+    clock = FakeClock()
+    links = Links(b"k" * 64, clock=clock)
+    token = links.subscriber_link(MANAGE, 1, "abc")
+    clock.advance(days=3650)
+    assert links.check_subscriber_link(MANAGE, token) == (1, "abc")
+
+
+def test_tampered_token_is_invalid() -> None:
+    links = Links(b"k" * 64)
+    token = links.subscriber_link(MANAGE, 1, "abc")
+    tampered = token[:-2] + ("AA" if token[-2:] != "AA" else "BB")
+    with pytest.raises(LinkError):
+        links.check_subscriber_link(MANAGE, tampered)
+
+
+def test_old_keys_still_verify_after_rotation() -> None:
+    old = Links(b"o" * 64)
+    token = old.subscriber_link(MANAGE, 3, "k")
+    rotated = Links(b"n" * 64, old_keys=[b"o" * 64])
+    assert rotated.check_subscriber_link(MANAGE, token) == (3, "k")
+    with pytest.raises(LinkError):
+        Links(b"n" * 64).check_subscriber_link(MANAGE, token)
