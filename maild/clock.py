@@ -47,3 +47,29 @@ class FakeClock(Clock):
     def advance(self, **delta: float) -> None:
         with self._lock:
             self._now += dt.timedelta(**delta)
+
+
+class FileClock(Clock):
+    """Reads "now" from a file holding an ISO 8601 moment: the daemon's clock for tests.
+
+    A test (or a rehearsal of a holiday send) passes the file's path in
+    ``MAILD_CLOCK_FILE`` and rewrites the file to move the daemon's time; nothing
+    sleeps. An unreadable file is a hard error rather than a silent fall-back.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def now(self) -> dt.datetime:
+        with open(self.path, encoding="ascii") as f:
+            moment = dt.datetime.fromisoformat(f.read().strip())
+        if moment.tzinfo is None:
+            raise ValueError(f"{self.path}: the moment needs a UTC offset")
+        return moment.astimezone(UTC)
+
+
+def clock_from_environment() -> Clock:
+    import os
+
+    path = os.environ.get("MAILD_CLOCK_FILE")
+    return FileClock(path) if path else Clock()

@@ -267,7 +267,13 @@ class _Reader:
         return value
 
 
-_KIND_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list"}
+_KIND_NAMES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    list: "a list",
+}
 
 _HHMM = r"([01]\d|2[0-3]):[0-5]\d"
 _MMDD = r"(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])"
@@ -281,9 +287,7 @@ def _read_service(r: _Reader) -> ServiceConfig:
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         raise r.fail("timezone", f"{timezone!r} is not a known time zone") from None
     base_url = r.text("base_url", d.base_url, r"https?://[^\s/]+(/[^\s]*)?", "an http(s) URL")
-    old_keys = tuple(
-        (r.base / p).resolve() for p in r.texts("old_secret_key_files", ())
-    )
+    old_keys = tuple((r.base / p).resolve() for p in r.texts("old_secret_key_files", ()))
     for key_file in old_keys:
         if not key_file.is_file():
             raise r.fail("old_secret_key_files", f"file {key_file} does not exist")
@@ -334,7 +338,8 @@ def _read_relay(r: _Reader) -> RelayConfig:
         url = "maildir:" + str((r.base / folder).resolve())
     elif not re.fullmatch(r"(smtp|smtp\+starttls|smtps)://[^\s/:]+(:\d{1,5})?/?", url):
         raise r.fail(
-            "url", f"{url!r} is not smtp://HOST[:PORT], smtp+starttls://…, smtps://… or maildir:PATH"
+            "url",
+            f"{url!r} is not smtp://HOST[:PORT], smtp+starttls://…, smtps://… or maildir:PATH",
         )
     username = r.text("username", d.username)
     password_file = r.existing_file("password_file")
@@ -406,7 +411,9 @@ def _read_window(r: _Reader) -> WindowConfig:
         start=start,
         end=end,
         holidays=r.text("holidays", d.holidays, r"([A-Z]{2})?", "a country code such as JP"),
-        closed_dates=r.texts("closed_dates", d.closed_dates, lambda x: bool(re.fullmatch(_MMDD, x))),
+        closed_dates=r.texts(
+            "closed_dates", d.closed_dates, lambda x: bool(re.fullmatch(_MMDD, x))
+        ),
     )
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import DateTime, Engine, create_engine, event
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -61,13 +63,25 @@ def _create_private_file(path: Path) -> None:
     os.chmod(path, 0o600)
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; for SQLite the file is created 0600 and put in WAL mode."""
+class SchemaError(Exception):
+    """The database is missing or older than this maild; the message says what to run."""
+
+
+def make_engine(url: str, create: bool = True) -> Engine:
+    """An engine for ``url``; for SQLite the file is created 0600 and put in WAL mode.
+
+    ``create=False`` (the operators' commands) refuses to create a missing SQLite file,
+    which would otherwise belong to whoever ran the command instead of the service.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+        return create_engine(url, pool_pre_ping=True, hide_parameters=True)
     if parsed.database and parsed.database != ":memory:":
         database = Path(parsed.database)
+        if not create and not database.exists():
+            raise SchemaError(
+                f"database {database} does not exist: start the daemon or run `maild db upgrade`"
+            )
         _create_private_file(database)
         # SQLite gives -wal and -shm the database file's mode; create them early anyway
         # so that no umask can widen them.
@@ -76,7 +90,9 @@ def make_engine(url: str) -> Engine:
             if sidecar.exists():
                 os.chmod(sidecar, 0o600)
     engine = create_engine(
-        url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
+        url,
+        hide_parameters=True,  # SQL errors would otherwise print addresses
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
     )
 
     @event.listens_for(engine, "connect")
@@ -94,9 +110,9 @@ def make_engine(url: str) -> Engine:
 class Database:
     """The engine and a session factory; one session per message or request (STYLE §7)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, create: bool = True) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, create)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -107,6 +123,17 @@ class Database:
 
     def upgrade(self) -> None:
         upgrade(self.url, self.engine)
+
+    def check_schema(self) -> None:
+        """Raise :class:`SchemaError` unless the schema is at the newest revision."""
+        script = ScriptDirectory.from_config(alembic_config(self.url))
+        with self.engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+        if current != script.get_current_head():
+            raise SchemaError(
+                f"the database schema is at {current or 'nothing'}, this maild needs "
+                f"{script.get_current_head()}: run `maild db upgrade`"
+            )
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -83,3 +83,81 @@ class OutboxMail(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+# Alert.status values (SPEC §2)
+PENDING_APPROVAL = "pending_approval"
+SCHEDULED = "scheduled"
+SENDING = "sending"
+ALERT_SENT = "sent"
+CANCELLED = "cancelled"
+ALERT_FAILED = "failed"
+ALERT_STATUSES = (PENDING_APPROVAL, SCHEDULED, SENDING, ALERT_SENT, CANCELLED, ALERT_FAILED)
+
+# Delivery.status values
+DELIVERY_QUEUED = "queued"
+DELIVERY_SENT = "sent"
+DELIVERY_DEFERRED = "deferred"  # a 4xx or connection failure; retried with backoff
+DELIVERY_FAILED = "failed"
+
+
+class Alert(Base):
+    """An operator's alert: what to send, to which areas, and where it stands."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subject: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str] = mapped_column(Text)
+    category: Mapped[str] = mapped_column(String(32))
+    # Area ids separated by spaces, as resolved at intake.
+    areas: Mapped[str] = mapped_column(Text)
+    urgent: Mapped[bool] = mapped_column(default=False)
+    sender: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    send_after: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    release_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    requester: Mapped[str] = mapped_column(String(64))
+    approved_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    source_file: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    released_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    @property
+    def area_ids(self) -> tuple[str, ...]:
+        return tuple(self.areas.split())
+
+
+class Delivery(Base):
+    """One recipient of one alert. Rows are written in batches at release."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        Index("ix_deliveries_due", "alert_id", "status", "next_attempt_at"),
+        Index("ix_deliveries_unique", "alert_id", "subscriber_id", unique=True),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id", ondelete="CASCADE"))
+    # No foreign key: an erased subscriber's row stays (its counts do), it just isn't sent.
+    subscriber_id: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Set while a worker holds the row; a claim older than its lease is free again.
+    claimed_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class AuditEntry(Base):
+    """Every change of an alert's state, with the Unix user who made it (SPEC §2)."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id", ondelete="CASCADE"), index=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    action: Mapped[str] = mapped_column(String(32))
+    user: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)

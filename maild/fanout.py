@@ -1,0 +1,290 @@
+"""The fan-out: sends the delivery rows of released alerts through the relay.
+
+Rows are claimed in batches (a lease in ``claimed_until``), sent over the
+relay's pooled connections, one recipient per message (SPEC §10), and their
+results written back in one transaction per batch, so memory does not grow
+with the number of subscribers and the database stays off the per-message
+path. A crash repeats at most the batch in flight. A cancelled alert's rows
+are simply no longer claimed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from maild.addresses import mask
+from maild.alertmail import AlertContent, AlertTemplate, Personal
+from maild.alerts import Alerts
+from maild.clock import Clock
+from maild.config import Config
+from maild.db import Database
+from maild.models import (
+    ACTIVE,
+    DELIVERY_DEFERRED,
+    DELIVERY_FAILED,
+    DELIVERY_QUEUED,
+    DELIVERY_SENT,
+    SENDING,
+    Alert,
+    Delivery,
+    Subscriber,
+)
+from maild.outbox import retry_delay
+from maild.relay import DeliveryError, PermanentFailure, Relay, TemporaryFailure
+from maild.tokens import MANAGE, UNSUBSCRIBE, Links, VerpTokens
+
+log = logging.getLogger("maild.delivery")
+
+BATCH = 500
+LEASE = dt.timedelta(minutes=5)
+# 4xx and connection failures are retried for a day (issue 3), then recorded as failed.
+GIVE_UP_AFTER = dt.timedelta(days=1)
+IDLE_POLL_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class _Row:
+    delivery_id: int
+    alert_id: int
+    attempts: int
+    subscriber_id: int
+    address: str | None  # None: the subscriber was erased or is no longer active
+    link_key: str
+
+
+@dataclass(frozen=True)
+class _Result:
+    row: _Row
+    error: DeliveryError | None
+
+
+class FanoutSender:
+    def __init__(
+        self,
+        config: Config,
+        db: Database,
+        alerts: Alerts,
+        relay: Relay,
+        links: Links,
+        verp: VerpTokens,
+        clock: Clock,
+        on_result: Callable[[str], None] = lambda status: None,
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.alerts = alerts
+        self.relay = relay
+        self.links = links
+        self.verp = verp
+        self.clock = clock
+        self.on_result = on_result
+        self._templates: dict[int, AlertTemplate] = {}
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._paused_until: dt.datetime | None = None
+        self._outage_attempts = 0
+
+    def wake(self) -> None:
+        """Callable from any thread: an alert was released."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake.set)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        # This process is the only sender: claims left by a crashed run are free again.
+        await asyncio.to_thread(self.release_claims)
+        while not stopping.is_set():
+            self._wake.clear()
+            try:
+                busy = await self.send_batch()
+            except Exception:
+                log.exception("fan-out pass failed; retrying shortly")
+                busy = False
+            if busy:
+                continue
+            try:
+                await asyncio.wait_for(self._wake.wait(), IDLE_POLL_SECONDS)
+            except TimeoutError:
+                pass
+
+    def release_claims(self) -> None:
+        with self.db.transaction() as session:
+            session.execute(
+                update(Delivery)
+                .where(Delivery.claimed_until.is_not(None))
+                .values(claimed_until=None)
+            )
+
+    async def send_batch(self) -> bool:
+        """Claim and send one batch; False when there was nothing to do."""
+        now = self.clock.now()
+        if self._paused_until is not None and now < self._paused_until:
+            return False
+        rows = await asyncio.to_thread(self._claim, now)
+        if not rows:
+            return False
+        templates = await asyncio.to_thread(self._templates_for, {r.alert_id for r in rows})
+        results = await asyncio.gather(*(self._send(row, templates) for row in rows))
+        await asyncio.to_thread(self._record, results, self.clock.now())
+        return True
+
+    async def _send(self, row: _Row, templates: dict[int, AlertTemplate]) -> _Result:
+        if row.address is None:
+            return _Result(row, PermanentFailure(None, "subscriber no longer active", stage="rcpt"))
+        base = self.config.service.base_url
+        manage = self.links.subscriber_link(MANAGE, row.subscriber_id, row.link_key)
+        unsubscribe = self.links.subscriber_link(UNSUBSCRIBE, row.subscriber_id, row.link_key)
+        local, _, domain = self.config.smtp.bounce_address.rpartition("@")
+        personal = Personal(
+            address=row.address,
+            subscriber_id=row.subscriber_id,
+            manage_url=f"{base}/manage/{manage}",
+            unsubscribe_url=f"{base}/unsubscribe/{unsubscribe}",
+            envelope_from=f"{local}+{self.verp.make(row.subscriber_id)}@{domain}",
+        )
+        data = templates[row.alert_id].personalise(personal)
+        try:
+            await self.relay.send(personal.envelope_from, row.address, data)
+        except DeliveryError as e:
+            return _Result(row, e)
+        return _Result(row, None)
+
+    def _claim(self, now: dt.datetime) -> list[_Row]:
+        with self.db.transaction() as session:
+            found = session.execute(
+                select(
+                    Delivery.id,
+                    Delivery.alert_id,
+                    Delivery.attempts,
+                    Delivery.subscriber_id,
+                    Subscriber.address,
+                    Subscriber.link_key,
+                    Subscriber.status,
+                )
+                .join(Alert, Alert.id == Delivery.alert_id)
+                .outerjoin(Subscriber, Subscriber.id == Delivery.subscriber_id)
+                .where(
+                    Alert.status == SENDING,
+                    Delivery.status.in_((DELIVERY_QUEUED, DELIVERY_DEFERRED)),
+                    Delivery.next_attempt_at <= now,
+                    (Delivery.claimed_until.is_(None)) | (Delivery.claimed_until < now),
+                )
+                .order_by(Alert.urgent.desc(), Delivery.alert_id, Delivery.id)
+                .limit(BATCH)
+            ).all()
+            if not found:
+                return []
+            session.execute(
+                update(Delivery)
+                .where(Delivery.id.in_([r[0] for r in found]))
+                .values(claimed_until=now + LEASE)
+            )
+        return [
+            _Row(
+                delivery_id=r[0],
+                alert_id=r[1],
+                attempts=r[2],
+                subscriber_id=r[3],
+                address=r[4] if r[6] in (ACTIVE,) else None,
+                link_key=r[5] or "",
+            )
+            for r in found
+        ]
+
+    def _templates_for(self, alert_ids: set[int]) -> dict[int, AlertTemplate]:
+        missing = alert_ids - self._templates.keys()
+        if missing:
+            with self.db.transaction() as session:
+                for alert in session.scalars(select(Alert).where(Alert.id.in_(missing))):
+                    self._templates[alert.id] = self.template(alert)
+        return {i: self._templates[i] for i in alert_ids}
+
+    def template(self, alert: Alert, test: bool = False) -> AlertTemplate:
+        mail = self.config.mail
+        return AlertTemplate(
+            AlertContent(
+                alert_id=alert.id,
+                subject=alert.subject,
+                area_label=self.alerts.areas.describe(alert.area_ids),
+                body=alert.body,
+                sender=alert.sender,
+            ),
+            from_address=mail.from_address,
+            from_name=mail.from_name,
+            subject_prefix=mail.subject_prefix,
+            list_id=list_id(self.config),
+            hostname=self.config.smtp.hostname,
+            date=(alert.released_at or self.clock.now()).astimezone(self.config.service.tz),
+            test=test,
+        )
+
+    def _record(self, results: list[_Result], now: dt.datetime) -> None:
+        sent = [r.row.delivery_id for r in results if r.error is None]
+        outage = bool(results) and all(
+            isinstance(r.error, TemporaryFailure) and r.error.stage == "connect" for r in results
+        )
+        with self.db.transaction() as session:
+            if sent:
+                session.execute(
+                    update(Delivery)
+                    .where(Delivery.id.in_(sent))
+                    .values(status=DELIVERY_SENT, claimed_until=None, last_error=None)
+                )
+            for result in results:
+                if result.error is not None:
+                    self._record_failure(session, result, now)
+            for alert_id in {r.row.alert_id for r in results}:
+                if self.alerts.finish_if_done(session, alert_id, now):
+                    self._templates.pop(alert_id, None)
+                    log.info("alert %d finished", alert_id)
+        for result in results:
+            self.on_result(DELIVERY_SENT if result.error is None else type(result.error).__name__)
+        if outage:
+            # The relay is down: pause the whole fan-out instead of failing row after row.
+            self._outage_attempts += 1
+            self._paused_until = now + retry_delay(self._outage_attempts)
+            log.warning("relay unreachable; fan-out paused until %s", self._paused_until)
+        else:
+            self._outage_attempts = 0
+            self._paused_until = None
+        if sent:
+            log.info(
+                "fan-out: %d sent, %d not sent in this batch", len(sent), len(results) - len(sent)
+            )
+
+    def _record_failure(self, session: Session, result: _Result, now: dt.datetime) -> None:
+        row, error = result.row, result.error
+        assert error is not None
+        released = session.scalar(select(Alert.released_at).where(Alert.id == row.alert_id))
+        too_old = released is not None and now - released > GIVE_UP_AFTER
+        if isinstance(error, PermanentFailure) or too_old:
+            values: dict[str, object] = {
+                "status": DELIVERY_FAILED,
+                "claimed_until": None,
+                "last_error": str(error),
+            }
+            if row.address is not None:
+                log.info("delivery to %s failed: %s", mask(row.address), error)
+        else:
+            attempts = row.attempts + 1
+            values = {
+                "status": DELIVERY_DEFERRED,
+                "attempts": attempts,
+                "next_attempt_at": now + retry_delay(attempts),
+                "claimed_until": None,
+                "last_error": str(error),
+            }
+        session.execute(update(Delivery).where(Delivery.id == row.delivery_id).values(**values))
+
+
+def list_id(config: Config) -> str:
+    """``List-Id: みやぎSecurityメール <alerts.mail.example.jp>`` (RFC 2919), ASCII only."""
+    return f"<alerts.{config.smtp.hostname}>"

@@ -1,0 +1,280 @@
+"""Resident registration: blank mail or /signup → signed link → form → active subscriber.
+
+The SMTP handler and the web app both call into :class:`Registrations`; it owns
+the rules (one answer per address per 10 minutes, the same answer for new and
+registered addresses, links that die with the subscriber) and writes the mails
+to the outbox in the same transaction as the change they announce, so a crash
+never leaves one without the other.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from maild import addresses, notices
+from maild.areas import CATEGORIES, AreaMap, categories_from_mask, mask_from_categories
+from maild.clock import Clock
+from maild.compose import compose
+from maild.config import Config
+from maild.db import Database
+from maild.models import ACTIVE, PENDING, SUSPENDED, Subscriber, SubscriberArea
+from maild.outbox import enqueue
+from maild.tokens import MANAGE, REGISTER, UNSUBSCRIBE, LinkError, Links, new_link_key
+
+log = logging.getLogger("maild.registration")
+
+ANSWER_INTERVAL = dt.timedelta(minutes=10)
+
+# Outcomes of a registration request (also metric labels).
+SENT_REGISTER = "register"
+SENT_MANAGE = "manage"
+THROTTLED = "throttled"
+
+
+class ChoiceError(ValueError):
+    """The resident's form choices cannot be saved; the text is for the page."""
+
+    def __init__(self, ja: str, en: str) -> None:
+        super().__init__(en)
+        self.ja = ja
+        self.en = en
+
+
+@dataclass(frozen=True)
+class SubscriberView:
+    """What a page may show about a subscriber: never the full address."""
+
+    id: int
+    masked_address: str
+    status: str
+    area_ids: tuple[str, ...]
+    categories: tuple[str, ...]
+    manage_token: str
+    unsubscribe_token: str
+
+
+class Registrations:
+    def __init__(
+        self,
+        config: Config,
+        db: Database,
+        links: Links,
+        areas: AreaMap,
+        clock: Clock,
+        wake_outbox: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.links = links
+        self.areas = areas
+        self.clock = clock
+        self.wake_outbox = wake_outbox
+
+    # --- requests: a blank mail, or the /signup form -------------------------
+
+    def answer_blank_mail(self, address: str, message_id: str | None = None) -> str:
+        """Answer a resident's blank mail; returns the outcome (register/manage/throttled)."""
+        return self._request(address, in_reply_to=message_id, channel="mail")
+
+    def request_signup(self, address: str) -> str:
+        """The PC flow: same mails, no In-Reply-To. Raises InvalidAddress for bad input."""
+        return self._request(address, in_reply_to=None, channel="web")
+
+    def _request(self, address: str, in_reply_to: str | None, channel: str) -> str:
+        address = addresses.normalize(address)
+        now = self.clock.now()
+        with self.db.transaction() as session:
+            subscriber = session.scalars(
+                select(Subscriber).where(Subscriber.address == address).with_for_update()
+            ).one_or_none()
+            if subscriber is None:
+                subscriber = Subscriber(
+                    address=address,
+                    status=PENDING,
+                    category_mask=0,
+                    link_key=new_link_key(),
+                    created_at=now,
+                    updated_at=now,
+                    bounce_score=0,
+                )
+                session.add(subscriber)
+                session.flush()
+            elif subscriber.last_answer_at and now - subscriber.last_answer_at < ANSWER_INTERVAL:
+                log.info("%s request from %s: throttled", channel, addresses.mask(address))
+                return THROTTLED
+            subscriber.last_answer_at = now
+            if subscriber.status == PENDING:
+                token = self.links.subscriber_link(REGISTER, subscriber.id, subscriber.link_key)
+                subject, body = notices.register_notice(
+                    self.config.service.name, self.url("register", token)
+                )
+                outcome = SENT_REGISTER
+            else:
+                subject, body = notices.manage_notice(
+                    self.config.service.name, self.manage_url(subscriber)
+                )
+                outcome = SENT_MANAGE
+            auto = "auto-replied" if channel == "mail" else "auto-generated"
+            self._enqueue(session, subscriber.address, subject, body, outcome, auto, in_reply_to)
+        log.info("%s request from %s: %s mail queued", channel, addresses.mask(address), outcome)
+        self.wake_outbox()
+        return outcome
+
+    # --- the register form -----------------------------------------------------
+
+    def view_register(self, token: str) -> SubscriberView:
+        with self.db.transaction() as session:
+            return self._view(self._by_link(session, REGISTER, token, want=PENDING))
+
+    def complete_register(
+        self, token: str, area_ids: Iterable[str], categories: Iterable[str]
+    ) -> SubscriberView:
+        areas, mask = self._check_choices(area_ids, categories)
+        now = self.clock.now()
+        with self.db.transaction() as session:
+            subscriber = self._by_link(session, REGISTER, token, want=PENDING)
+            subscriber.status = ACTIVE
+            subscriber.activated_at = now
+            self._set_choices(subscriber, areas, mask, now)
+            subject, body = notices.complete_notice(
+                self.config.service.name,
+                self.manage_url(subscriber),
+                [self.areas.get(a).name_ja for a in areas],
+                [c.ja for c in CATEGORIES if c.id in categories_from_mask(mask)],
+            )
+            self._enqueue(session, subscriber.address, subject, body, "complete")
+            view = self._view(subscriber)
+        log.info("subscriber %d registered (%d areas)", view.id, len(areas))
+        self.wake_outbox()
+        return view
+
+    # --- manage / unsubscribe --------------------------------------------------
+
+    def view_manage(self, token: str, purpose: str = MANAGE) -> SubscriberView:
+        with self.db.transaction() as session:
+            subscriber = self._by_link(session, purpose, token)
+            return self._view(subscriber)
+
+    def update(
+        self, token: str, area_ids: Iterable[str], categories: Iterable[str]
+    ) -> SubscriberView:
+        areas, mask = self._check_choices(area_ids, categories)
+        with self.db.transaction() as session:
+            subscriber = self._by_link(session, MANAGE, token)
+            self._set_choices(subscriber, areas, mask, self.clock.now())
+            view = self._view(subscriber)
+        log.info("subscriber %d changed their choices", view.id)
+        return view
+
+    def cancel(self, token: str, purpose: str = MANAGE) -> None:
+        """Erase the subscriber and with them every link they were sent (rules §7(1))."""
+        with self.db.transaction() as session:
+            subscriber = self._by_link(session, purpose, token)
+            subscriber_id = subscriber.id
+            session.delete(subscriber)
+        log.info("subscriber %d cancelled and erased (%s)", subscriber_id, purpose)
+
+    # --- helpers -----------------------------------------------------------------
+
+    def url(self, route: str, token: str) -> str:
+        return f"{self.config.service.base_url}/{route}/{token}"
+
+    def manage_url(self, subscriber: Subscriber) -> str:
+        token = self.links.subscriber_link(MANAGE, subscriber.id, subscriber.link_key)
+        return self.url("manage", token)
+
+    def _by_link(
+        self, session: Session, purpose: str, token: str, want: str | None = None
+    ) -> Subscriber:
+        subscriber_id, link_key = self.links.check_subscriber_link(purpose, token)
+        subscriber = session.get(Subscriber, subscriber_id, with_for_update=True)
+        if subscriber is None or subscriber.link_key != link_key:
+            # Erased, or links revoked: to the resident this is a link that has been used up.
+            raise LinkError("used" if purpose == REGISTER else "invalid")
+        if want == PENDING and subscriber.status != PENDING:
+            raise LinkError("used")
+        if want is None and subscriber.status not in (ACTIVE, SUSPENDED):
+            raise LinkError("invalid")
+        return subscriber
+
+    def _check_choices(
+        self, area_ids: Iterable[str], categories: Iterable[str]
+    ) -> tuple[tuple[str, ...], int]:
+        chosen = []
+        for area_id in dict.fromkeys(area_ids):
+            try:
+                chosen.append(self.areas.get(area_id).id)
+            except (KeyError, ValueError):
+                raise ChoiceError(
+                    "不明な地域が選ばれました。", "An unknown area was chosen."
+                ) from None
+        if not chosen:
+            raise ChoiceError("受信する地域を1つ以上選んでください。", "Choose at least one area.")
+        try:
+            mask = mask_from_categories(categories)
+        except (KeyError, ValueError):
+            raise ChoiceError(
+                "不明な情報の種類が選ばれました。", "An unknown category was chosen."
+            ) from None
+        if mask == 0:
+            raise ChoiceError(
+                "受信する情報の種類を1つ以上選んでください。", "Choose at least one category."
+            )
+        return tuple(chosen), mask
+
+    def _set_choices(
+        self, subscriber: Subscriber, areas: tuple[str, ...], mask: int, now: dt.datetime
+    ) -> None:
+        subscriber.category_mask = mask
+        subscriber.updated_at = now
+        subscriber.areas = [SubscriberArea(area_id=a) for a in areas]
+
+    def _view(self, subscriber: Subscriber) -> SubscriberView:
+        return SubscriberView(
+            id=subscriber.id,
+            masked_address=addresses.mask(subscriber.address),
+            status=subscriber.status,
+            area_ids=tuple(subscriber.area_ids),
+            categories=categories_from_mask(subscriber.category_mask),
+            manage_token=self.links.subscriber_link(MANAGE, subscriber.id, subscriber.link_key),
+            unsubscribe_token=self.links.subscriber_link(
+                UNSUBSCRIBE, subscriber.id, subscriber.link_key
+            ),
+        )
+
+    def _enqueue(
+        self,
+        session: Session,
+        recipient: str,
+        subject: str,
+        body: str,
+        purpose: str,
+        auto_submitted: str = "auto-generated",
+        in_reply_to: str | None = None,
+    ) -> None:
+        mail = self.config.mail
+        data = compose(
+            from_address=mail.from_address,
+            from_name=mail.from_name,
+            to=recipient,
+            subject=mail.subject_prefix + subject,
+            body=body,
+            date=self.clock.now().astimezone(self.config.service.tz),
+            message_id_domain=self.config.smtp.hostname,
+            auto_submitted=auto_submitted,
+            in_reply_to=in_reply_to,
+        )
+        enqueue(
+            session,
+            purpose=purpose,
+            envelope_from=self.config.smtp.bounce_address,
+            recipient=recipient,
+            data=data,
+            now=self.clock.now(),
+        )

@@ -1,0 +1,179 @@
+"""``maild serve``: one process, one event loop, one supervisor (STYLE §3, §4).
+
+The loop runs the SMTP listener, the outbox sender (registration mails), the
+spool watcher, the release scheduler and the alert fan-out; the web app runs in
+waitress's own thread. Registration mails have a relay connection pool of
+their own, so a resident's answer never queues behind a large fan-out.
+
+Signal contract: SIGTERM and SIGINT stop (stop accepting, let the SMTP
+transaction under way finish, let the senders finish their batch, close the
+web server, dispose of the engine, exit 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from waitress.server import create_server
+
+from maild import systemd
+from maild.alertfile import AlertDraft
+from maild.alerts import Source
+from maild.clock import Clock, clock_from_environment
+from maild.config import Config
+from maild.fanout import FanoutSender
+from maild.outbox import OutboxSender
+from maild.relay import open_relay
+from maild.scheduler import ReleaseScheduler
+from maild.services import Services, build_services
+from maild.smtp_inbound import InboundHandler, InboundServer
+from maild.spool import FileMeta, SpoolWatcher, ensure_layout
+from maild.web.app import create_app
+
+log = logging.getLogger("maild")
+
+SMTP_DRAIN_SECONDS = 10.0
+# Registration answers and notices get connections of their own (issue 3: priority).
+OUTBOX_CONNECTIONS = 2
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message says why in one sentence."""
+
+
+@dataclass
+class Daemon:
+    config: Config
+    clock: Clock = field(default_factory=clock_from_environment)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self) -> None:
+        os.umask(0o077)  # everything we create (keys, maildir files, db) is ours alone
+        services = await asyncio.to_thread(self._build)
+        config = self.config
+        outbox_relay = open_relay(
+            dataclasses.replace(config.relay, connections=OUTBOX_CONNECTIONS), config.smtp.hostname
+        )
+        alert_relay = open_relay(config.relay, config.smtp.hostname)
+        sender = OutboxSender(services.db, outbox_relay, self.clock, OUTBOX_CONNECTIONS)
+        services.registrations.wake_outbox = sender.wake
+        fanout = FanoutSender(
+            config,
+            services.db,
+            services.alerts,
+            alert_relay,
+            services.links,
+            services.verp,
+            self.clock,
+        )
+        scheduler = ReleaseScheduler(
+            services.db, services.alerts, self.clock, lambda alert_id: fanout.wake()
+        )
+
+        def intake(draft: AlertDraft, meta: FileMeta) -> int:
+            alert_id = services.alerts.intake(draft, Source(meta.claim_name, meta.owner))
+            scheduler.reconcile()  # an urgent alert goes now, a held one gets its job
+            return alert_id
+
+        await asyncio.to_thread(ensure_layout, config.spool.dir)
+        spool = SpoolWatcher(
+            config.spool.dir,
+            intake,
+            lambda text: services.areas.resolve(text).id,
+            config.service.tz,
+            clock=self.clock,
+        )
+
+        inbound = InboundServer(InboundHandler(config, services.registrations), config.smtp)
+        passed = systemd.listen_sockets()
+        try:
+            await inbound.start(passed[0] if passed else None, config.smtp.listen)
+        except OSError as e:
+            raise StartupError(f"cannot listen for SMTP on {config.smtp.listen}: {e}") from e
+
+        web, web_thread = self._start_web(services)
+        scheduler.start()
+        tasks = [
+            asyncio.create_task(sender.run(self.stopping), name="outbox"),
+            asyncio.create_task(fanout.run(self.stopping), name="fanout"),
+            asyncio.create_task(scheduler.run(self.stopping), name="scheduler"),
+            asyncio.create_task(spool.run(self.stopping), name="spool"),
+        ]
+        self._install_signals()
+        log.info(
+            "ready: smtp %s:%s, web http://%s:%s/, relay %s, spool %s",
+            config.smtp.listen.host,
+            inbound.port,
+            config.web.listen.host,
+            web.effective_port,
+            _relay_label(config),
+            config.spool.dir,
+        )
+        systemd.notify("READY=1\nSTATUS=accepting mail")
+        try:
+            await self.stopping.wait()
+        finally:
+            systemd.notify("STOPPING=1")
+            log.info("stopping: draining SMTP sessions (up to %.0f s)", SMTP_DRAIN_SECONDS)
+            await inbound.close(SMTP_DRAIN_SECONDS)
+            self.stopping.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            scheduler.shutdown()
+            await _close_web(web, web_thread)
+            await outbox_relay.close()
+            await alert_relay.close()
+            services.db.dispose()
+            log.info("stopped")
+
+    def _build(self) -> Services:
+        return build_services(self.config, self.clock)
+
+    def _start_web(self, services: Services) -> tuple[Any, threading.Thread]:
+        app = create_app(
+            self.config,
+            services.registrations,
+            services.areas,
+            services.links,
+            self.clock,
+        )
+        listen = self.config.web.listen
+        try:
+            server = create_server(
+                app, host=listen.host, port=listen.port, threads=8, ident="maild"
+            )
+        except OSError as e:
+            raise StartupError(f"cannot listen for the web on {listen}: {e}") from e
+        thread = threading.Thread(target=server.run, name="web", daemon=True)
+        thread.start()
+        return server, thread
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_stop_signal, signum)
+
+    def _on_stop_signal(self, signum: int) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        self.stopping.set()
+
+
+async def _close_web(server: Any, thread: threading.Thread) -> None:
+    await asyncio.to_thread(server.close)
+    await asyncio.to_thread(thread.join, 10)
+
+
+def _relay_label(config: Config) -> str:
+    if config.relay.scheme == "maildir":
+        return config.relay.url
+    return f"{config.relay.scheme}://{config.relay.host}:{config.relay.port}"
+
+
+def serve(config: Config) -> None:
+    asyncio.run(Daemon(config).run())

@@ -1,0 +1,407 @@
+"""The inbound SMTP listener: residents' blank mails to the registration address.
+
+:class:`InboundHandler` holds the rules of one session (aiosmtpd calls its
+``handle_*`` hooks): recipients other than the registration address are refused
+(no open relay, SPEC §9), the message body is never read (phones append
+signatures), :func:`maild.autoreply.decide` says whether the mail may be
+answered, and :meth:`Registrations.answer_blank_mail` writes the answer to the
+outbox. :class:`InboundServer` runs aiosmtpd's protocol on the daemon's own
+event loop and drains sessions on shutdown (STYLE §3, §4).
+
+Every mail we decide not to answer is still accepted with 250, so that nobody
+learns anything from our replies and no robot retries; a local failure is 451,
+so that the sending MTA retries later and nothing a resident sent is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as dt
+import ipaddress
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from maild import autoreply
+from maild.addresses import InvalidAddress, mask, normalize
+from maild.clock import Clock
+from maild.config import Config, LimitsConfig, ListenAddress, SmtpConfig
+from maild.registration import SENT_MANAGE, SENT_REGISTER, Registrations
+
+log = logging.getLogger("maild.smtp")
+
+IDENT = "maild"
+
+# SMTP replies (RFC 5321 §4.2, enhanced codes RFC 3463).
+ACCEPTED = "250 2.0.0 OK"
+RECIPIENT_OK = "250 2.1.5 OK"
+NO_SUCH_USER = "550 5.1.1 No such user here"
+TEMPORARY_FAILURE = "451 4.3.0 Temporary local problem, please try again"
+RATE_LIMITED = "450 4.7.1 Too many registration requests, please try again later"
+SHUTTING_DOWN = "421 4.3.2 {hostname} Service shutting down, please try again later"
+
+# Outcomes passed to ``on_outcome`` besides the Registrations ones (register/manage/throttled).
+IGNORED = "ignored"  # "ignored:<reason>", the reason from autoreply or INVALID_SENDER
+INVALID_SENDER = "invalid-sender"
+DEFERRED = "deferred"  # "deferred:<reason>": answered 450 by the rate limits
+ERROR = "error"
+
+PER_IP_WINDOW = dt.timedelta(minutes=1)
+TOTAL_WINDOW = dt.timedelta(hours=1)
+DRAIN_POLL_SECONDS = 0.5
+LOST_WAIT_SECONDS = 2.0
+
+
+class AnswerBudget:
+    """The ``[limits]`` backscatter guard: answers per peer IP per minute, and per hour in all.
+
+    Residents' mail reaches us through a few carrier MTAs, so the per-IP limit is
+    generous and ``trusted_networks`` are exempt; the hourly total caps what a
+    forged-sender flood can make us send to strangers. Kept in memory: after a
+    restart the budget is fresh, which errs towards answering residents.
+    """
+
+    def __init__(self, limits: LimitsConfig, clock: Clock) -> None:
+        self.limits = limits
+        self.clock = clock
+        self._by_ip: dict[str, collections.deque[dt.datetime]] = {}
+        self._all: collections.deque[dt.datetime] = collections.deque()
+
+    def refusal(self, ip: str | None) -> str | None:
+        """Why an answer to a mail from ``ip`` must wait (``ip-rate``/``hourly``), or None."""
+        now = self.clock.now()
+        _expire(self._all, now - TOTAL_WINDOW)
+        if len(self._all) >= self.limits.answers_per_hour:
+            return "hourly"
+        if ip is None or self._trusted(ip):
+            return None
+        recent = self._by_ip.get(ip)
+        if recent is not None:
+            _expire(recent, now - PER_IP_WINDOW)
+            if len(recent) >= self.limits.answers_per_ip_per_minute:
+                return "ip-rate"
+        return None
+
+    def record(self, ip: str | None) -> None:
+        now = self.clock.now()
+        self._all.append(now)
+        if ip is None or self._trusted(ip):
+            return
+        self._by_ip.setdefault(ip, collections.deque()).append(now)
+        if len(self._by_ip) > 1000:  # forget idle peers now and then, not on every mail
+            cutoff = now - PER_IP_WINDOW
+            for key in list(self._by_ip):
+                _expire(self._by_ip[key], cutoff)
+                if not self._by_ip[key]:
+                    del self._by_ip[key]
+
+    def _trusted(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.limits.trusted_networks)
+
+
+def _expire(stamps: collections.deque[dt.datetime], cutoff: dt.datetime) -> None:
+    while stamps and stamps[0] <= cutoff:
+        stamps.popleft()
+
+
+class InboundHandler:
+    """aiosmtpd handler for the registration address; one instance serves all sessions."""
+
+    def __init__(
+        self,
+        config: Config,
+        registrations: Registrations,
+        clock: Clock | None = None,
+        on_outcome: Callable[[str], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.registrations = registrations
+        self.on_outcome = on_outcome
+        self.budget = AnswerBudget(config.limits, clock or registrations.clock)
+        self._registration_address = normalize(config.smtp.registration_address).lower()
+        # Mail from these is our own answer or bounce coming back: never answer it (loops).
+        self._own_addresses = frozenset(
+            a.lower()
+            for a in (
+                config.smtp.registration_address,
+                config.smtp.bounce_address,
+                config.mail.from_address,
+            )
+        )
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        # aiosmtpd announces AUTH after STARTTLS even with no mechanism left; we take no AUTH.
+        return [r for r in responses if not r.startswith("250-AUTH")]
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        try:
+            if not self._is_registration_address(address):
+                log.info("refused recipient %s from %s", mask(address), _peer_ip(session))
+                return NO_SUCH_USER
+            # A repeated RCPT for the same address is harmless; keep one copy.
+            if address not in envelope.rcpt_tos:
+                envelope.rcpt_tos.append(address)
+                envelope.rcpt_options.extend(rcpt_options)
+            return RECIPIENT_OK
+        except Exception:
+            log.exception("RCPT failed for a session from %s", _peer_ip(session))
+            self._report(ERROR)
+            return TEMPORARY_FAILURE
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        peer = _peer_ip(session)
+        sender = envelope.mail_from or ""
+        try:
+            outcome = await self._answer(peer, sender, envelope)
+        except Exception:
+            log.exception("mail from %s (peer %s) could not be handled", _who(sender), peer)
+            self._report(ERROR)
+            return TEMPORARY_FAILURE
+        self._report(outcome)
+        if outcome.startswith(DEFERRED):
+            return RATE_LIMITED
+        return ACCEPTED
+
+    async def handle_exception(self, error: Exception) -> str:
+        # aiosmtpd calls this for a failure outside the hooks; the session goes on.
+        log.error("SMTP session error", exc_info=error)
+        self._report(ERROR)
+        return TEMPORARY_FAILURE
+
+    async def _answer(self, peer: str | None, sender: str, envelope: Envelope) -> str:
+        message = autoreply.parse_headers(envelope.original_content or b"")
+        decision = autoreply.decide(sender, message, self._own_addresses)
+        if not decision.answer:
+            log.info("mail from %s (peer %s) not answered: %s", _who(sender), peer, decision.reason)
+            return f"{IGNORED}:{decision.reason}"
+        # The envelope sender, not From: that is where a reply goes (RFC 5321 §4.4).
+        try:
+            address = normalize(sender)
+        except InvalidAddress:
+            log.info("mail from %s (peer %s) not answered: invalid sender", _who(sender), peer)
+            return f"{IGNORED}:{INVALID_SENDER}"
+        refusal = self.budget.refusal(peer)
+        if refusal is not None:
+            log.warning("mail from %s (peer %s) deferred: %s limit", mask(address), peer, refusal)
+            return f"{DEFERRED}:{refusal}"
+        try:
+            outcome = await asyncio.to_thread(
+                self.registrations.answer_blank_mail, address, autoreply.message_id(message)
+            )
+        except InvalidAddress:
+            log.info("mail from %s (peer %s) not answered: invalid sender", mask(address), peer)
+            return f"{IGNORED}:{INVALID_SENDER}"
+        if outcome in (SENT_REGISTER, SENT_MANAGE):
+            self.budget.record(peer)
+        log.info("mail from %s (peer %s): %s", mask(address), peer, outcome)
+        return outcome
+
+    def _is_registration_address(self, address: str) -> bool:
+        # Case-insensitive as a whole: residents copy the address off posters by hand,
+        # and it is our own mailbox, so folding the local part opens nothing.
+        try:
+            return normalize(address).lower() == self._registration_address
+        except InvalidAddress:
+            return False
+
+    def _report(self, outcome: str) -> None:
+        if self.on_outcome is None:
+            return
+        try:
+            self.on_outcome(outcome)
+        except Exception:
+            log.exception("on_outcome hook failed for %s", outcome)
+
+
+def _peer_ip(session: Session) -> str | None:
+    peer: Any = session.peer
+    if isinstance(peer, tuple) and peer and isinstance(peer[0], str):
+        return peer[0]
+    return None
+
+
+def _who(sender: str) -> str:
+    return "<>" if sender in ("", "<>") else mask(sender)
+
+
+class _Session(SMTP):
+    """aiosmtpd's protocol, registered with its server so that shutdown can drain it."""
+
+    def __init__(self, owner: InboundServer, handler: InboundHandler, **kwargs: Any) -> None:
+        self._owner = owner
+        super().__init__(handler, **kwargs)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._owner._track(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self._owner._forget(self)
+        super().connection_lost(error)
+
+    @property
+    def in_transaction(self) -> bool:
+        """Between MAIL FROM and the end of DATA (or RSET): the part a shutdown waits for."""
+        return self.envelope is not None and self.envelope.mail_from is not None
+
+    # aiosmtpd's command methods, extended for shutdown.
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        # Once shutdown has begun no new transaction starts (RFC 5321 §3.8: 421 and close).
+        if self._owner.closing:
+            self.shut_down()
+            return
+        await super().smtp_MAIL(arg)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self._owner._wake()  # the transaction is over (or still is, after a 503)
+
+    async def smtp_RSET(self, arg: str) -> None:
+        try:
+            await super().smtp_RSET(arg)
+        finally:
+            self._owner._wake()
+
+    def shut_down(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        assert isinstance(transport, asyncio.WriteTransport)
+        reply = SHUTTING_DOWN.format(hostname=self.hostname)
+        transport.write(reply.encode("ascii") + b"\r\n")
+        transport.close()
+
+
+class InboundServer:
+    """The listener: aiosmtpd sessions on the running loop, drained on :meth:`close`."""
+
+    def __init__(
+        self, handler: InboundHandler, smtp: SmtpConfig, session_timeout: float = 300.0
+    ) -> None:
+        self.handler = handler
+        self.smtp = smtp
+        self.session_timeout = session_timeout
+        self.port = 0
+        self.closing = False
+        self._server: asyncio.Server | None = None
+        self._sessions: set[_Session] = set()
+        self._changed = asyncio.Event()  # a session ended a transaction or went away
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    async def start(self, sock: socket.socket | None, listen: ListenAddress) -> None:
+        """Listen on ``sock`` (passed by systemd) or else on ``listen``; port 0 picks one."""
+        loop = asyncio.get_running_loop()
+        tls = _tls_context(self.smtp)
+
+        def factory() -> _Session:
+            return _Session(
+                self,
+                self.handler,
+                data_size_limit=self.smtp.max_message_size,
+                hostname=self.smtp.hostname,
+                ident=IDENT,
+                tls_context=tls,
+                require_starttls=False,
+                # Residents' carriers deliver to us unauthenticated; offer no AUTH at all.
+                auth_exclude_mechanism=("LOGIN", "PLAIN"),
+                timeout=self.session_timeout,
+                loop=loop,
+            )
+
+        if sock is not None:
+            self._server = await loop.create_server(factory, sock=sock)
+        else:
+            self._server = await loop.create_server(factory, host=listen.host, port=listen.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("listening for SMTP on port %d%s", self.port, " (STARTTLS offered)" if tls else "")
+
+    async def close(self, timeout: float) -> None:
+        """Stop accepting at once; let transactions under way finish for up to ``timeout`` s."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        self.closing = True
+        server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            for session in list(self._sessions):
+                if not session.in_transaction:
+                    session.shut_down()
+            remaining = deadline - loop.time()
+            if not any(s.in_transaction for s in self._sessions) or remaining <= 0:
+                break
+            # Woken when a transaction ends or a session goes; the poll catches the odd
+            # transaction ended some other way (EHLO in the middle of one resets it).
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), min(remaining, DRAIN_POLL_SECONDS))
+            except TimeoutError:
+                pass
+        aborted = [s for s in self._sessions if s.in_transaction]
+        if aborted:
+            log.warning("closing %d SMTP session(s) in mid-transaction", len(aborted))
+        for session in list(self._sessions):
+            session.shut_down()
+        if self._sessions:
+            try:
+                await asyncio.wait_for(self._all_gone(), LOST_WAIT_SECONDS)
+            except TimeoutError:
+                log.warning("%d SMTP session(s) did not close in time", len(self._sessions))
+        await server.wait_closed()
+
+    async def _all_gone(self) -> None:
+        while self._sessions:
+            self._changed.clear()
+            await self._changed.wait()
+
+    def _track(self, session: _Session) -> None:
+        self._sessions.add(session)  # again after STARTTLS: a set keeps it once
+
+    def _forget(self, session: _Session) -> None:
+        self._sessions.discard(session)
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+
+
+def _tls_context(smtp: SmtpConfig) -> ssl.SSLContext | None:
+    if smtp.tls_cert_file is None or smtp.tls_key_file is None:
+        return None
+    # Server side, no client certificates: any MTA may deliver to us (RFC 3207 §4.1).
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(smtp.tls_cert_file, smtp.tls_key_file)
+    return context

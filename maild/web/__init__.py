@@ -1,0 +1,1 @@
+"""The resident-facing web pages (SPEC §8); see :mod:`maild.web.app`."""

@@ -1,0 +1,603 @@
+"""The resident-facing web pages (SPEC §8): sign-up, the registration form, change and
+cancel, unsubscribe (RFC 8058 one-click) and a health check.
+
+A small Werkzeug application. The rules live in :mod:`maild.registration`; this
+module turns requests into calls and results into pages, and owns what is
+particular to the web: CSRF (double-submit cookie plus a signed hidden field),
+security headers, the language switch and the area picker, which works without
+JavaScript on a small phone (a ``<details>`` group per block).
+
+Tokens sit in URL paths, so pages send ``Referrer-Policy: no-referrer`` and
+``Cache-Control: no-store``, and the request log masks them.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import json
+import logging
+import re
+import secrets
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from sqlalchemy import text as sql_text
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.routing import Map, MapAdapter, RequestRedirect, Rule
+from werkzeug.utils import redirect, send_from_directory
+from werkzeug.wrappers import Request, Response
+
+from maild.addresses import InvalidAddress, mask_token
+from maild.areas import CATEGORIES, Area, AreaMap, UnknownArea
+from maild.clock import Clock
+from maild.config import Config
+from maild.db import Database
+from maild.registration import ChoiceError, Registrations, SubscriberView
+from maild.tokens import CSRF, CSRF_MAX_AGE, MANAGE, REGISTER, UNSUBSCRIBE, LinkError, Links
+from maild.web.i18n import DEFAULT_LANG, pick_lang, text
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+log = logging.getLogger("maild.web")
+
+HERE = Path(__file__).parent
+TEMPLATES = HERE / "templates"
+STATIC = HERE / "static"
+
+CSRF_COOKIE = "maild_csrf"
+CSRF_FIELD = "csrf"
+_COOKIE_VALUE = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
+
+# RFC 8058 §3.1: the body a mail client POSTs for one-click unsubscription.
+ONE_CLICK_KEY = "List-Unsubscribe"
+ONE_CLICK_VALUE = "One-Click"
+
+# Parts of a health report that count as healthy (a listener says "listening").
+HEALTHY = frozenset({"ok", "listening"})
+
+# No scripts, no frames, styles and forms only from here (SPEC §8: no JavaScript needed).
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+    "base-uri 'none'; frame-ancestors 'none'"
+)
+
+_TOKEN_PATH = re.compile(r"^(.*/(?:register|manage|unsubscribe)/)([^/]+)")
+
+Health = Callable[[], Mapping[str, Any]]
+
+
+class _Request(Request):
+    # The forms hold a few dozen short fields; anything bigger is not ours.
+    max_content_length = 64 * 1024
+    max_form_memory_size = 64 * 1024
+    max_form_parts = 500
+
+
+# --- the area picker and the category boxes: pure ---------------------------------------
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One checkbox: the value sent, its label, and how it is drawn."""
+
+    value: str
+    label: str
+    checked: bool
+    kind: str = ""  # "city": a city with wards (a row of its own); "ward": one of its wards
+
+
+@dataclass(frozen=True)
+class BlockGroup:
+    """One block's ``<details>``: the whole block, then its stations and municipalities."""
+
+    name: str
+    whole: Choice
+    stations: tuple[Choice, ...]
+    municipalities: tuple[Choice, ...]
+    chosen: int  # ticked boxes inside: shown on the closed summary, and it opens the group
+
+    @property
+    def open(self) -> bool:
+        return self.chosen > 0
+
+
+def area_picker(
+    areas: AreaMap, chosen: Iterable[str], lang: str
+) -> tuple[Choice, tuple[BlockGroup, ...]]:
+    """The 県内全域 box and one group per block, with ``chosen`` ids ticked."""
+    picked = set(chosen)
+
+    def box(area: Area, label: str | None = None, kind: str = "") -> Choice:
+        return Choice(area.id, label or area.name(lang), area.id in picked, kind)
+
+    def muni_kind(area: Area) -> str:
+        return "city" if area.wards else "ward" if area.parent else ""
+
+    groups = []
+    for block in areas.blocks():
+        name = block.name(lang)
+        whole = box(block, text(lang, "whole_block", name=name))
+        stations = tuple(box(s) for s in areas.stations_in(block.id))
+        munis = tuple(box(m, kind=muni_kind(m)) for m in areas.municipalities_in(block.id))
+        count = sum(c.checked for c in (whole, *stations, *munis))
+        groups.append(BlockGroup(name, whole, stations, munis, count))
+    return box(areas.root()), tuple(groups)
+
+
+def category_boxes(chosen: Iterable[str], lang: str) -> tuple[Choice, ...]:
+    picked = set(chosen)
+    return tuple(Choice(c.id, c.label(lang), c.id in picked) for c in CATEGORIES)
+
+
+def summary(areas: AreaMap, view: SubscriberView, lang: str) -> dict[str, str]:
+    """What a result page lists: the saved areas and categories, in the page's language."""
+    known = [a for a in view.area_ids if a in areas]
+    sep = ", " if lang == "en" else "、"
+    labels = [c.label(lang) for c in CATEGORIES if c.id in view.categories]
+    return {"areas": areas.describe(known, lang), "categories": sep.join(labels)}
+
+
+def health_status(report: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+    """HTTP status and body for ``/healthz``: 503 unless every part is ok or listening."""
+    parts = {k: v for k, v in report.items() if k != "status"}
+    ok = all(_healthy(v) for v in parts.values()) and _healthy(report.get("status", "ok"))
+    return (200 if ok else 503), {"status": "ok" if ok else "error", **parts}
+
+
+def _healthy(value: object) -> bool:
+    return isinstance(value, str) and value in HEALTHY
+
+
+def database_health(db: Database) -> Health:
+    """The default health check: the database answers a trivial query."""
+
+    def check() -> dict[str, str]:
+        try:
+            with db.engine.connect() as connection:
+                connection.execute(sql_text("SELECT 1"))
+        except Exception as e:  # any failure is the answer here, not an error of ours
+            log.warning("health check: database unavailable: %s", type(e).__name__)
+            return {"status": "error", "database": "error"}
+        return {"status": "ok", "database": "ok"}
+
+    return check
+
+
+def safe_path(path: str) -> str:
+    """A request path fit for the log: the token in it masked."""
+    return _TOKEN_PATH.sub(lambda m: m[1] + mask_token(m[2]), path)
+
+
+@dataclass(frozen=True)
+class Block:
+    """One piece of a message page: a paragraph, a mailto address, or a link."""
+
+    text: str
+    href: str = ""
+    mailto: bool = False
+
+
+# --- one request --------------------------------------------------------------------------
+
+
+class _Page:
+    """One request's language, CSRF cookie and URL building."""
+
+    def __init__(self, app: WebApp, request: _Request, adapter: MapAdapter) -> None:
+        self.app = app
+        self.request = request
+        self.adapter = adapter
+        self.lang = pick_lang(request.args.get("lang"))
+        self.endpoint = ""
+        self.args: Mapping[str, Any] = {}
+        cookie = request.cookies.get(CSRF_COOKIE, "")
+        self._cookie = cookie if _COOKIE_VALUE.fullmatch(cookie) else None
+        self._set_cookie = False
+
+    def t(self, key: str, **values: object) -> str:
+        return text(self.lang, key, **values)
+
+    def url(self, endpoint: str, **values: Any) -> str:
+        if self.lang != DEFAULT_LANG:
+            values["lang"] = self.lang
+        return self.adapter.build(endpoint, values)
+
+    def static_url(self, filename: str) -> str:
+        return self.adapter.build("static", {"filename": filename})
+
+    def here(self, lang: str | None = None) -> str:
+        """This page's URL (matched routes only), in ``lang`` or the current language."""
+        values = dict(self.args)
+        if (lang or self.lang) != DEFAULT_LANG:
+            values["lang"] = lang or self.lang
+        return self.adapter.build(self.endpoint, values)
+
+    def switch_url(self) -> str:
+        return self.here("ja" if self.lang == "en" else "en")
+
+    def csrf(self) -> str:
+        """The hidden field's value: the cookie's value, signed and timed (double submit)."""
+        if self._cookie is None:
+            self._cookie = secrets.token_urlsafe(32)
+            self._set_cookie = True
+        return self.app.links.make(CSRF, self._cookie)
+
+    def csrf_ok(self) -> bool:
+        cookie = self.request.cookies.get(CSRF_COOKIE, "")
+        field = self.request.form.get(CSRF_FIELD, "")
+        if not cookie or not field:
+            return False
+        try:
+            payload = self.app.links.check(CSRF, field, CSRF_MAX_AGE)
+        except LinkError:
+            return False
+        # Bytes: compare_digest refuses non-ASCII str, and the cookie is the client's to choose.
+        return isinstance(payload, str) and hmac.compare_digest(payload.encode(), cookie.encode())
+
+    def render(self, template: str, title: str, status: int = 200, **context: Any) -> Response:
+        html = self.app.jinja.get_template(template).render(
+            page=self,
+            lang=self.lang,
+            t=functools.partial(text, self.lang),
+            title=title,
+            service=self.app.config.service.name,
+            switch=bool(self.endpoint) and status < 400 and self.request.method == "GET",
+            **context,
+        )
+        response = Response(html, status=status, mimetype="text/html")
+        if self._set_cookie:
+            response.set_cookie(
+                CSRF_COOKIE,
+                self._cookie or "",
+                path=(self.request.script_root or "") + "/",
+                secure=self.app.secure_cookie,
+                httponly=True,
+                samesite="Lax",
+            )
+        return response
+
+    def message(self, status: int, title_key: str, *blocks: Block, **context: Any) -> Response:
+        return self.render(
+            "message.html", self.t(title_key), status, blocks=blocks, summary=None, **context
+        )
+
+
+# --- the application ----------------------------------------------------------------------
+
+
+class WebApp:
+    """The WSGI application: routes, views, and the one ``try`` at the request boundary."""
+
+    def __init__(
+        self,
+        config: Config,
+        registrations: Registrations,
+        areas: AreaMap,
+        links: Links,
+        clock: Clock,
+        health: Health | None = None,
+    ) -> None:
+        self.config = config
+        self.registrations = registrations
+        self.areas = areas
+        self.links = links
+        self.clock = clock
+        self.health = health or database_health(registrations.db)
+        self.secure_cookie = config.service.base_url.startswith("https://")
+        self.jinja = Environment(
+            loader=FileSystemLoader(TEMPLATES),
+            autoescape=True,
+            undefined=StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.url_map = Map(
+            [
+                Rule("/", endpoint="index", methods=["GET"]),
+                Rule("/signup", endpoint="signup", methods=["GET", "POST"]),
+                Rule("/register/<token>", endpoint="register", methods=["GET", "POST"]),
+                Rule("/manage/<token>", endpoint="manage", methods=["GET", "POST"]),
+                Rule("/unsubscribe/<token>", endpoint="unsubscribe", methods=["GET", "POST"]),
+                Rule("/healthz", endpoint="healthz", methods=["GET"]),
+                Rule("/favicon.ico", endpoint="favicon", methods=["GET"]),
+                Rule("/static/<path:filename>", endpoint="static", methods=["GET"]),
+            ]
+        )
+        self._views: dict[str, Callable[..., Response]] = {
+            "index": self.on_index,
+            "signup": self.on_signup,
+            "register": self.on_register,
+            "manage": self.on_manage,
+            "unsubscribe": self.on_unsubscribe,
+            "healthz": self.on_healthz,
+            "static": self.on_static,
+            "favicon": self.on_favicon,
+        }
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
+        response = self.respond(_Request(environ))
+        return response(environ, start_response)
+
+    def respond(self, request: _Request) -> Response:
+        page = _Page(self, request, self.url_map.bind_to_environ(request.environ))
+        try:
+            page.endpoint, page.args = page.adapter.match()
+            response = self._views[page.endpoint](page, **page.args)
+        except RequestRedirect as e:
+            response = redirect(e.new_url, e.code)
+        except HTTPException as e:
+            response = self._http_error(page, e)
+        except Exception:
+            # STYLE §6: catch once, here. The path is masked; the traceback names no token.
+            log.exception("%s %s failed", request.method, safe_path(request.path))
+            response = self._server_error(page)
+        return self._harden(response, page.endpoint)
+
+    def _harden(self, response: Response, endpoint: str) -> Response:
+        headers = response.headers
+        headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+        headers["X-Frame-Options"] = "DENY"
+        headers["X-Content-Type-Options"] = "nosniff"
+        headers["Referrer-Policy"] = "no-referrer"  # tokens are in our URLs
+        if endpoint != "static":
+            headers["Cache-Control"] = "no-store"
+        return response
+
+    def _http_error(self, page: _Page, e: HTTPException) -> Response:
+        code = e.code or 500
+        if code >= 500:
+            return self._server_error(page)
+        key = {404: "not_found", 405: "method", 413: "too_large"}.get(code, "bad_request")
+        response = page.message(code, f"{key}_title", Block(page.t(f"{key}_body")))
+        if isinstance(e, MethodNotAllowed) and e.valid_methods:
+            response.headers["Allow"] = ", ".join(e.valid_methods)
+        return response
+
+    def _server_error(self, page: _Page) -> Response:
+        try:
+            return page.message(500, "server_error_title", Block(page.t("server_error_body")))
+        except Exception:
+            log.exception("rendering the error page failed")
+            return Response("500 Internal Server Error", status=500, mimetype="text/plain")
+
+    # --- link problems: a page that says what happened and what to do next
+
+    def _link_problem(self, page: _Page, purpose: str, token: str, error: LinkError) -> Response:
+        reason = error.reason
+        if reason == "invalid" and purpose != REGISTER and self._signed(purpose, token):
+            # Our own, untampered link whose subscriber is gone: they cancelled (or were erased).
+            reason = "gone"
+        log.info("%s link %s refused: %s", purpose, mask_token(token), reason)
+        t = page.t
+        again = [
+            Block(t("register_again")),
+            Block(self.config.smtp.registration_address, mailto=True),
+            Block(t("register_again_pc")),
+            Block(t("back_to_signup"), href=page.url("signup")),
+        ]
+        if reason == "invalid":
+            if purpose == REGISTER:
+                return page.message(400, "invalid_title", Block(t("invalid_body")), *again)
+            return page.message(
+                400, "invalid_title", Block(t("invalid_body")), Block(t("invalid_manage_next"))
+            )
+        if reason == "expired":
+            return page.message(410, "expired_title", Block(t("expired_body")), *again)
+        if reason == "used":
+            return page.message(
+                410,
+                "used_title",
+                Block(t("used_body")),
+                Block(t("used_lost")),
+                Block(self.config.smtp.registration_address, mailto=True),
+            )
+        return page.message(410, "gone_title", Block(t("gone_body")), *again[1:])
+
+    def _signed(self, purpose: str, token: str) -> bool:
+        try:
+            self.links.check_subscriber_link(purpose, token)
+        except LinkError:
+            return False
+        return True
+
+    def _csrf_failed(self, page: _Page) -> Response:
+        log.info(
+            "%s %s: missing or bad CSRF token", page.request.method, safe_path(page.request.path)
+        )
+        return page.message(
+            400, "csrf_title", Block(page.t("csrf_body")), Block(page.t("reload"), href=page.here())
+        )
+
+    def _not_arrived(self, page: _Page) -> Block:
+        domain = self.config.mail.from_address.rpartition("@")[2]
+        return Block(page.t("not_arrived", domain=domain))
+
+    # --- views
+
+    def on_index(self, page: _Page) -> Response:
+        return redirect(page.url("signup"), 303)
+
+    def on_signup(self, page: _Page) -> Response:
+        title = page.t("signup_title")
+        registration = self.config.smtp.registration_address
+        if page.request.method == "GET":
+            return page.render(
+                "signup.html", title, address="", error="", registration=registration
+            )
+        if not page.csrf_ok():
+            return self._csrf_failed(page)
+        address = page.request.form.get("address", "")
+        try:
+            self.registrations.request_signup(address)
+        except InvalidAddress:
+            return page.render(
+                "signup.html",
+                title,
+                400,
+                address=address,
+                error=page.t("signup_invalid"),
+                registration=registration,
+            )
+        # The same page for a new, a registered and a throttled address (SPEC §8).
+        return page.message(
+            200,
+            "signup_sent_title",
+            Block(page.t("signup_sent_body")),
+            Block(page.t("signup_sent_registered")),
+            self._not_arrived(page),
+        )
+
+    def on_register(self, page: _Page, token: str) -> Response:
+        try:
+            view = self.registrations.view_register(token)
+        except LinkError as e:
+            return self._link_problem(page, REGISTER, token, e)
+        if page.request.method == "GET":
+            return self._form(page, "register", view, (), [c.id for c in CATEGORIES])
+        if not page.csrf_ok():
+            return self._csrf_failed(page)
+        form = page.request.form
+        area_ids, categories = form.getlist("area"), form.getlist("category")
+        try:
+            done = self.registrations.complete_register(token, area_ids, categories)
+        except LinkError as e:
+            return self._link_problem(page, REGISTER, token, e)
+        except (ChoiceError, UnknownArea) as e:
+            return self._form(page, "register", view, area_ids, categories, e)
+        return page.render(
+            "message.html",
+            page.t("registered_title"),
+            blocks=[
+                Block(page.t("registered_body", address=done.masked_address)),
+                self._not_arrived(page),
+            ],
+            summary=summary(self.areas, done, page.lang),
+        )
+
+    def on_manage(self, page: _Page, token: str) -> Response:
+        try:
+            view = self.registrations.view_manage(token)
+        except LinkError as e:
+            return self._link_problem(page, MANAGE, token, e)
+        if page.request.method == "GET":
+            return self._form(page, "manage", view, view.area_ids, view.categories)
+        if not page.csrf_ok():
+            return self._csrf_failed(page)
+        form = page.request.form
+        action = form.get("action", "")
+        try:
+            if action == "cancel":
+                self.registrations.cancel(token)
+                return page.message(200, "cancelled_title", Block(page.t("cancelled_body")))
+            if action != "update":
+                return page.message(400, "bad_request_title", Block(page.t("bad_request_body")))
+            area_ids, categories = form.getlist("area"), form.getlist("category")
+            try:
+                saved = self.registrations.update(token, area_ids, categories)
+            except (ChoiceError, UnknownArea) as e:
+                return self._form(page, "manage", view, area_ids, categories, e)
+        except LinkError as e:
+            return self._link_problem(page, MANAGE, token, e)
+        return page.render(
+            "message.html",
+            page.t("updated_title"),
+            blocks=[
+                Block(page.t("updated_body")),
+                Block(page.t("back_to_manage"), href=page.here()),
+            ],
+            summary=summary(self.areas, saved, page.lang),
+        )
+
+    def on_unsubscribe(self, page: _Page, token: str) -> Response:
+        request = page.request
+        if request.method == "POST" and request.form.get(ONE_CLICK_KEY) == ONE_CLICK_VALUE:
+            return self._one_click(page, token)
+        try:
+            view = self.registrations.view_manage(token, UNSUBSCRIBE)
+            if request.method == "GET":
+                return page.render(
+                    "unsubscribe.html",
+                    page.t("unsubscribe_title"),
+                    view=view,
+                    manage_url=page.url("manage", token=view.manage_token),
+                )
+            if not page.csrf_ok():
+                return self._csrf_failed(page)
+            self.registrations.cancel(token, UNSUBSCRIBE)
+        except LinkError as e:
+            return self._link_problem(page, UNSUBSCRIBE, token, e)
+        return page.message(200, "cancelled_title", Block(page.t("cancelled_body")))
+
+    def _one_click(self, page: _Page, token: str) -> Response:
+        """RFC 8058: the mail client POSTs without cookie or CSRF field; the token is the proof."""
+        try:
+            self.registrations.cancel(token, UNSUBSCRIBE)
+        except LinkError as e:
+            if not self._signed(UNSUBSCRIBE, token):
+                return self._link_problem(page, UNSUBSCRIBE, token, e)
+            # Already erased: the address gets no more mail, which is what was asked for.
+            log.info("one-click unsubscribe %s: already cancelled", mask_token(token))
+        return page.message(200, "cancelled_title", Block(page.t("cancelled_body")))
+
+    def on_healthz(self, page: _Page) -> Response:
+        try:
+            report: Mapping[str, Any] = self.health()
+        except Exception:
+            log.exception("health check failed")
+            report = {"status": "error"}
+        status, body = health_status(report)
+        return Response(json.dumps(body, default=str), status=status, mimetype="application/json")
+
+    def on_static(self, page: _Page, filename: str) -> Response:
+        response = send_from_directory(STATIC, filename, page.request.environ, max_age=3600)
+        assert isinstance(response, Response)
+        return response
+
+    def on_favicon(self, page: _Page) -> Response:
+        # Browsers ask for it on every site; "no content" keeps their consoles and our logs quiet.
+        return Response(status=204)
+
+    def _form(
+        self,
+        page: _Page,
+        kind: str,
+        view: SubscriberView,
+        area_ids: Iterable[str],
+        categories: Iterable[str],
+        error: Exception | None = None,
+    ) -> Response:
+        """The register or manage form, pre-filled; with ``error`` a 400 that keeps the choices."""
+        message = ""
+        if isinstance(error, ChoiceError):
+            message = error.en if page.lang == "en" else error.ja
+        elif error is not None:
+            message = page.t("unknown_area")
+        root, groups = area_picker(self.areas, area_ids, page.lang)
+        return page.render(
+            f"{kind}.html",
+            page.t(f"{kind}_title"),
+            400 if error else 200,
+            view=view,
+            error=message,
+            root=root,
+            groups=groups,
+            categories=category_boxes(categories, page.lang),
+            action=page.here(),
+        )
+
+
+def create_app(
+    config: Config,
+    registrations: Registrations,
+    areas: AreaMap,
+    links: Links,
+    clock: Clock,
+    health: Health | None = None,
+) -> WebApp:
+    """The WSGI callable for the daemon's waitress server or any other WSGI server."""
+    return WebApp(config, registrations, areas, links, clock, health)

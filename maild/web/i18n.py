@@ -1,0 +1,213 @@
+"""Texts of the resident-facing pages, Japanese first and English second (SPEC §8).
+
+Pure data and one lookup function. Texts are plain strings with ``{name}``
+placeholders; the templates escape them like any other value, so no text here
+may hold HTML. Japanese is the default; ``?lang=en`` picks English.
+"""
+
+from __future__ import annotations
+
+LANGS = ("ja", "en")
+DEFAULT_LANG = "ja"
+
+TEXTS: dict[str, tuple[str, str]] = {
+    # --- frame
+    "switch_lang": ("English", "日本語"),
+    "back_to_signup": ("登録の申し込みページへ", "Go to the sign-up page"),
+    # --- signup
+    "signup_title": ("メール配信の登録（パソコンから）", "Sign up (from a computer)"),
+    "signup_intro": (
+        "メールアドレスを入力して「送信」を押してください。登録用のURLを書いたメールを送ります。",
+        'Enter your mail address and press "Send". We will mail you a URL to finish signing up.',
+    ),
+    "signup_blank_mail": (
+        "携帯電話やスマートフォンからは、次のアドレスに空メール（件名・本文なし）を送っても登録できます。",
+        "From a phone you can also sign up by sending an empty mail to this address:",
+    ),
+    "address_label": ("メールアドレス", "Mail address"),
+    "send": ("送信", "Send"),
+    "signup_invalid": (
+        "メールアドレスの形式が正しくありません。もう一度確かめてください。",
+        "This is not a valid mail address. Please check it and try again.",
+    ),
+    "signup_sent_title": ("メールを確認してください", "Please check your mail"),
+    "signup_sent_body": (
+        "入力されたアドレスがメールを受け取れる場合、登録用のURLを書いたメールを送りました。"
+        "24時間以内にURLを開いて登録を済ませてください。",
+        "If the address you entered can receive mail, we have sent it a mail with a URL."
+        " Open that URL within 24 hours to finish.",
+    ),
+    "signup_sent_registered": (
+        "すでに登録済みのアドレスには、登録内容の変更・解除用のURLを送ります。"
+        "同じアドレスへのメールは10分に1通までです。",
+        "An address that is already subscribed gets the URL for changing or cancelling"
+        " instead. We send at most one such mail to an address every 10 minutes.",
+    ),
+    "not_arrived": (
+        "メールが届かないときは、迷惑メール設定で「{domain}」からのメールを受信できるようにして"
+        "（指定受信）、もう一度お試しください。",
+        'If no mail arrives, allow mail from "{domain}" in your spam settings and try again.',
+    ),
+    # --- register / manage form
+    "register_title": ("登録内容の入力", "Choose what you receive"),
+    "register_intro": (
+        "{address} で受け取る地域と情報の種類を選び、「登録」を押してください。",
+        'Choose the areas and kinds of information for {address}, then press "Register".',
+    ),
+    "register_button": ("登録", "Register"),
+    "manage_title": ("登録内容の変更・解除", "Change or cancel your subscription"),
+    "manage_intro": (
+        "{address} の登録内容です。変えたいところを選び直して「変更する」を押してください。",
+        'This is the subscription of {address}. Change your choices and press "Save changes".',
+    ),
+    "update_button": ("変更する", "Save changes"),
+    "areas_legend": ("受け取る地域", "Areas"),
+    "areas_hint": (
+        "いくつでも選べます。ブロック名を押すと、そのブロックの警察署と市区町村が表示されます。",
+        "Choose as many as you like. Tap a block to show its police stations and municipalities.",
+    ),
+    "whole_block": ("{name}全体", "All of {name}"),
+    "chosen_count": ("{count}件選択中", "{count} chosen"),
+    "stations_heading": ("警察署の管轄で選ぶ", "By police station"),
+    "municipalities_heading": ("市区町村で選ぶ", "By municipality"),
+    "categories_legend": ("受け取る情報の種類", "Kinds of information"),
+    "categories_hint": (
+        "受け取りたくない種類のチェックを外してください。",
+        "Untick the kinds you do not want.",
+    ),
+    "cancel_heading": ("登録の解除", "Cancel the subscription"),
+    "cancel_explain": (
+        "解除すると、このアドレスの登録情報はすべて削除され、メールは届かなくなります。"
+        "もう一度受け取るには、改めて登録してください。",
+        "Cancelling deletes everything we hold about this address and stops all mail."
+        " To receive mail again, sign up again.",
+    ),
+    "cancel_button": ("登録を解除する", "Cancel my subscription"),
+    # --- results
+    "registered_title": ("登録が完了しました", "You are subscribed"),
+    "registered_body": (
+        "{address} に「登録完了のお知らせ」メールを送りました。"
+        "登録内容の変更・解除用のURLはそのメールに書いてあります。大切に保管してください。",
+        'We have sent "登録完了のお知らせ" (subscription complete) to {address}. It holds the'
+        " URL for changing or cancelling your subscription: please keep it.",
+    ),
+    "updated_title": ("変更しました", "Your changes are saved"),
+    "updated_body": (
+        "これからは次の内容でメールをお送りします。",
+        "From now on you will receive mail for these choices.",
+    ),
+    "back_to_manage": ("変更・解除のページに戻る", "Back to the change page"),
+    "summary_areas": ("地域", "Areas"),
+    "summary_categories": ("情報の種類", "Kinds of information"),
+    "cancelled_title": ("登録を解除しました", "Your subscription is cancelled"),
+    "cancelled_body": (
+        "登録情報は削除しました。今後、メールはお送りしません。ご利用ありがとうございました。",
+        "We have deleted your details and will send you no more mail. Thank you for using"
+        " the service.",
+    ),
+    "unsubscribe_title": ("登録の解除", "Cancel the subscription"),
+    "unsubscribe_intro": (
+        "{address} の登録を解除します。よろしければ「登録を解除する」を押してください。",
+        'This cancels the subscription of {address}. Press "Cancel my subscription" to go on.',
+    ),
+    "unsubscribe_manage_instead": (
+        "地域や情報の種類を変えるだけなら、こちら",
+        "To change your areas or kinds of information instead, go here",
+    ),
+    # --- choices that cannot be saved
+    "unknown_area": ("不明な地域が選ばれました。", "An unknown area was chosen."),
+    # --- link problems (the link changes nothing in each case)
+    "invalid_title": ("リンクが正しくありません", "This link is not valid"),
+    "invalid_body": (
+        "URLが途中で切れているか、書き換えられています。メールに書かれたURLを、最後まで"
+        "そのまま開いてください。",
+        "The URL is cut short or was changed. Open the URL in the mail exactly as it is,"
+        " all the way to its end.",
+    ),
+    "invalid_manage_next": (
+        "登録内容の変更・解除は、最近届いたメールの末尾にあるURLからできます。",
+        "You can change or cancel your subscription from the URL at the end of any recent"
+        " mail from us.",
+    ),
+    "expired_title": ("登録用のリンクの有効期限が切れました", "This sign-up link has expired"),
+    "expired_body": (
+        "登録用のURLは、メールを送ってから24時間だけ使えます。登録はまだ済んでいません。",
+        "A sign-up URL works for 24 hours after we send it. You are not subscribed yet.",
+    ),
+    "used_title": ("このリンクはすでに使われています", "This link has already been used"),
+    "used_body": (
+        "このアドレスの登録はすでに完了しています。変更・解除は「登録完了のお知らせ」メールの"
+        "URLからできます。",
+        "This address is already subscribed. You can change or cancel it from the URL in the"
+        ' mail "登録完了のお知らせ".',
+    ),
+    "used_lost": (
+        "URLが見つからないときは、もう一度空メールを次のアドレスに送ってください。"
+        "変更・解除用のURLをお送りします。",
+        "If you cannot find it, send an empty mail to this address again and we will send you"
+        " the URL for changing or cancelling.",
+    ),
+    "gone_title": ("この登録はすでに解除されています", "This subscription has been cancelled"),
+    "gone_body": (
+        "このリンクの登録は解除され、登録情報は削除されています。再び受け取るには、改めて"
+        "登録してください。",
+        "The subscription this link belongs to was cancelled and its details deleted. To"
+        " receive mail again, sign up again.",
+    ),
+    "register_again": (
+        "お手数ですが、もう一度空メールを次のアドレスに送ってください。新しいURLをお送りします。",
+        "Please send an empty mail to this address again; we will send you a new URL.",
+    ),
+    "register_again_pc": (
+        "パソコンからは、登録の申し込みページからやり直せます。",
+        "From a computer, start again on the sign-up page.",
+    ),
+    # --- other errors
+    "csrf_title": ("もう一度やり直してください", "Please try again"),
+    "csrf_body": (
+        "ページを開いてから時間がたったか、ブラウザがクッキーを受け付けていないため、"
+        "送信を受け付けられませんでした。何も変更していません。ページを開き直して、"
+        "もう一度送信してください。",
+        "We could not accept the form because the page was open for a long time or your"
+        " browser refused our cookie. Nothing has changed. Reload the page and send it again.",
+    ),
+    "reload": ("ページを開き直す", "Reload the page"),
+    "bad_request_title": ("送信内容が正しくありません", "The request is not valid"),
+    "bad_request_body": (
+        "送信された内容を受け付けられませんでした。何も変更していません。",
+        "We could not accept what was sent. Nothing has changed.",
+    ),
+    "not_found_title": ("ページが見つかりません", "Page not found"),
+    "not_found_body": (
+        "お探しのページはありません。メールに書かれたURLは、最後までそのまま開いてください。",
+        "There is no such page. Open URLs from our mails exactly as written, to their end.",
+    ),
+    "method_title": ("この操作はできません", "This is not allowed"),
+    "method_body": (
+        "このページはこの方法では開けません。何も変更していません。",
+        "This page cannot be used this way. Nothing has changed.",
+    ),
+    "too_large_title": ("送信内容が大きすぎます", "Too much data was sent"),
+    "too_large_body": (
+        "送信内容が大きすぎるため受け付けられませんでした。何も変更していません。",
+        "What was sent is too large to accept. Nothing has changed.",
+    ),
+    "server_error_title": ("ただいま処理できません", "Something went wrong"),
+    "server_error_body": (
+        "申し訳ありません。一時的な問題で処理できませんでした。しばらくたってから、もう一度"
+        "お試しください。",
+        "Sorry, a temporary problem stopped us. Please try again in a little while.",
+    ),
+}
+
+
+def pick_lang(value: str | None) -> str:
+    """The page language for a ``lang`` query value; anything unknown means Japanese."""
+    return value if value in LANGS else DEFAULT_LANG
+
+
+def text(lang: str, key: str, **values: object) -> str:
+    """The text ``key`` in ``lang`` with ``{placeholders}`` filled in (still unescaped)."""
+    ja, en = TEXTS[key]
+    template = en if lang == "en" else ja
+    return template.format(**values) if values else template

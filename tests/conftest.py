@@ -1,0 +1,45 @@
+"""Shared fixtures: config factory, a real daemon subprocess, a real SMTP sink."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.configs import write_config
+from tests.daemon import DaemonProcess
+from tests.smtpsink import SmtpSink
+
+
+@pytest.fixture
+def config_path(tmp_path: Path) -> Callable[..., Path]:
+    """``config_path(**sections)`` writes a config under tmp_path and returns its path."""
+
+    def make(**overrides: dict[str, Any]) -> Path:
+        return write_config(tmp_path, **overrides)
+
+    return make
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
+    """``daemon(config_path, env=None)`` starts ``maild serve``; all are stopped afterwards."""
+    started: list[DaemonProcess] = []
+
+    def start(path: Path, env: dict[str, str] | None = None) -> DaemonProcess:
+        process = DaemonProcess(path, tmp_path / "daemon.log", env).start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+
+
+@pytest.fixture
+def sink() -> Iterator[SmtpSink]:
+    """A real SMTP server on a free loopback port that records what maild sends."""
+    with SmtpSink() as server:
+        yield server

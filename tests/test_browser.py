@@ -1,0 +1,226 @@
+"""A real headless Chromium, phone-sized and with JavaScript off, walks the resident pages:
+sign up, register, change, unsubscribe (SPEC §8).
+
+The app runs in waitress on a free loopback port, as inside the daemon. Screenshots
+go outside the repository, to ``$MAILD_SCREENSHOTS`` or ``/tmp/maild-screenshots``.
+Chromium comes from Debian (``/usr/bin/chromium``); Playwright never downloads one.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import (
+    Browser,
+    ConsoleMessage,
+    Page,
+    Response,
+    ViewportSize,
+    expect,
+    sync_playwright,
+)
+from sqlalchemy import select
+from waitress.server import create_server
+
+from maild.clock import FakeClock
+from maild.models import OutboxMail, Subscriber
+from maild.services import Services, build_services
+from maild.web.app import create_app
+from tests.configs import make_config
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PHONE: ViewportSize = {"width": 360, "height": 740}
+BRAND_BLUE = "rgb(11, 79, 138)"  # --brand in maild.css: proves the stylesheet passed the CSP
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="Debian's chromium is not installed at /usr/bin/chromium"
+)
+
+
+@dataclass
+class Site:
+    url: str
+    services: Services
+
+    def link_in_last_mail(self, route: str) -> str:
+        with self.services.db.transaction() as session:
+            data = session.scalars(select(OutboxMail).order_by(OutboxMail.id.desc())).first()
+            assert data is not None
+            raw = data.data
+        msg = email.message_from_bytes(raw, policy=email.policy.default)
+        body = msg.get_body(("plain",))
+        assert body is not None
+        match = re.search(rf"https?://[^/\s]+/{route}/(\S+)", body.get_content())
+        assert match
+        return match[1]
+
+    def subscriber(self, address: str) -> Subscriber | None:
+        with self.services.db.transaction() as session:
+            return session.scalars(
+                select(Subscriber).where(Subscriber.address == address)
+            ).one_or_none()
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    config = make_config(tmp_path)
+    clock = FakeClock()
+    services = build_services(config, clock)
+    app = create_app(config, services.registrations, services.areas, services.links, clock)
+    server: Any = create_server(app, host="127.0.0.1", port=0, threads=4, ident="maild-test")
+    thread = threading.Thread(target=server.run, name="web", daemon=True)
+    thread.start()
+    try:
+        yield Site(f"http://127.0.0.1:{server.effective_port}", services)
+    finally:
+        server.close()
+        thread.join(10)
+        services.db.dispose()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def shots() -> Path:
+    folder = Path(os.environ.get("MAILD_SCREENSHOTS", "/tmp/maild-screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture
+def phone(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(
+        viewport=PHONE,
+        device_scale_factor=2,
+        is_mobile=True,
+        has_touch=True,
+        java_script_enabled=False,  # everything must work without it (SPEC §8)
+        locale="ja-JP",
+    )
+    context.set_default_timeout(10_000)
+    page = context.new_page()
+    problems: list[str] = []
+
+    def on_console(message: ConsoleMessage) -> None:
+        if "Content Security Policy" in message.text or "Refused to" in message.text:
+            problems.append(message.text)
+
+    def on_response(response: Response) -> None:
+        # Pages may answer 4xx on purpose; what they pull in (the stylesheet) must load.
+        if response.request.resource_type != "document" and response.status >= 400:
+            problems.append(f"{response.status} {response.url}")
+
+    page.on("console", on_console)
+    page.on("response", on_response)
+    page.on("requestfailed", lambda request: problems.append(f"failed {request.url}"))
+    yield page
+    context.close()
+    assert problems == []
+
+
+def fits_the_phone(page: Page) -> None:
+    """No sideways scrolling at 360 px, and the stylesheet is applied."""
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], f"page is {width}px wide"
+    header = page.locator("header.site")
+    expect(header).to_have_css("background-color", BRAND_BLUE)
+
+
+def test_phone_walk_signup_register_change_unsubscribe(
+    site: Site, phone: Page, shots: Path
+) -> None:
+    page = phone
+    address = "hanako..sato.@docomo.ne.jp"
+
+    # /signup: enter the address.
+    page.goto(f"{site.url}/signup")
+    fits_the_phone(page)
+    page.screenshot(path=shots / "01-signup.png", full_page=True)
+    page.get_by_label("メールアドレス").fill(address)
+    page.get_by_role("button", name="送信").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("メールを確認してください")
+
+    # The registration URL from the mail: pick 青葉区 inside 中央ブロック.
+    page.goto(f"{site.url}/register/{site.link_in_last_mail('register')}")
+    fits_the_phone(page)
+    page.screenshot(path=shots / "02-register.png")
+    aoba = page.get_by_role("checkbox", name="青葉区", exact=True)
+    expect(aoba).to_be_hidden()  # inside a closed <details>
+    page.locator("summary", has_text="中央ブロック").click()
+    expect(aoba).to_be_visible()
+    box = page.locator("label.check", has=aoba).bounding_box()
+    assert box is not None and box["height"] >= 44  # a touch target, not a speck
+    aoba.check()
+    expect(page.get_by_role("checkbox", name="その他")).to_be_checked()  # all by default
+    page.screenshot(path=shots / "03-register-block-open.png", full_page=True)
+    page.get_by_role("button", name="登録").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("登録が完了しました")
+    expect(page.locator("dl.summary")).to_contain_text("青葉区")
+    fits_the_phone(page)
+    page.screenshot(path=shots / "04-registered.png", full_page=True)
+    subscriber = site.subscriber(address)
+    assert subscriber is not None and subscriber.area_ids == ["aoba"]
+
+    # The manage URL from the completion mail: swap 青葉区 for 仙南ブロック.
+    manage = site.link_in_last_mail("manage")
+    page.goto(f"{site.url}/manage/{manage}")
+    fits_the_phone(page)
+    expect(aoba).to_be_visible()  # the block holding a choice opens by itself
+    expect(aoba).to_be_checked()
+    aoba.uncheck()
+    page.locator("summary", has_text="仙南ブロック").click()
+    page.get_by_role("checkbox", name="仙南ブロック全体").check()
+    page.get_by_role("checkbox", name="その他").uncheck()
+    page.screenshot(path=shots / "05-manage.png", full_page=True)
+    page.get_by_role("button", name="変更する").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("変更しました")
+    subscriber = site.subscriber(address)
+    assert subscriber is not None and subscriber.area_ids == ["block-sennan"]
+
+    # The unsubscribe URL of an alert mail: GET asks, the button cancels.
+    unsubscribe = site.services.registrations.view_manage(manage).unsubscribe_token
+    page.goto(f"{site.url}/unsubscribe/{unsubscribe}")
+    fits_the_phone(page)
+    page.screenshot(path=shots / "06-unsubscribe.png")
+    assert site.subscriber(address) is not None
+    page.get_by_role("button", name="登録を解除する").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("登録を解除しました")
+    assert site.subscriber(address) is None
+
+
+def test_phone_english_register_form(site: Site, phone: Page, shots: Path) -> None:
+    site.services.registrations.request_signup("mary@example.com")
+    page = phone
+    page.goto(f"{site.url}/register/{site.link_in_last_mail('register')}?lang=en")
+    page.locator("summary", has_text="Coastal block").click()
+    fits_the_phone(page)
+    page.screenshot(path=shots / "07-register-en.png", full_page=True)
+    page.get_by_role("button", name="Register").click()  # nothing chosen
+    expect(page.locator(".error")).to_have_text("Choose at least one area.")
+    expect(page.locator("html")).to_have_attribute("lang", "en")
