@@ -23,7 +23,7 @@ import datetime as dt
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
 MAX_ALERT_FILE_BYTES = 64 * 1024
@@ -73,6 +73,11 @@ class AlertDraft:
     sender: str | None
     body: str  # LF line ends, no trailing blank lines
     encoding: str  # "utf-8", "utf-8-sig" or "cp932": how the file was read
+    # Where things stood in the file, for problems found after parsing (legacy charset);
+    # not part of what the alert says, so not compared.
+    subject_line: int | None = field(default=None, compare=False)
+    sender_line: int | None = field(default=None, compare=False)
+    body_first_line: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -290,6 +295,7 @@ class _Parser:
             body_lines.pop()
         while body_lines and _is_blank(body_lines[0]):
             body_lines.pop(0)
+            body_start += 1
         body = "\n".join(body_lines)
 
         for header in _REQUIRED:
@@ -323,6 +329,9 @@ class _Parser:
             sender=sender or None,
             body=body,
             encoding=encoding,
+            subject_line=values[_SUBJECT.key][0],
+            sender_line=values[_SENDER.key][0] if _SENDER.key in values else None,
+            body_first_line=body_start + 1,
         )
 
     def read_headers(self, lines: list[str]) -> tuple[dict[str, tuple[int, str]], int]:

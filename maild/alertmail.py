@@ -5,6 +5,12 @@ for a million subscribers cannot afford that. :class:`AlertTemplate` encodes
 the headers everyone shares once, and :meth:`AlertTemplate.personalise` adds
 the few that differ (To, Message-ID, List-Unsubscribe) and the body with the
 recipient's own change/cancel link (SPEC §7). Pure: no I/O.
+
+An alert has one template per charset: UTF-8 for most recipients, ISO-2022-JP
+for ``mail.legacy_charset_domains`` (SPEC §10); the caller picks per recipient.
+An ISO-2022-JP body is encoded line by line, each line ending in ASCII, so the
+part before the change/cancel URL is encoded once and the ASCII URL line is
+appended per recipient.
 """
 
 from __future__ import annotations
@@ -12,14 +18,19 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from maild.addresses import domain_of
 from maild.alertfile import subject_with_area
 from maild.compose import (
     AUTO_GENERATED,
     CRLF,
+    ISO_2022_JP,
+    UTF8,
+    Charset,
     encode_body,
     header_fields,
     render,
 )
+from maild.config import Config
 from maild.notices import RULE
 
 # Headers that differ per recipient; the template leaves them out and adds them per message.
@@ -56,15 +67,24 @@ def full_subject(prefix: str, subject: str, area_label: str, test: bool = False)
 
 def body_text(content: AlertContent, manage_url: str) -> str:
     """The body a recipient reads: the alert, the sender line, the change/cancel footer."""
+    return _shared_text(content) + manage_url + "\n"
+
+
+def _shared_text(content: AlertContent) -> str:
+    """Everything of :func:`body_text` before the recipient's URL, ending in a line break."""
     parts = [content.body.rstrip("\n"), ""]
     if content.sender:
         parts += [f"（{content.sender}）", ""]
-    parts += [RULE, "利用者情報の変更・解除はこちら", manage_url, ""]
+    parts += [RULE, "利用者情報の変更・解除はこちら", ""]
     return "\n".join(parts)
 
 
 class AlertTemplate:
-    """The shared part of every mail of one alert, encoded once."""
+    """The shared part of every mail of one alert, encoded once.
+
+    ``charset="iso-2022-jp"`` raises :class:`~maild.legacy.LegacyCharsetError`
+    when the subject or body hold a character phones cannot show.
+    """
 
     def __init__(
         self,
@@ -77,9 +97,11 @@ class AlertTemplate:
         hostname: str,
         date: dt.datetime,
         test: bool = False,
+        charset: Charset = UTF8,
     ) -> None:
         self.content = content
         self.hostname = hostname
+        self.charset = charset
         fields = header_fields(
             from_address=from_address,
             from_name=from_name,
@@ -95,9 +117,15 @@ class AlertTemplate:
                 ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
                 ("Precedence", "bulk"),
             ],
+            charset=charset,
         )
         shared = [(name, value) for name, value in fields if name.lower() not in _PERSONAL]
         self._head = render(shared, b"")[:-2]  # without the blank line that ends the header
+        # ISO-2022-JP lines are encoded independently, so the shared lines can be
+        # encoded once; base64 runs across line ends, so UTF-8 is encoded per message.
+        self._body_head = (
+            encode_body(_shared_text(content), charset) if charset == ISO_2022_JP else b""
+        )
 
     def personalise(self, personal: Personal) -> bytes:
         """The bytes of one recipient's message (SPEC §7): ASCII substitutions and the body."""
@@ -106,12 +134,50 @@ class AlertTemplate:
             f"Message-ID: <alert-{self.content.alert_id}.{personal.subscriber_id}@{self.hostname}>"
             f"{CRLF}List-Unsubscribe: <{personal.unsubscribe_url}>{CRLF}{CRLF}"
         ).encode("ascii")
-        return (
-            self._head + personal_head + encode_body(body_text(self.content, personal.manage_url))
-        )
+        if self.charset == ISO_2022_JP:
+            body = self._body_head + encode_body(personal.manage_url, ISO_2022_JP)
+        else:
+            body = encode_body(body_text(self.content, personal.manage_url))
+        return self._head + personal_head + body
 
 
 def _header_address(address: str) -> str:
     from maild.compose import _address
 
     return _address(address)
+
+
+def list_id(config: Config) -> str:
+    """``List-Id: <alerts.mail.example.jp>`` (RFC 2919), ASCII only."""
+    return f"<alerts.{config.smtp.hostname}>"
+
+
+def charset_for(config: Config, address: str) -> Charset:
+    """ISO-2022-JP for ``mail.legacy_charset_domains`` (old phones), UTF-8 for everyone else."""
+    return ISO_2022_JP if domain_of(address) in config.mail.legacy_charset_domains else UTF8
+
+
+def template_for(
+    config: Config,
+    content: AlertContent,
+    date: dt.datetime,
+    charset: Charset = UTF8,
+    test: bool = False,
+) -> AlertTemplate:
+    """The template of one alert in one charset, with the service's From, prefix and List-Id.
+
+    Raises :class:`~maild.legacy.LegacyCharsetError` when the alert cannot be written in
+    ISO-2022-JP.
+    """
+    mail = config.mail
+    return AlertTemplate(
+        content,
+        from_address=mail.from_address,
+        from_name=mail.from_name,
+        subject_prefix=mail.subject_prefix,
+        list_id=list_id(config),
+        hostname=config.smtp.hostname,
+        date=date.astimezone(config.service.tz),
+        test=test,
+        charset=charset,
+    )

@@ -10,6 +10,7 @@ elsewhere (``maild.window``, ``maild.areas``); this module applies them.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,8 @@ from typing import Any
 from sqlalchemy import case, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
-from maild.alertfile import AlertDraft
+from maild import legacy
+from maild.alertfile import AlertDraft, AlertFileInvalid
 from maild.areas import AreaMap, category_bit
 from maild.clock import Clock
 from maild.config import Config
@@ -70,12 +72,22 @@ class Alerts:
 
     # --- intake ---------------------------------------------------------------------
 
+    def check_draft(self, draft: AlertDraft) -> None:
+        """Checks that need the configuration, after the file itself parsed: raises
+        :class:`AlertFileInvalid` so the file is rejected with its lines named."""
+        if self.config.mail.legacy_charset_domains:
+            problems = legacy.check_draft(draft)
+            if problems:
+                raise AlertFileInvalid(problems)
+
     def intake(self, draft: AlertDraft, source: Source) -> int:
         """Turn a valid alert file into an alert; returns its id.
 
         Idempotent on ``source.claim_name``: a spool file processed again after a crash
         between this commit and the file's move returns the alert it already made.
+        Raises :class:`AlertFileInvalid` for what :meth:`check_draft` refuses.
         """
+        self.check_draft(draft)
         now = self.clock.now()
         approval = self.config.approval
         is_approver = source.requester in approval.approvers
@@ -280,13 +292,13 @@ class Alerts:
             if status is not None:
                 query = query.where(Alert.status == status)
             alerts = session.scalars(query).all()
-            counts = self._counts(session, [a.id for a in alerts])
+            counts = self.delivery_counts(session, [a.id for a in alerts])
             return [self._describe(a, counts.get(a.id)) for a in alerts]
 
     def show(self, alert_id: int) -> dict[str, Any]:
         with self.db.transaction() as session:
             alert = self._get(session, alert_id)
-            result = self._describe(alert, self._counts(session, [alert_id]).get(alert_id))
+            result = self._describe(alert, self.delivery_counts(session, [alert_id]).get(alert_id))
             result["body"] = alert.body
             result["audit"] = [
                 {"at": e.at.isoformat(), "action": e.action, "user": e.user, "detail": e.detail}
@@ -298,7 +310,7 @@ class Alerts:
             ]
             return result
 
-    def _counts(self, session: Session, ids: list[int]) -> dict[int, dict[str, int]]:
+    def delivery_counts(self, session: Session, ids: list[int]) -> dict[int, dict[str, int]]:
         if not ids:
             return {}
         statuses = (DELIVERY_QUEUED, DELIVERY_SENT, DELIVERY_DEFERRED, DELIVERY_FAILED)
@@ -312,6 +324,8 @@ class Alerts:
 
     def _describe(self, alert: Alert, counts: dict[str, int] | None) -> dict[str, Any]:
         tz = self.config.service.tz
+        if counts is None and alert.final_counts:
+            counts = json.loads(alert.final_counts)  # delivery rows pruned by housekeeping
         return {
             "id": alert.id,
             "subject": alert.subject,

@@ -16,12 +16,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from maild import __version__, window
+from maild import __version__, subscribers, window
+from maild.addresses import InvalidAddress, mask
 from maild.alerts import AlertActionError
 from maild.areas import AreaFileError, AreaMap
 from maild.clock import clock_from_environment
 from maild.config import Config, ConfigError, load_config
 from maild.db import SchemaError
+from maild.dkim import DkimSigner
+from maild.legacy import legacy_problems, problem_texts
 from maild.logs import setup_logging
 from maild.models import ALERT_STATUSES
 from maild.services import Services, build_services, window_rules
@@ -52,6 +55,12 @@ def _cmd_serve(config: Config, args: argparse.Namespace) -> int:
 
 def _cmd_check_config(config: Config, args: argparse.Namespace) -> int:
     areas = AreaMap.load(config.areas.file)
+    try:
+        DkimSigner.from_config(config.dkim)
+    except ValueError as e:
+        raise ConfigError(f"{config.path}: [dkim] key_file: {e}") from None
+    if config.mail.legacy_charset_domains:
+        _check_legacy_texts(config, areas)
     summary = {
         "config": str(config.path),
         "areas": len(areas.areas()),
@@ -63,6 +72,20 @@ def _cmd_check_config(config: Config, args: argparse.Namespace) -> int:
     else:
         print(f"{config.path}: OK ({summary['areas']} areas, database {summary['database']})")
     return 0
+
+
+def _check_legacy_texts(config: Config, areas: AreaMap) -> None:
+    """What every mail to an old phone carries must exist in ISO-2022-JP."""
+    texts = [
+        ("[service] name", config.service.name),
+        ("[mail] from_name", config.mail.from_name),
+        ("[mail] subject_prefix", config.mail.subject_prefix),
+    ] + [(f"{config.areas.file}: {area.id}", area.name_ja) for area in areas.areas()]
+    for where, text in texts:
+        problems = legacy_problems(text)
+        if problems:
+            ja, en = problem_texts(problems[0])
+            raise ConfigError(f"{config.path}: {where}: {en} ({ja})")
 
 
 def _cmd_db_upgrade(config: Config, args: argparse.Namespace) -> int:
@@ -267,6 +290,74 @@ def _cmd_window(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+# --- subscribers ------------------------------------------------------------------------
+
+
+def _cmd_subscribers_import(config: Config, args: argparse.Namespace) -> int:
+    services = _services(config)
+    try:
+        with subscribers.open_csv(Path(args.csv)) as lines:
+            report = subscribers.import_csv(services.db, services.areas, services.clock, lines)
+    except subscribers.ImportFileError as e:
+        raise CommandError(f"{e.ja} / {e.en}") from None
+    except OSError as e:
+        raise CommandError(f"{args.csv}: {e.strerror}") from None
+    if args.json:
+        _print_json(
+            {
+                "imported": report.imported,
+                "skipped": report.skipped,
+                "problems": [{"line": p.line, "ja": p.ja, "en": p.en} for p in report.problems],
+            }
+        )
+    else:
+        for problem in report.problems:
+            print(problem, file=sys.stderr)
+        print(f"{report.imported} 件登録しました / imported, {report.skipped} skipped")
+    return 0
+
+
+def _cmd_subscribers_stats(config: Config, args: argparse.Namespace) -> int:
+    services = _services(config)
+    numbers = subscribers.stats(services.db, services.areas)
+    if args.json:
+        _print_json(numbers)
+        return 0
+    print("status:   " + ", ".join(f"{k} {v}" for k, v in numbers["by_status"].items()))
+    print("category: " + ", ".join(f"{k} {v}" for k, v in numbers["by_category"].items()))
+    print("areas (active subscribers who chose each):")
+    for area_id, count in numbers["by_area"].items():
+        print(
+            f"  {services.areas.get(area_id).name_ja if area_id in services.areas else area_id}"
+            f" ({area_id}): {count}"
+        )
+    return 0
+
+
+def _cmd_subscribers_export(config: Config, args: argparse.Namespace) -> int:
+    services = _services(config)
+    print(
+        "maild: 注意: 出力には個人情報（メールアドレス）が含まれます。取り扱いに注意してください。"
+        " / warning: the output holds personal data (mail addresses); handle it with care.",
+        file=sys.stderr,
+    )
+    count = subscribers.export_csv(services.db, services.areas, sys.stdout)
+    print(f"maild: {count} subscribers exported", file=sys.stderr)
+    return 0
+
+
+def _cmd_subscribers_remove(config: Config, args: argparse.Namespace) -> int:
+    services = _services(config)
+    try:
+        removed = subscribers.remove(services.db, args.address)
+    except InvalidAddress as e:
+        raise CommandError(str(e)) from None
+    if not removed:
+        raise CommandError(f"{mask(args.address)} is not registered")
+    print(f"{mask(args.address)} を削除しました / erased")
+    return 0
+
+
 def _safe_url(url: str) -> str:
     """A database URL without its password."""
     from sqlalchemy.engine import make_url
@@ -330,6 +421,23 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         if name == "show":
             sub.add_argument("--json", action="store_true", help="print JSON")
+
+    people = commands.add_parser("subscribers", help="import, export, count or erase subscribers")
+    people_commands = people.add_subparsers(dest="people_command", metavar="COMMAND", required=True)
+    sub = people_commands.add_parser(
+        "import", help="import CSV (address,areas,categories) from an older system"
+    )
+    sub.add_argument("csv", metavar="CSV")
+    sub.add_argument("--json", action="store_true", help="print JSON")
+    sub.set_defaults(handler=_cmd_subscribers_import)
+    sub = people_commands.add_parser("stats", help="counts by status, area and category")
+    sub.add_argument("--json", action="store_true", help="print JSON")
+    sub.set_defaults(handler=_cmd_subscribers_stats)
+    sub = people_commands.add_parser("export", help="CSV of all subscribers on stdout")
+    sub.set_defaults(handler=_cmd_subscribers_export)
+    sub = people_commands.add_parser("remove", help="erase one subscriber")
+    sub.add_argument("address", metavar="ADDRESS")
+    sub.set_defaults(handler=_cmd_subscribers_remove)
 
     win = add("window", _cmd_window, "is sending allowed at a moment, and when it next opens")
     win.add_argument("--at", metavar="ISO-DATETIME", help="the moment (default: now)")

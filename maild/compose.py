@@ -20,6 +20,12 @@ Choices, and why:
   name become RFC 2047 encoded words, split on character boundaries.
 - Every header appears once (receivers reject duplicates, SPEC §10); extra
   headers that collide with ours are refused.
+- Recipients at ``mail.legacy_charset_domains`` get ``charset="iso-2022-jp"``
+  (SPEC §7, §10): text mapped by :mod:`maild.legacy` (① → (1), ～ → 〜 …), the
+  body 7bit ISO-2022-JP in lines under 998 bytes, Subject and display name as
+  ISO-2022-JP encoded words (``EmailMessage`` would write them in UTF-8). A
+  character with no equivalent raises :class:`~maild.legacy.LegacyCharsetError`:
+  no mojibake is ever sent.
 """
 
 from __future__ import annotations
@@ -30,17 +36,28 @@ import re
 from collections.abc import Sequence
 from email.header import Header
 from email.utils import format_datetime, make_msgid
+from typing import Final, Literal
 
+from maild import legacy
 from maild.addresses import smtp_path
 
 AUTO_REPLIED = "auto-replied"
 AUTO_GENERATED = "auto-generated"
 AUTO_SUBMITTED_VALUES = (AUTO_REPLIED, AUTO_GENERATED)
 
+Charset = Literal["utf-8", "iso-2022-jp"]
+UTF8: Final = "utf-8"
+ISO_2022_JP: Final = "iso-2022-jp"
+CHARSETS: tuple[Charset, ...] = (UTF8, ISO_2022_JP)
+
 CRLF = "\r\n"
 MAX_LINE = 998  # RFC 5322 §2.1.1, without the CRLF
 FOLD_AT = 78  # RFC 5322 §2.1.1's "SHOULD"
 BASE64_LINE = 76  # RFC 2045 §6.8
+# ISO-2022-JP lines are cut this many characters at a time. A JIS X 0208
+# character is 2 bytes and every switch to or from ASCII adds a 3-byte escape,
+# so 300 characters are at most ~700 bytes in practice; each piece is measured anyway.
+_LEGACY_FOLD = 300
 
 # Headers compose() writes itself; extra_headers may not repeat them.
 OWN_HEADERS = frozenset(
@@ -84,6 +101,7 @@ def compose(
     in_reply_to: str | None = None,
     extra_headers: Sequence[tuple[str, str]] = (),
     message_id: str | None = None,
+    charset: Charset = UTF8,
 ) -> bytes:
     """The complete message, CRLF line endings, ready for the relay's DATA.
 
@@ -94,7 +112,9 @@ def compose(
     malformed one (it comes from a resident's phone) is left out rather than
     refused. ``message_id`` lets a caller keep one id across retries; by default
     a new unique one is made in ``message_id_domain``. ``extra_headers`` values
-    must be ASCII (List-Id, List-Unsubscribe, Precedence, …).
+    must be ASCII (List-Id, List-Unsubscribe, Precedence, …). ``charset`` is
+    ``"iso-2022-jp"`` for recipients at ``mail.legacy_charset_domains``; it raises
+    :class:`~maild.legacy.LegacyCharsetError` for text that cannot be sent so.
     """
     fields = header_fields(
         from_address=from_address,
@@ -106,8 +126,9 @@ def compose(
         auto_submitted=auto_submitted,
         in_reply_to=in_reply_to,
         extra_headers=extra_headers,
+        charset=charset,
     )
-    return render(fields, encode_body(body))
+    return render(fields, encode_body(body, charset))
 
 
 def header_fields(
@@ -121,8 +142,10 @@ def header_fields(
     auto_submitted: str,
     in_reply_to: str | None = None,
     extra_headers: Sequence[tuple[str, str]] = (),
+    charset: Charset = UTF8,
 ) -> list[Field]:
     """Every header of a message as ``(name, encoded and folded value)``, in order."""
+    _check_charset(charset)
     if date.tzinfo is None or date.utcoffset() is None:
         raise ValueError("the Date of a mail needs a timezone-aware datetime")
     if auto_submitted not in AUTO_SUBMITTED_VALUES:
@@ -131,9 +154,9 @@ def header_fields(
         raise ValueError(f"{message_id!r} is not a Message-ID such as <id@domain>")
     fields: list[Field] = [
         ("Date", format_datetime(date)),
-        ("From", _mailbox(from_name, from_address)),
+        ("From", _mailbox(from_name, from_address, charset)),
         ("To", _address(to)),
-        ("Subject", _text("Subject", subject)),
+        ("Subject", _text("Subject", subject, charset)),
         ("Message-ID", message_id),
     ]
     reply_id = _reply_id(in_reply_to)
@@ -151,24 +174,70 @@ def header_fields(
         if not value.isascii() or _CONTROLS.search(value):
             raise ValueError(f"header {name}: the value must be one line of ASCII")
         fields.append((name, _fold(name, value)))
-    fields += [
-        ("MIME-Version", "1.0"),
-        ("Content-Type", "text/plain; charset=utf-8"),
-        ("Content-Transfer-Encoding", "base64"),
-    ]
+    fields.append(("MIME-Version", "1.0"))
+    if charset == ISO_2022_JP:
+        # RFC 1468: ISO-2022-JP is a 7bit encoding; every line ends in ASCII.
+        fields += [
+            ("Content-Type", f"text/plain; charset={legacy.MIME_CHARSET}"),
+            ("Content-Transfer-Encoding", "7bit"),
+        ]
+    else:
+        fields += [
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Transfer-Encoding", "base64"),
+        ]
     return fields
 
 
-def encode_body(text: str) -> bytes:
-    """``text`` as canonical CRLF UTF-8, base64 in 76-character lines, ending in CRLF."""
+def encode_body(text: str, charset: Charset = UTF8) -> bytes:
+    """The body ready for DATA, ending in CRLF.
+
+    UTF-8: ``text`` as canonical CRLF UTF-8, base64 in 76-character lines.
+    ISO-2022-JP: ``text`` mapped by :func:`maild.legacy.to_legacy`, each line
+    encoded on its own (so each ends in ASCII) and cut at character boundaries
+    into pieces under 998 bytes; raises :class:`~maild.legacy.LegacyCharsetError`.
+    """
     lines = _LINE_BREAK.split(text)
     if lines and lines[-1] == "":
         lines.pop()
+    if charset == ISO_2022_JP:
+        return _encode_legacy_lines(lines, text)
+    _check_charset(charset)
     canonical = "".join(line + CRLF for line in lines).encode("utf-8")
     encoded = base64.b64encode(canonical)
     return b"".join(
         encoded[i : i + BASE64_LINE] + b"\r\n" for i in range(0, len(encoded), BASE64_LINE)
     )
+
+
+def _encode_legacy_lines(lines: list[str], text: str) -> bytes:
+    out: list[bytes] = []
+    for line in lines:
+        encoded = legacy.encode_as_is(line)  # most lines need no mapping: encode once
+        if encoded is None:
+            line = legacy.to_legacy(line)
+            encoded = legacy.encode_as_is(line)
+            if encoded is None:
+                # Report every character of the whole body, with body line numbers.
+                raise legacy.LegacyCharsetError("body", legacy.legacy_problems(text))
+        if len(encoded) <= MAX_LINE:
+            out.append(encoded)
+            continue
+        start = 0
+        while start < len(line):
+            size = _LEGACY_FOLD
+            piece = line[start : start + size].encode(legacy.CODEC)
+            while len(piece) > MAX_LINE:  # only for text that switches sets very often
+                size //= 2
+                piece = line[start : start + size].encode(legacy.CODEC)
+            out.append(piece)
+            start += size
+    return b"".join(line + b"\r\n" for line in out)
+
+
+def _check_charset(charset: str) -> None:
+    if charset not in CHARSETS:
+        raise ValueError(f"charset must be one of {CHARSETS}, not {charset!r}")
 
 
 def render(fields: Sequence[Field], body: bytes) -> bytes:
@@ -188,12 +257,20 @@ def _one_line(text: str) -> str:
     return " ".join(_CONTROLS.sub(" ", text).split())
 
 
-def _text(name: str, text: str) -> str:
+def _text(name: str, text: str, charset: Charset = UTF8) -> str:
     """An unstructured header value (RFC 5322 §3.2.5), RFC 2047-encoded when needed."""
     text = _one_line(text)
+    if charset == ISO_2022_JP:
+        text = legacy.check_legacy(name, text)
     if text.isascii() and "=?" not in text and all(len(w) < _LONG_WORD for w in text.split()):
         return _fold(name, text)
-    return Header(text, "utf-8", header_name=name).encode(linesep=CRLF)
+    return _encoded_words(name, text, charset)
+
+
+def _encoded_words(name: str, text: str, charset: Charset) -> str:
+    """RFC 2047 encoded words; ``email.header.Header`` splits them so that each
+    ISO-2022-JP word starts and ends in ASCII (RFC 1468), as decoders expect."""
+    return Header(text, charset, header_name=name).encode(linesep=CRLF)
 
 
 def _fold(name: str, value: str) -> str:
@@ -217,17 +294,19 @@ def _address(address: str) -> str:
     return path
 
 
-def _mailbox(name: str, address: str) -> str:
+def _mailbox(name: str, address: str, charset: Charset = UTF8) -> str:
     """``display name <address>``; a non-ASCII name as encoded words (RFC 2047 §5)."""
     path = _address(address)
     name = _one_line(name)
     if not name:
         return path
+    if charset == ISO_2022_JP:
+        name = legacy.check_legacy("From", name)
     if name.isascii() and "=?" not in name:
         if _SPECIALS.search(name):
             name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
         return f"{name} <{path}>"
-    return Header(name, "utf-8", header_name="From").encode(linesep=CRLF) + f" <{path}>"
+    return _encoded_words("From", name, charset) + f" <{path}>"
 
 
 def _reply_id(text: str | None) -> str | None:

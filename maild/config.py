@@ -152,6 +152,11 @@ class ApprovalConfig:
 
 
 @dataclass(frozen=True)
+class HousekeepingConfig:
+    keep_days: int = 30  # delivery rows of finished alerts; per-alert counts are kept
+
+
+@dataclass(frozen=True)
 class AreasConfig:
     file: Path = Path("areas.toml")
 
@@ -171,6 +176,7 @@ class Config:
     window: WindowConfig = field(default_factory=WindowConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     approval: ApprovalConfig = field(default_factory=ApprovalConfig)
+    housekeeping: HousekeepingConfig = field(default_factory=HousekeepingConfig)
     areas: AreasConfig = field(default_factory=AreasConfig)
 
     @property
@@ -430,6 +436,12 @@ def _read_approval(r: _Reader) -> ApprovalConfig:
     )
 
 
+def _read_housekeeping(r: _Reader) -> HousekeepingConfig:
+    return HousekeepingConfig(
+        keep_days=r.integer("keep_days", HousekeepingConfig().keep_days, 1, 3650)
+    )
+
+
 def _read_areas(r: _Reader) -> AreasConfig:
     path = r.path("file", AreasConfig().file)
     assert path is not None
@@ -451,6 +463,7 @@ _READERS: dict[str, Callable[[_Reader], Any]] = {
     "window": _read_window,
     "spool": _read_spool,
     "approval": _read_approval,
+    "housekeeping": _read_housekeeping,
     "areas": _read_areas,
 }
 
@@ -470,6 +483,7 @@ _KEYS: dict[str, set[str]] = {
         "window": WindowConfig,
         "spool": SpoolConfig,
         "approval": ApprovalConfig,
+        "housekeeping": HousekeepingConfig,
         "areas": AreasConfig,
     }.items()
 }

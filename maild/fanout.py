@@ -20,11 +20,13 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from maild.addresses import mask
-from maild.alertmail import AlertContent, AlertTemplate, Personal
+from maild.alertmail import AlertContent, AlertTemplate, Personal, charset_for, template_for
 from maild.alerts import Alerts
 from maild.clock import Clock
+from maild.compose import ISO_2022_JP, UTF8, Charset
 from maild.config import Config
 from maild.db import Database
+from maild.legacy import LegacyCharsetError
 from maild.models import (
     ACTIVE,
     DELIVERY_DEFERRED,
@@ -47,6 +49,9 @@ LEASE = dt.timedelta(minutes=5)
 # 4xx and connection failures are retried for a day (issue 3), then recorded as failed.
 GIVE_UP_AFTER = dt.timedelta(days=1)
 IDLE_POLL_SECONDS = 1.0
+
+
+_Templates = dict[tuple[int, Charset], AlertTemplate | LegacyCharsetError]
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,7 @@ class FanoutSender:
         self.verp = verp
         self.clock = clock
         self.on_result = on_result
-        self._templates: dict[int, AlertTemplate] = {}
+        self._templates: dict[tuple[int, Charset], AlertTemplate | LegacyCharsetError] = {}
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._paused_until: dt.datetime | None = None
@@ -131,14 +136,20 @@ class FanoutSender:
         rows = await asyncio.to_thread(self._claim, now)
         if not rows:
             return False
-        templates = await asyncio.to_thread(self._templates_for, {r.alert_id for r in rows})
+        keys = {(r.alert_id, charset_for(self.config, r.address or "")) for r in rows}
+        templates = await asyncio.to_thread(self._templates_for, keys)
         results = await asyncio.gather(*(self._send(row, templates) for row in rows))
         await asyncio.to_thread(self._record, results, self.clock.now())
         return True
 
-    async def _send(self, row: _Row, templates: dict[int, AlertTemplate]) -> _Result:
+    async def _send(self, row: _Row, templates: _Templates) -> _Result:
         if row.address is None:
-            return _Result(row, PermanentFailure(None, "subscriber no longer active", stage="rcpt"))
+            gone = PermanentFailure(None, "subscriber no longer active", stage="compose")
+            return _Result(row, gone)
+        template = templates[(row.alert_id, charset_for(self.config, row.address))]
+        if isinstance(template, LegacyCharsetError):
+            # Never fall back to UTF-8 for an old phone: it would show mojibake.
+            return _Result(row, PermanentFailure(None, template.en, stage="compose"))
         base = self.config.service.base_url
         manage = self.links.subscriber_link(MANAGE, row.subscriber_id, row.link_key)
         unsubscribe = self.links.subscriber_link(UNSUBSCRIBE, row.subscriber_id, row.link_key)
@@ -150,7 +161,7 @@ class FanoutSender:
             unsubscribe_url=f"{base}/unsubscribe/{unsubscribe}",
             envelope_from=f"{local}+{self.verp.make(row.subscriber_id)}@{domain}",
         )
-        data = templates[row.alert_id].personalise(personal)
+        data = template.personalise(personal)
         try:
             await self.relay.send(personal.envelope_from, row.address, data)
         except DeliveryError as e:
@@ -199,32 +210,33 @@ class FanoutSender:
             for r in found
         ]
 
-    def _templates_for(self, alert_ids: set[int]) -> dict[int, AlertTemplate]:
-        missing = alert_ids - self._templates.keys()
+    def _templates_for(self, keys: set[tuple[int, Charset]]) -> _Templates:
+        missing = keys - self._templates.keys()
         if missing:
             with self.db.transaction() as session:
-                for alert in session.scalars(select(Alert).where(Alert.id.in_(missing))):
-                    self._templates[alert.id] = self.template(alert)
-        return {i: self._templates[i] for i in alert_ids}
+                alerts = {
+                    alert.id: alert
+                    for alert in session.scalars(
+                        select(Alert).where(Alert.id.in_({a for a, _ in missing}))
+                    )
+                }
+            for alert_id, charset in missing:
+                try:
+                    self._templates[(alert_id, charset)] = self.template(alerts[alert_id], charset)
+                except LegacyCharsetError as e:
+                    log.warning("alert %d cannot go to old phones: %s", alert_id, e.en)
+                    self._templates[(alert_id, charset)] = e
+        return {key: self._templates[key] for key in keys}
 
-    def template(self, alert: Alert, test: bool = False) -> AlertTemplate:
-        mail = self.config.mail
-        return AlertTemplate(
-            AlertContent(
-                alert_id=alert.id,
-                subject=alert.subject,
-                area_label=self.alerts.areas.describe(alert.area_ids),
-                body=alert.body,
-                sender=alert.sender,
-            ),
-            from_address=mail.from_address,
-            from_name=mail.from_name,
-            subject_prefix=mail.subject_prefix,
-            list_id=list_id(self.config),
-            hostname=self.config.smtp.hostname,
-            date=(alert.released_at or self.clock.now()).astimezone(self.config.service.tz),
-            test=test,
+    def template(self, alert: Alert, charset: Charset = UTF8) -> AlertTemplate:
+        content = AlertContent(
+            alert_id=alert.id,
+            subject=alert.subject,
+            area_label=self.alerts.areas.describe(alert.area_ids),
+            body=alert.body,
+            sender=alert.sender,
         )
+        return template_for(self.config, content, alert.released_at or self.clock.now(), charset)
 
     def _record(self, results: list[_Result], now: dt.datetime) -> None:
         sent = [r.row.delivery_id for r in results if r.error is None]
@@ -243,7 +255,8 @@ class FanoutSender:
                     self._record_failure(session, result, now)
             for alert_id in {r.row.alert_id for r in results}:
                 if self.alerts.finish_if_done(session, alert_id, now):
-                    self._templates.pop(alert_id, None)
+                    for charset in (UTF8, ISO_2022_JP):
+                        self._templates.pop((alert_id, charset), None)
                     log.info("alert %d finished", alert_id)
         for result in results:
             self.on_result(DELIVERY_SENT if result.error is None else type(result.error).__name__)
@@ -283,8 +296,3 @@ class FanoutSender:
                 "last_error": str(error),
             }
         session.execute(update(Delivery).where(Delivery.id == row.delivery_id).values(**values))
-
-
-def list_id(config: Config) -> str:
-    """``List-Id: みやぎSecurityメール <alerts.mail.example.jp>`` (RFC 2919), ASCII only."""
-    return f"<alerts.{config.smtp.hostname}>"

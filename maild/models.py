@@ -123,6 +123,8 @@ class Alert(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     released_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Delivery counts as JSON, written when housekeeping prunes the alert's delivery rows.
+    final_counts: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     @property
     def area_ids(self) -> tuple[str, ...]:

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from maild import addresses, notices
+from maild.alertmail import charset_for
 from maild.areas import CATEGORIES, AreaMap, categories_from_mask, mask_from_categories
 from maild.clock import Clock
 from maild.compose import compose
@@ -25,6 +26,7 @@ from maild.config import Config
 from maild.db import Database
 from maild.models import ACTIVE, PENDING, SUSPENDED, Subscriber, SubscriberArea
 from maild.outbox import enqueue
+from maild.subscribers import erase
 from maild.tokens import MANAGE, REGISTER, UNSUBSCRIBE, LinkError, Links, new_link_key
 
 log = logging.getLogger("maild.registration")
@@ -177,7 +179,7 @@ class Registrations:
         with self.db.transaction() as session:
             subscriber = self._by_link(session, purpose, token)
             subscriber_id = subscriber.id
-            session.delete(subscriber)
+            erase(session, subscriber.id, subscriber.address)
         log.info("subscriber %d cancelled and erased (%s)", subscriber_id, purpose)
 
     # --- helpers -----------------------------------------------------------------
@@ -269,6 +271,7 @@ class Registrations:
             message_id_domain=self.config.smtp.hostname,
             auto_submitted=auto_submitted,
             in_reply_to=in_reply_to,
+            charset=charset_for(self.config, recipient),
         )
         enqueue(
             session,

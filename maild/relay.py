@@ -39,7 +39,7 @@ from maild.config import ConfigError, RelayConfig
 
 log = logging.getLogger("maild.delivery")
 
-Stage = Literal["connect", "mail", "rcpt", "data"]
+Stage = Literal["connect", "mail", "rcpt", "data", "compose"]
 
 # SMTP reply codes (RFC 5321 §4.2.2, §4.2.3).
 OK = 250

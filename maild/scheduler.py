@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable
 
 from apscheduler.jobstores.base import JobLookupError
+from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -56,7 +57,11 @@ class ReleaseScheduler:
         self.clock = clock
         self.on_release = on_release
         self._scheduler = AsyncIOScheduler(
-            jobstores={"default": SQLAlchemyJobStore(engine=db.engine, tablename=JOB_TABLE)},
+            jobstores={
+                "default": SQLAlchemyJobStore(engine=db.engine, tablename=JOB_TABLE),
+                # Periodic chores are re-added at every start; nothing to persist.
+                "memory": MemoryJobStore(),
+            },
             job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1},
             timezone=dt.UTC,
         )
@@ -80,6 +85,18 @@ class ReleaseScheduler:
             run_date=release_at,
             args=[alert_id],
             id=job_id(alert_id),
+            replace_existing=True,
+        )
+
+    def every(self, interval: dt.timedelta, func: Callable[[], object], name: str) -> None:
+        """Run ``func`` (blocking; in a worker thread) every ``interval``, first at start."""
+        self._scheduler.add_job(
+            func,
+            "interval",
+            seconds=interval.total_seconds(),
+            id=name,
+            jobstore="memory",
+            next_run_time=dt.datetime.now(dt.UTC),
             replace_existing=True,
         )
 
@@ -119,7 +136,7 @@ class ReleaseScheduler:
                 job = self._scheduler.get_job(job_id(alert_id))
                 if job is None or job.next_run_time != release_at:
                     self.schedule(alert_id, release_at)
-        for job in self._scheduler.get_jobs():
+        for job in self._scheduler.get_jobs(jobstore="default"):
             alert_id = int(job.id.removeprefix("release-"))
             if alert_id not in scheduled:
                 self.unschedule(alert_id)

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,20 +30,25 @@ from maild.alertfile import AlertDraft
 from maild.alerts import Source
 from maild.clock import Clock, clock_from_environment
 from maild.config import Config
+from maild.dkim import DkimSigner, signing
 from maild.fanout import FanoutSender
+from maild.housekeeping import Housekeeping
+from maild.metrics import Metrics
 from maild.outbox import OutboxSender
 from maild.relay import open_relay
 from maild.scheduler import ReleaseScheduler
 from maild.services import Services, build_services
 from maild.smtp_inbound import InboundHandler, InboundServer
 from maild.spool import FileMeta, SpoolWatcher, ensure_layout
-from maild.web.app import create_app
+from maild.watchdog import watchdog
+from maild.web.app import create_app, database_health
 
 log = logging.getLogger("maild")
 
 SMTP_DRAIN_SECONDS = 10.0
 # Registration answers and notices get connections of their own (issue 3: priority).
 OUTBOX_CONNECTIONS = 2
+HOUSEKEEPING_INTERVAL = dt.timedelta(minutes=15)
 
 
 class StartupError(Exception):
@@ -58,10 +65,25 @@ class Daemon:
         os.umask(0o077)  # everything we create (keys, maildir files, db) is ours alone
         services = await asyncio.to_thread(self._build)
         config = self.config
-        outbox_relay = open_relay(
-            dataclasses.replace(config.relay, connections=OUTBOX_CONNECTIONS), config.smtp.hostname
+        metrics = Metrics(services.db, sessions=lambda: inbound.session_count)
+        try:
+            signer = DkimSigner.from_config(config.dkim)
+        except ValueError as e:
+            raise StartupError(str(e)) from None
+        # Signing wraps the timing, so relay latency measures the relay alone.
+        outbox_relay = signing(
+            metrics.timed(
+                open_relay(
+                    dataclasses.replace(config.relay, connections=OUTBOX_CONNECTIONS),
+                    config.smtp.hostname,
+                ),
+                "outbox",
+            ),
+            signer,
         )
-        alert_relay = open_relay(config.relay, config.smtp.hostname)
+        alert_relay = signing(
+            metrics.timed(open_relay(config.relay, config.smtp.hostname), "alert"), signer
+        )
         sender = OutboxSender(services.db, outbox_relay, self.clock, OUTBOX_CONNECTIONS)
         services.registrations.wake_outbox = sender.wake
         fanout = FanoutSender(
@@ -79,7 +101,11 @@ class Daemon:
 
         def intake(draft: AlertDraft, meta: FileMeta) -> int:
             alert_id = services.alerts.intake(draft, Source(meta.claim_name, meta.owner))
-            scheduler.reconcile()  # an urgent alert goes now, a held one gets its job
+            try:
+                scheduler.reconcile()  # an urgent alert goes now, a held one gets its job
+            except Exception:
+                # The alert is safe in the database; the next reconcile pass releases it.
+                log.exception("releasing alert %d at intake failed", alert_id)
             return alert_id
 
         await asyncio.to_thread(ensure_layout, config.spool.dir)
@@ -91,20 +117,37 @@ class Daemon:
             clock=self.clock,
         )
 
-        inbound = InboundServer(InboundHandler(config, services.registrations), config.smtp)
+        inbound = InboundServer(
+            InboundHandler(config, services.registrations, on_outcome=metrics.registration),
+            config.smtp,
+        )
         passed = systemd.listen_sockets()
         try:
             await inbound.start(passed[0] if passed else None, config.smtp.listen)
         except OSError as e:
             raise StartupError(f"cannot listen for SMTP on {config.smtp.listen}: {e}") from e
 
-        web, web_thread = self._start_web(services)
+        check_database = database_health(services.db)
+
+        def health() -> dict[str, Any]:
+            report = dict(check_database())
+            report["smtp"] = "listening" if not inbound.closing else "closing"
+            return report
+
+        web, web_thread = self._start_web(services, health, metrics.render)
+
+        def status() -> str:  # for systemctl status; in-memory figures only, no database
+            return f"accepting mail; {inbound.session_count} SMTP sessions"
+
         scheduler.start()
+        housekeeping = Housekeeping(config, services.db, services.alerts, self.clock)
+        scheduler.every(HOUSEKEEPING_INTERVAL, housekeeping.run, "housekeeping")
         tasks = [
             asyncio.create_task(sender.run(self.stopping), name="outbox"),
             asyncio.create_task(fanout.run(self.stopping), name="fanout"),
             asyncio.create_task(scheduler.run(self.stopping), name="scheduler"),
             asyncio.create_task(spool.run(self.stopping), name="spool"),
+            asyncio.create_task(watchdog(self.stopping, status), name="watchdog"),
         ]
         self._install_signals()
         log.info(
@@ -135,13 +178,17 @@ class Daemon:
     def _build(self) -> Services:
         return build_services(self.config, self.clock)
 
-    def _start_web(self, services: Services) -> tuple[Any, threading.Thread]:
+    def _start_web(
+        self, services: Services, health: Callable[[], dict[str, Any]], metrics: Callable[[], bytes]
+    ) -> tuple[Any, threading.Thread]:
         app = create_app(
             self.config,
             services.registrations,
             services.areas,
             services.links,
             self.clock,
+            health,
+            metrics,
         )
         listen = self.config.web.listen
         try:

@@ -164,6 +164,7 @@ def _write_durably(path: Path, data: bytes, mode: int = 0o640) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         try:
+            os.fchmod(fd, mode)  # the daemon's umask (0077) would hide .error files from operators
             _write_all(fd, data)
             os.fsync(fd)
         finally:
@@ -242,12 +243,17 @@ def place_in_spool(spool_dir: Path, name: str, data: bytes) -> Path:
     if not name or "/" in name or "\0" in name or is_ignored(name) or name in (".", ".."):
         raise ValueError(f"not a usable spool file name: {name!r}")
     incoming = spool_dir / INCOMING
+    incoming.mkdir(mode=0o2770, parents=True, exist_ok=True)  # before the daemon's first start
     tmp = incoming / f".{secrets.token_hex(6)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
     try:
         try:
             _write_all(fd, data)
             os.fsync(fd)
+            # The file is complete before it gets its name, so let the watcher take it at
+            # once: a file whose mtime is older than the settle time counts as stable.
+            settled = time.time() - 60
+            os.utime(fd, (settled, settled))
         finally:
             os.close(fd)
         for candidate in _numbered(_shorten(name, 200)):

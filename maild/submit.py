@@ -15,8 +15,9 @@ from typing import Any
 
 from maild.addresses import mask
 from maild.alertfile import AlertDraft, AlertFileInvalid, parse_alert
-from maild.alertmail import AlertContent, AlertTemplate, Personal
-from maild.fanout import list_id
+from maild.alertmail import AlertContent, AlertTemplate, Personal, charset_for, template_for
+from maild.compose import Charset
+from maild.dkim import DkimSigner, signing
 from maild.relay import DeliveryError, open_relay
 from maild.services import Services
 from maild.spool import place_in_spool
@@ -58,6 +59,7 @@ def check_file(services: Services, path: Path) -> Checked:
             resolve_area=lambda text: services.areas.resolve(text).id,
             tz=services.config.service.tz,
         )
+        services.alerts.check_draft(draft)
     except AlertFileInvalid as e:
         errors = [
             (f"{p.line}行目: " if p.line else "")
@@ -96,31 +98,32 @@ def test_send(services: Services, draft: AlertDraft) -> list[str]:
             "[approval] test_recipients が空です / no test recipients: set [approval] "
             "test_recipients in the config"
         )
-    template = AlertTemplate(
-        AlertContent(
-            alert_id=0,
-            subject=draft.subject,
-            area_label=services.areas.describe(draft.area_ids),
-            body=draft.body,
-            sender=draft.sender,
-        ),
-        from_address=config.mail.from_address,
-        from_name=config.mail.from_name,
-        subject_prefix=config.mail.subject_prefix,
-        list_id=list_id(config),
-        hostname=config.smtp.hostname,
-        date=services.clock.now().astimezone(config.service.tz),
-        test=True,
+    content = AlertContent(
+        alert_id=0,
+        subject=draft.subject,
+        area_label=services.areas.describe(draft.area_ids),
+        body=draft.body,
+        sender=draft.sender,
     )
+    now = services.clock.now()
+    templates = {
+        charset: template_for(config, content, now, charset, test=True)
+        for charset in {charset_for(config, address) for address in recipients}
+    }
     placeholder = f"{config.service.base_url}/manage/TEST"
-    return asyncio.run(_send_all(services, template, recipients, placeholder))
+    return asyncio.run(_send_all(services, templates, recipients, placeholder))
 
 
 async def _send_all(
-    services: Services, template: AlertTemplate, recipients: tuple[str, ...], url: str
+    services: Services,
+    templates: dict[Charset, AlertTemplate],
+    recipients: tuple[str, ...],
+    url: str,
 ) -> list[str]:
     config = services.config
-    relay = open_relay(config.relay, config.smtp.hostname)
+    relay = signing(
+        open_relay(config.relay, config.smtp.hostname), DkimSigner.from_config(config.dkim)
+    )
     problems = []
     try:
         for number, address in enumerate(recipients, start=1):
@@ -132,6 +135,7 @@ async def _send_all(
                 envelope_from=config.smtp.bounce_address,
             )
             try:
+                template = templates[charset_for(config, address)]
                 await relay.send(personal.envelope_from, address, template.personalise(personal))
             except DeliveryError as e:
                 problems.append(f"{mask(address)}: {e}")

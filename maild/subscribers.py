@@ -35,10 +35,10 @@ import datetime as dt
 import itertools
 import logging
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO, cast
+from typing import Any, NamedTuple, TextIO, TypeVar, cast
 
 from sqlalchemy import (
     Connection,
@@ -53,6 +53,7 @@ from sqlalchemy import (
     table,
 )
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import TableClause
 
 from maild import addresses
@@ -68,7 +69,7 @@ from maild.areas import (
 )
 from maild.clock import Clock
 from maild.db import Database
-from maild.models import ACTIVE, PENDING, SUSPENDED, Subscriber, SubscriberArea
+from maild.models import ACTIVE, PENDING, SUSPENDED, OutboxMail, Subscriber, SubscriberArea
 from maild.tokens import new_link_key
 
 log = logging.getLogger("maild.subscribers")
@@ -88,6 +89,8 @@ _MAX_SHOWN = 40  # characters of a bad value quoted back in a problem
 
 _SEPARATORS = re.compile(r"[\s、､]+")  # \s covers U+3000, the full-width space
 _CONFLICT_RETRIES = 3
+
+_T = TypeVar("_T")
 
 # Core tables: bulk inserts and streamed reads skip the ORM's per-object bookkeeping.
 _S = cast(Table, Subscriber.__table__)
@@ -141,8 +144,7 @@ class ImportReport:
             self.problems.append(problem)
 
 
-@dataclass(frozen=True)
-class _Row:
+class _Row(NamedTuple):  # a NamedTuple: a million of them are made
     line: int
     address: str
     area_ids: tuple[str, ...]
@@ -163,20 +165,30 @@ class _Bad(Exception):
 def open_csv(path: Path) -> TextIO:
     """Open an import file as text: UTF-8 (with or without BOM), else Shift_JIS/CP932.
 
-    Old systems and Excel on Windows save CP932. The whole file is checked as UTF-8
-    first, in blocks, so a mis-encoded line near the end cannot stop an import halfway.
+    Old systems and Excel on Windows save CP932. The whole file is checked first, in
+    blocks, so a mis-encoded line near the end cannot stop an import halfway; a file in
+    neither encoding raises :class:`ImportFileError`. ``OSError`` passes through.
     """
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    encoding = "utf-8-sig"
+    for encoding in ("utf-8-sig", "cp932"):
+        if _decodes(path, encoding):
+            # newline="" lets the csv module see quoted line breaks and count physical lines.
+            return path.open(encoding=encoding, newline="")
+    raise ImportFileError(
+        "文字コードが読めません。UTF-8 か Shift_JIS で保存してください",
+        "the text cannot be decoded; save the file as UTF-8 or Shift_JIS",
+    )
+
+
+def _decodes(path: Path, encoding: str) -> bool:
+    decoder = codecs.getincrementaldecoder(encoding)()
     with path.open("rb") as raw:
         try:
             while block := raw.read(1 << 20):
                 decoder.decode(block)
             decoder.decode(b"", final=True)
         except UnicodeDecodeError:
-            encoding = "cp932"
-    # newline="" lets the csv module see quoted line breaks and count physical lines.
-    return path.open(encoding=encoding, newline="")
+            return False
+    return True
 
 
 def _shown(text: str) -> str:
@@ -188,15 +200,31 @@ def _split(text: str) -> list[str]:
     return [part for part in _SEPARATORS.split(text) if part]
 
 
+def _remember(cache: dict[str, _T | _Bad], text: str, resolve: Callable[[str], _T]) -> _T | _Bad:
+    """Resolve a field text once; a bad one is remembered as its problem."""
+    value: _T | _Bad
+    try:
+        value = resolve(text)
+    except _Bad as bad:
+        value = bad
+    if len(cache) >= _FIELD_CACHE_SIZE:
+        cache.clear()
+    cache[text] = value
+    return value
+
+
 class _Parser:
     """Turns CSV records into checked rows; remembers field texts it has already resolved."""
 
     def __init__(self, areas: AreaMap, header: list[str]) -> None:
         self.areas = areas
         self.width = len(header)
-        self.index = {name: i for i, name in enumerate(header)}
-        self._area_cache: dict[str, tuple[str, ...] | _Bad] = {}
-        self._category_cache: dict[str, int | _Bad] = {}
+        self._address_at = header.index("address")
+        self._areas_at = header.index("areas")
+        self._categories_at = header.index("categories")
+        self._status_at = header.index("status") if "status" in header else None
+        self._area_fields: dict[str, tuple[str, ...] | _Bad] = {}
+        self._category_fields: dict[str, int | _Bad] = {}
         # Name -> area id (None: unknown); fields combine a few hundred names many ways.
         self._area_names: dict[str, str | None] = {}
 
@@ -206,28 +234,21 @@ class _Parser:
                 f"列の数が見出しと違います（{len(record)} 列、見出しは {self.width} 列）",
                 f"the row has {len(record)} fields, the header {self.width}",
             )
-        address = self._address(record[self.index["address"]])
-        status = self._status(record[self.index["status"]] if "status" in self.index else "")
-        area_ids = self._cached(self._area_cache, record[self.index["areas"]], self._area_ids)
-        mask = self._cached(
-            self._category_cache, record[self.index["categories"]], self._category_mask
-        )
+        address = self._address(record[self._address_at])
+        status = ACTIVE if self._status_at is None else self._status(record[self._status_at])
+        text = record[self._areas_at]
+        area_ids = self._area_fields.get(text)
+        if area_ids is None:
+            area_ids = _remember(self._area_fields, text, self._area_ids)
+        if isinstance(area_ids, _Bad):
+            raise area_ids
+        text = record[self._categories_at]
+        mask = self._category_fields.get(text)
+        if mask is None:
+            mask = _remember(self._category_fields, text, self._category_mask)
+        if isinstance(mask, _Bad):
+            raise mask
         return _Row(line, address, area_ids, mask, status)
-
-    @staticmethod
-    def _cached(cache: dict[str, Any], text: str, resolve: Any) -> Any:
-        value = cache.get(text)
-        if value is None:
-            try:
-                value = resolve(text)
-            except _Bad as bad:
-                value = bad
-            if len(cache) >= _FIELD_CACHE_SIZE:
-                cache.clear()
-            cache[text] = value
-        if isinstance(value, _Bad):
-            raise value
-        return value
 
     @staticmethod
     def _address(text: str) -> str:
@@ -299,14 +320,17 @@ class _Parser:
 
 
 def _read_header(reader: Iterator[list[str]]) -> list[str]:
-    for record in reader:
-        if any(cell.strip() for cell in record):
-            break
-    else:
+    try:
+        record = next(record for record in reader if any(cell.strip() for cell in record))
+    except StopIteration:
         raise ImportFileError(
             "ファイルが空です（見出し行 address,areas,categories が必要です）",
             "the file is empty (it needs the header address,areas,categories)",
-        )
+        ) from None
+    except csv.Error as exc:
+        raise ImportFileError(
+            "見出し行が CSV として読めません", f"the header is not readable as CSV: {exc}"
+        ) from None
     header = [cell.strip().lstrip("\ufeff").strip().casefold() for cell in record]
     known = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)
     unknown = [name for name in header if name not in known]
@@ -333,12 +357,23 @@ def _read_header(reader: Iterator[list[str]]) -> list[str]:
     return header
 
 
-def _records(reader: Any) -> Iterator[tuple[int, list[str]]]:
-    """Records with the physical line each starts on; blank lines are passed over."""
+def _records(reader: Any) -> Iterator[tuple[int, list[str] | _Bad]]:
+    """Records with the physical line each starts on; blank lines are passed over.
+
+    A record the csv module cannot read (a field over its size limit) becomes a problem
+    for its line, and reading goes on with the next one.
+    """
     previous = reader.line_num
-    for record in reader:
-        line = previous + 1
-        previous = reader.line_num
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            line, previous = previous + 1, reader.line_num
+            yield line, _Bad("CSV として読めない行です", f"the line is not readable as CSV: {exc}")
+            continue
+        line, previous = previous + 1, reader.line_num
         if any(cell.strip() for cell in record):
             yield line, record
 
@@ -366,6 +401,8 @@ def import_csv(db: Database, areas: AreaMap, clock: Clock, lines: Iterable[str])
         problems: list[RowProblem] = []
         for line, record in chunk:
             try:
+                if isinstance(record, _Bad):
+                    raise record
                 row = parser.parse(line, record)
             except _Bad as bad:
                 problems.append(RowProblem(line, bad.ja, bad.en))
@@ -414,8 +451,6 @@ def _write_chunk(
     for attempt in range(_CONFLICT_RETRIES):
         try:
             with db.engine.begin() as connection:
-                if connection.dialect.name == "sqlite":
-                    connection.exec_driver_sql("PRAGMA cache_size=-65536")
                 fresh, skipped = _insert_new(connection, clock.now(), rows, baseline)
         except IntegrityError:
             # Someone registered one of these addresses between our check and our insert;
@@ -520,7 +555,8 @@ def export_csv(db: Database, areas: AreaMap, out: TextIO) -> int:
 
     Area ids are in the area file's order (ids it no longer knows last, so that the import
     names them); categories are empty when the subscriber has all of them. Rows stream in
-    batches from one read transaction, so the file is one consistent moment.
+    batches of one query, so memory does not grow with the table and the file shows one
+    moment.
     """
     order = {area.id: i for i, area in enumerate(areas.areas())}
     writer = csv.writer(out, lineterminator="\n")
@@ -535,9 +571,12 @@ def export_csv(db: Database, areas: AreaMap, out: TextIO) -> int:
     with db.engine.connect() as connection:
         result = connection.execution_options(yield_per=EXPORT_BATCH).execute(query)
         for _, group in itertools.groupby(result, key=lambda r: r.id):
-            first, *rest = group
-            area_ids = [r.area_id for r in (first, *rest) if r.area_id is not None]
+            rows = list(group)  # one per area of one subscriber
+            first = rows[0]
+            area_ids = [r.area_id for r in rows if r.area_id is not None]
             area_ids.sort(key=lambda i: (order.get(i, len(order)), i))
+            # Empty means all. A mask of 0 would read back as all too, but no form or
+            # import makes one: both insist on at least one category.
             mask = first.category_mask & ALL_CATEGORIES_MASK
             categories = "" if mask == ALL_CATEGORIES_MASK else " ".join(categories_from_mask(mask))
             writer.writerow((first.address, " ".join(area_ids), categories, first.status))
@@ -598,6 +637,19 @@ def stats(db: Database, areas: AreaMap | None = None) -> dict[str, dict[str, int
 # --- erasure ---------------------------------------------------------------------------
 
 
+def erase(session: Session, subscriber_id: int, address: str) -> None:
+    """Erase one subscriber: the row, their areas, and any mail still waiting for them.
+
+    The one way a subscriber is erased (their own cancel, an operator's ``remove``), so
+    nothing that names them is left behind (operating rules §7(1)).
+    """
+    # Explicit rather than trusting ON DELETE CASCADE: a connection without SQLite's
+    # foreign_keys pragma would otherwise leave the areas behind.
+    session.execute(delete(SubscriberArea).where(SubscriberArea.subscriber_id == subscriber_id))
+    session.execute(delete(OutboxMail).where(OutboxMail.recipient == address))
+    session.execute(delete(Subscriber).where(Subscriber.id == subscriber_id))
+
+
 def remove(db: Database, address: str) -> bool:
     """Erase the subscriber with ``address`` and their areas; True if there was one.
 
@@ -612,9 +664,6 @@ def remove(db: Database, address: str) -> bool:
         )
         if subscriber_id is None:
             return False
-        # Explicit rather than trusting ON DELETE CASCADE: a connection without SQLite's
-        # foreign_keys pragma would otherwise leave the areas behind.
-        session.execute(delete(SubscriberArea).where(SubscriberArea.subscriber_id == subscriber_id))
-        session.execute(delete(Subscriber).where(Subscriber.id == subscriber_id))
+        erase(session, subscriber_id, normalized)
     log.info("subscriber %d erased by an operator (%s)", subscriber_id, addresses.mask(normalized))
     return True

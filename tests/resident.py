@@ -47,7 +47,7 @@ def text_of(raw: bytes) -> tuple[EmailMessage, str]:
     assert isinstance(msg, EmailMessage)
     body = msg.get_body(("plain",))
     assert body is not None
-    return msg, body.get_content()
+    return msg, body.get_content().replace("\r\n", "\n")
 
 
 def link_in(raw: bytes, kind: str, base_url: str) -> str:

@@ -274,7 +274,18 @@ class SmtpSink:
         controller = self._controller
         if controller is None:
             return
-        self.drop_connections()
+
+        async def close_everything() -> None:
+            # Stop listening first, so no connection slips in between the two steps
+            # and is left open when the loop stops (a ResourceWarning, hence a failure).
+            controller.server.close()
+            for protocol in list(self._live):
+                if protocol.transport is not None:
+                    protocol.transport.close()
+            for _ in range(3):  # let connection_lost run for each
+                await asyncio.sleep(0)
+
+        asyncio.run_coroutine_threadsafe(close_everything(), controller.loop).result(timeout=5)
         controller.stop()
         self._controller = None
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from sqlalchemy import text as sql_text
-from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, MapAdapter, RequestRedirect, Rule
 from werkzeug.utils import redirect, send_from_directory
 from werkzeug.wrappers import Request, Response
@@ -50,6 +50,7 @@ TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 
 CSRF_COOKIE = "maild_csrf"
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus text format
 CSRF_FIELD = "csrf"
 _COOKIE_VALUE = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
 
@@ -281,8 +282,10 @@ class WebApp:
         links: Links,
         clock: Clock,
         health: Health | None = None,
+        metrics: Callable[[], bytes] | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics
         self.registrations = registrations
         self.areas = areas
         self.links = links
@@ -304,6 +307,7 @@ class WebApp:
                 Rule("/manage/<token>", endpoint="manage", methods=["GET", "POST"]),
                 Rule("/unsubscribe/<token>", endpoint="unsubscribe", methods=["GET", "POST"]),
                 Rule("/healthz", endpoint="healthz", methods=["GET"]),
+                Rule("/metrics", endpoint="metrics", methods=["GET"]),
                 Rule("/favicon.ico", endpoint="favicon", methods=["GET"]),
                 Rule("/static/<path:filename>", endpoint="static", methods=["GET"]),
             ]
@@ -315,6 +319,7 @@ class WebApp:
             "manage": self.on_manage,
             "unsubscribe": self.on_unsubscribe,
             "healthz": self.on_healthz,
+            "metrics": self.on_metrics,
             "static": self.on_static,
             "favicon": self.on_favicon,
         }
@@ -553,6 +558,11 @@ class WebApp:
         status, body = health_status(report)
         return Response(json.dumps(body, default=str), status=status, mimetype="application/json")
 
+    def on_metrics(self, page: _Page) -> Response:
+        if self.metrics is None:
+            raise NotFound()
+        return Response(self.metrics(), content_type=METRICS_CONTENT_TYPE)
+
     def on_static(self, page: _Page, filename: str) -> Response:
         response = send_from_directory(STATIC, filename, page.request.environ, max_age=3600)
         assert isinstance(response, Response)
@@ -598,6 +608,7 @@ def create_app(
     links: Links,
     clock: Clock,
     health: Health | None = None,
+    metrics: Callable[[], bytes] | None = None,
 ) -> WebApp:
     """The WSGI callable for the daemon's waitress server or any other WSGI server."""
-    return WebApp(config, registrations, areas, links, clock, health)
+    return WebApp(config, registrations, areas, links, clock, health, metrics)

@@ -1,0 +1,467 @@
+"""Alerts as an operator sees them: files in the spool, the window, approval, the fan-out.
+
+Everything runs against the real daemon (a subprocess) and a real SMTP relay on
+loopback; the daemon's time comes from a clock file (``MAILD_CLOCK_FILE``), so a
+Saturday or a Monday morning is a line in a file, not a wait.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from maild.areas import CATEGORY_IDS, AreaMap
+from tests.configs import AREAS_FILE
+from tests.daemon import DaemonProcess, maild_command
+from tests.resident import Browser, text_of
+from tests.smtpsink import SmtpSink
+
+SATURDAY = "2026-12-05T10:00:00+09:00"  # closed: weekend
+MONDAY_MORNING = "2026-12-07T08:31:00+09:00"  # open
+AREAS = AreaMap.load(AREAS_FILE)
+
+
+class Clock:
+    def __init__(self, path: Path, moment: str) -> None:
+        self.path = path
+        self.set(moment)
+
+    def set(self, moment: str) -> None:
+        self.path.write_text(moment)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"MAILD_CLOCK_FILE": str(self.path)}
+
+
+@pytest.fixture
+def clock(tmp_path: Path) -> Clock:
+    return Clock(tmp_path / "now", SATURDAY)
+
+
+def drop(spool: Path, name: str, text: str, encoding: str = "utf-8", newline: str = "\n") -> Path:
+    """Write an alert file the way an operator's tool does: temp name, then rename."""
+    incoming = spool / "incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    temp = incoming / f".{name}.tmp"
+    temp.write_bytes(text.replace("\n", newline).encode(encoding))
+    return temp.rename(incoming / name)
+
+
+def alert_text(area: str, urgent: bool = True, category: str = "child-women") -> str:
+    return (
+        f"Subject: 不審者（声かけ）事案の発生\n"
+        f"Area: {area}\n"
+        f"Category: {category}\n"
+        f"Urgent: {'yes' if urgent else 'no'}\n"
+        f"Sender: 仙台北警察署\n"
+        "\n"
+        "12月5日午後4時ころ、路上で下校中の児童が声をかけられる事案が発生しました。\n"
+    )
+
+
+def import_subscribers(config: Path, tmp_path: Path, rows: list[tuple[str, str, str]]) -> None:
+    csv = tmp_path / "subscribers.csv"
+    csv.write_text(
+        "address,areas,categories\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows),
+        encoding="utf-8",
+    )
+    maild_command(config, "subscribers", "import", str(csv))
+
+
+def wait_for_alerts(config: Path, env: dict[str, str], count: int) -> list[dict]:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        alerts = json.loads(maild_command(config, "alerts", "list", "--json", env=env).stdout)
+        if len(alerts) >= count:
+            return sorted(alerts, key=lambda a: a["id"])
+        time.sleep(0.1)
+    raise AssertionError(f"fewer than {count} alerts appeared")
+
+
+def wait_status(config: Path, env: dict[str, str], alert_id: int, status: str) -> dict:
+    deadline = time.monotonic() + 120
+    alert: dict = {}
+    while time.monotonic() < deadline:
+        show = maild_command(config, "alerts", "show", str(alert_id), "--json", env=env)
+        alert = json.loads(show.stdout)
+        if alert["status"] == status:
+            return alert
+        time.sleep(0.2)
+    raise AssertionError(f"alert {alert_id} is {alert.get('status')}, not {status}")
+
+
+def wait_counts(config: Path, env: dict[str, str], test: Callable[[dict], bool]) -> dict:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        (alert,) = json.loads(maild_command(config, "alerts", "list", "--json", env=env).stdout)
+        if test(alert["counts"]):
+            return alert
+        time.sleep(0.2)
+    raise AssertionError("the counts never got there")
+
+
+def recipients(sink: SmtpSink) -> Counter[str]:
+    return Counter(
+        rcpt.strip('"').replace('"@', "@") for e in sink.envelopes for rcpt in e.rcpt_tos
+    )
+
+
+def population(count: int, seed: int = 7) -> list[tuple[str, str, str]]:
+    """Subscribers spread over every level of area and over categories."""
+    rng = random.Random(seed)
+    ids = [a.id for a in AREAS.areas()]
+    rows = []
+    for n in range(count):
+        areas = rng.sample(ids, rng.choice((1, 1, 1, 2, 3)))
+        categories = "" if rng.random() < 0.5 else " ".join(rng.sample(CATEGORY_IDS, 2))
+        rows.append((f"user{n}@example.jp", " ".join(areas), categories))
+    return rows
+
+
+def expected(rows: list[tuple[str, str, str]], alert_areas: list[str], category: str) -> set[str]:
+    return {
+        address
+        for address, areas, categories in rows
+        if AREAS.matches(areas.split(), alert_areas)
+        and (not categories or category in categories.split())
+    }
+
+
+def test_urgent_alert_goes_at_once_and_held_one_waits_for_monday(
+    config_path: Callable[..., Path],
+    daemon: Callable[..., DaemonProcess],
+    sink: SmtpSink,
+    clock: Clock,
+    tmp_path: Path,
+) -> None:
+    config = config_path(relay={"url": sink.url})
+    rows = [
+        ("aoba@example.jp", "aoba", ""),
+        ("kita@example.jp", "st-sendai-kita", ""),
+        ("izumi@example.jp", "izumi", ""),
+        ("women-only@example.jp", "aoba", "street-crime"),
+    ]
+    maild_command(config, "db", "upgrade")
+    import_subscribers(config, tmp_path, rows)
+    maild = daemon(config, clock.env)
+    spool = tmp_path / "spool"
+
+    drop(spool, "urgent.txt", alert_text("青葉区", urgent=True))
+    sink.wait_for(2, timeout=10)
+    drop(spool, "held.txt", alert_text("泉区", urgent=False))
+    urgent, held = wait_for_alerts(config, clock.env, 2)
+    assert set(recipients(sink)) == {"aoba@example.jp", "kita@example.jp"}
+    assert held["status"] == "scheduled"
+    assert held["release_at"] == "2026-12-07T08:30:00+09:00"
+    shown = maild_command(config, "alerts", "show", str(held["id"]), env=clock.env).stdout
+    assert "2026-12-07T08:30:00+09:00" in shown
+
+    # Stopped over the weekend, started on Monday: released exactly once.
+    assert maild.stop() == 0
+    clock.set(MONDAY_MORNING)
+    maild = daemon(config, clock.env)
+    wait_status(config, clock.env, held["id"], "sent")
+    assert maild.stop() == 0
+    maild = daemon(config, clock.env)
+    time.sleep(1.5)  # give a wrong second release the chance to happen
+    assert maild.stop() == 0
+    assert recipients(sink) == Counter(
+        {"aoba@example.jp": 1, "kita@example.jp": 1, "izumi@example.jp": 1}
+    )
+    assert (spool / "accepted").is_dir() and len(list((spool / "accepted").iterdir())) == 2
+
+
+def test_alerts_reach_exactly_the_matching_subscribers(
+    config_path: Callable[..., Path],
+    daemon: Callable[..., DaemonProcess],
+    sink: SmtpSink,
+    clock: Clock,
+    tmp_path: Path,
+) -> None:
+    config = config_path(relay={"url": sink.url})
+    rows = population(2000)
+    maild_command(config, "db", "upgrade")
+    import_subscribers(config, tmp_path, rows)
+    maild = daemon(config, clock.env)
+    cases = [
+        ("ward.txt", "青葉区", ["aoba"], "child-women"),
+        ("station.txt", "仙台中央警察署", ["st-sendai-chuo"], "street-crime"),
+        ("block.txt", "沿岸ブロック", ["block-engan"], "frequent-crime"),
+        ("all.txt", "県内全域", ["all"], "other"),
+    ]
+    for number, (name, area, ids, category) in enumerate(cases, start=1):
+        sink.clear()
+        drop(tmp_path / "spool", name, alert_text(area, category=category))
+        (alert,) = wait_for_alerts(config, clock.env, number)[-1:]
+        wait_status(config, clock.env, alert["id"], "sent")
+        want = expected(rows, ids, category)
+        got = recipients(sink)
+        assert set(got) == want, name
+        assert max(got.values()) == 1
+        assert alert["areas"] == ids
+    assert maild.stop() == 0
+
+
+def test_alert_mail_headers_and_one_click_unsubscribe(
+    config_path: Callable[..., Path],
+    daemon: Callable[..., DaemonProcess],
+    sink: SmtpSink,
+    clock: Clock,
+    tmp_path: Path,
+) -> None:
+    config = config_path(relay={"url": sink.url})
+    maild_command(config, "db", "upgrade")
+    import_subscribers(
+        config, tmp_path, [("a@example.jp", "aoba", ""), ("b@example.jp", "aoba", "")]
+    )
+    maild = daemon(config, clock.env)
+    drop(tmp_path / "spool", "a.txt", alert_text("青葉区"))
+    first, second = sink.wait_for(2, timeout=10)
+    msg, text = text_of(first.data)
+    assert msg["Subject"] == "【みやぎSecurityメール】不審者（声かけ）事案の発生【青葉区】"
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert msg["Precedence"] == "bulk" and msg["Auto-Submitted"] == "auto-generated"
+    assert msg["List-Id"]
+    assert first.mail_from.startswith("bounce+") and first.mail_from.endswith("@mail.example.jp")
+    assert first.rcpt_tos[0] not in first.mail_from  # the VERP token is not the address
+    assert "利用者情報の変更・解除はこちら\nhttp://127.0.0.1:8080/manage/" in text
+    assert "（仙台北警察署）" in text
+    for header in ("Date", "Message-ID", "Subject", "List-Unsubscribe", "From", "To"):
+        assert len(msg.get_all(header) or []) == 1, header
+
+    unsubscribe = msg["List-Unsubscribe"].strip("<>")
+    path = urllib.parse.urlsplit(unsubscribe).path
+    status, _ = Browser().post(maild.base_url + path, [("List-Unsubscribe", "One-Click")])
+    assert status == 200
+    stats = json.loads(maild_command(config, "subscribers", "stats", "--json").stdout)
+    assert stats["by_status"]["active"] == 1
+    export = maild_command(config, "subscribers", "export").stdout
+    remaining = {"a@example.jp", "b@example.jp"} - set(first.rcpt_tos)
+    assert remaining.pop() in export and first.rcpt_tos[0] not in export
+    assert maild.stop() == 0
+
+
+def test_cp932_file_accepted_and_bad_file_rejected_with_line(
+    config_path: Callable[..., Path],
+    daemon: Callable[..., DaemonProcess],
+    sink: SmtpSink,
+    clock: Clock,
+    tmp_path: Path,
+) -> None:
+    config = config_path(relay={"url": sink.url})
+    maild_command(config, "db", "upgrade")
+    import_subscribers(config, tmp_path, [("a@example.jp", "aoba", "")])
+    maild = daemon(config, clock.env)
+    spool = tmp_path / "spool"
+    drop(spool, "sjis.txt", alert_text("仙台市青葉区"), encoding="cp932", newline="\r\n")
+    drop(spool, "bad.txt", alert_text("青葉区").replace("Area: 青葉区", "Area: 青葉村"))
+    sink.wait_for(1, timeout=10)
+    deadline = time.monotonic() + 10
+    while not (spool / "rejected" / "bad.txt.error").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    report = (spool / "rejected" / "bad.txt.error").read_text(encoding="utf-8")
+    assert "2行目" in report and "line 2" in report and "青葉村" in report
+    assert (spool / "rejected" / "bad.txt").exists()
+    # The daemon keeps working after a bad file.
+    drop(spool, "again.txt", alert_text("青葉区"))
+    sink.wait_for(2, timeout=10)
+    assert maild.process is not None and maild.process.poll() is None
+    assert maild.stop() == 0
+
+
+def test_kill_9_during_a_large_fanout_loses_nobody(
+    config_path: Callable[..., Path],
+    daemon: Callable[..., DaemonProcess],
+    sink: SmtpSink,
+    clock: Clock,
+    tmp_path: Path,
+) -> None:
+    count = 20_000
+    config = config_path(relay={"url": sink.url})
+    maild_command(config, "db", "upgrade")
+    import_subscribers(config, tmp_path, [(f"u{n}@example.jp", "all", "") for n in range(count)])
+    maild = daemon(config, clock.env)
+    drop(tmp_path / "spool", "all.txt", alert_text("県内全域"))
+    sink.wait_for(3000, timeout=60)
+    maild.kill()
+    before = len(sink.envelopes)
+    assert before < count, "the fan-out finished before the crash; the test proves nothing"
+
+    maild = daemon(config, clock.env)
+    (alert,) = wait_for_alerts(config, clock.env, 1)
+    wait_status(config, clock.env, alert["id"], "sent")
+    assert maild.stop() == 0
+    got = recipients(sink)
+    assert len(got) == count
+    repeats = sum(got.values()) - count
+    assert repeats <= 500  # at most one claimed batch was in flight (fanout.BATCH)
+
+
+def test_relay_outage_during_fanout_completes_after_it_returns(
+    config_path: Callable[..., Path],
+    daemon: Callable[..., DaemonProcess],
+    sink: SmtpSink,
+    clock: Clock,
+    tmp_path: Path,
+) -> None:
+    count = 3000
+    config = config_path(relay={"url": sink.url})
+    maild_command(config, "db", "upgrade")
+    import_subscribers(config, tmp_path, [(f"u{n}@example.jp", "aoba", "") for n in range(count)])
+    maild = daemon(config, clock.env)
+    drop(tmp_path / "spool", "a.txt", alert_text("青葉区"))
+    sink.wait_for(300, timeout=30)
+    sink.stop()
+    deferred = wait_counts(config, clock.env, lambda c: c["deferred"] > 0)
+    assert deferred["status"] == "sending"
+    sink.start()
+    clock.set("2026-12-05T11:00:00+09:00")  # an hour later: every retry is due
+    (alert,) = wait_for_alerts(config, clock.env, 1)
+    done = wait_status(config, clock.env, alert["id"], "sent")
+    assert done["counts"]["sent"] == count and done["counts"]["failed"] == 0
+    assert set(recipients(sink)) == {f"u{n}@example.jp" for n in range(count)}
+    assert maild.stop() == 0
+
+
+def test_approval_rules(
+    config_path: Callable[..., Path],
+    daemon: Callable[..., DaemonProcess],
+    sink: SmtpSink,
+    clock: Clock,
+    tmp_path: Path,
+) -> None:
+    config = config_path(
+        relay={"url": sink.url}, approval={"required": True, "approvers": ["daemon"]}
+    )
+    maild_command(config, "db", "upgrade")
+    import_subscribers(config, tmp_path, [("a@example.jp", "aoba", "")])
+    maild = daemon(config, clock.env)
+    spool = tmp_path / "spool"
+    os.chown(drop(spool, "from-station.txt", alert_text("青葉区")), 65534, 65534)  # nobody
+    (pending,) = wait_for_alerts(config, clock.env, 1)
+    assert pending["status"] == "pending_approval" and pending["requester"] == "nobody"
+
+    as_requester = {**clock.env, "SUDO_USER": "nobody"}
+    refused = maild_command(
+        config, "alerts", "approve", str(pending["id"]), env=as_requester, check=False
+    )
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert (
+        json.loads(
+            maild_command(
+                config, "alerts", "show", str(pending["id"]), "--json", env=clock.env
+            ).stdout
+        )["status"]
+        == "pending_approval"
+    )
+
+    as_approver = {**clock.env, "SUDO_USER": "daemon"}
+    maild_command(config, "alerts", "approve", str(pending["id"]), env=as_approver)
+    approved = wait_status(config, clock.env, pending["id"], "sent")
+    assert approved["approved_by"] == "daemon"
+    assert [e["action"] for e in approved["audit"]][:2] == ["submitted", "approved"]
+    assert approved["audit"][1]["user"] == "daemon"
+
+    # The approver's own alert goes without a second approval, and says so.
+    os.chown(drop(spool, "own.txt", alert_text("青葉区")), 1, 1)  # daemon
+    own = wait_for_alerts(config, clock.env, 2)[1]
+    own = wait_status(config, clock.env, own["id"], "sent")
+    assert own["requester"] == "daemon" and own["approved_by"] == "daemon"
+    assert any(e["detail"] == "own alert (approver)" for e in own["audit"])
+    assert len(sink.envelopes) == 2
+    assert maild.stop() == 0
+
+
+def test_submit_test_reaches_only_test_recipients(
+    config_path: Callable[..., Path],
+    sink: SmtpSink,
+    clock: Clock,
+    tmp_path: Path,
+) -> None:
+    config = config_path(
+        relay={"url": sink.url}, approval={"test_recipients": ["op..1.@docomo.ne.jp"]}
+    )
+    maild_command(config, "db", "upgrade")
+    import_subscribers(config, tmp_path, [("a@example.jp", "aoba", "")])
+    draft = tmp_path / "draft.txt"
+    draft.write_text(alert_text("青葉区", urgent=False))
+    done = maild_command(config, "submit", "--test", "--json", str(draft), env=clock.env)
+    (result,) = json.loads(done.stdout)
+    assert result["valid"] and result["recipients"] == 1
+    (mail,) = sink.wait_for(1, timeout=10)
+    assert list(mail.rcpt_tos) == ['"op..1."@docomo.ne.jp']
+    msg, _ = text_of(mail.data)
+    assert msg["Subject"].startswith("【テスト】")
+    assert json.loads(maild_command(config, "alerts", "list", "--json").stdout) == []
+    assert not list((tmp_path / "spool").glob("incoming/*"))
+
+
+def test_submit_reports_and_places(
+    config_path: Callable[..., Path], clock: Clock, tmp_path: Path
+) -> None:
+    config = config_path()
+    maild_command(config, "db", "upgrade")
+    import_subscribers(config, tmp_path, [("a@example.jp", "aoba", "")])
+    good = tmp_path / "good.txt"
+    good.write_text(alert_text("青葉区", urgent=False))
+    bad = tmp_path / "bad.txt"
+    bad.write_text(alert_text("青葉区").replace("child-women", "gossip"))
+    done = maild_command(
+        config, "submit", "--json", str(good), str(bad), env=clock.env, check=False
+    )
+    assert done.returncode != 0
+    good_result, bad_result = json.loads(done.stdout)
+    assert good_result["release_at"] == "2026-12-07T08:30:00+09:00"
+    assert good_result["recipients"] == 1 and good_result["areas"] == ["青葉区"]
+    assert not bad_result["valid"] and "gossip" in bad_result["errors"][0]
+    assert not list((tmp_path / "spool").glob("incoming/*"))  # nothing placed: one was bad
+
+    maild_command(config, "submit", str(good), env=clock.env)
+    assert [p.name for p in (tmp_path / "spool" / "incoming").iterdir()] == ["good.txt"]
+
+
+def test_old_phones_get_iso_2022_jp_and_unsendable_characters_are_refused(
+    config_path: Callable[..., Path],
+    daemon: Callable[..., DaemonProcess],
+    sink: SmtpSink,
+    clock: Clock,
+    tmp_path: Path,
+) -> None:
+    config = config_path(relay={"url": sink.url}, mail={"legacy_charset_domains": ["docomo.ne.jp"]})
+    maild_command(config, "db", "upgrade")
+    import_subscribers(
+        config, tmp_path, [("old..phone.@docomo.ne.jp", "aoba", ""), ("new@example.jp", "aoba", "")]
+    )
+    maild = daemon(config, clock.env)
+    spool = tmp_path / "spool"
+    text = alert_text("青葉区").replace("発生しました。", "発生しました。㈱①～")
+    drop(spool, "mapped.txt", text)
+    mails = sink.wait_for(2, timeout=10)
+    by_rcpt = {m.rcpt_tos[0]: m for m in mails}
+    old = by_rcpt['"old..phone."@docomo.ne.jp']
+    assert all(byte < 0x80 for byte in old.data)  # 7-bit on the wire
+    msg, body = text_of(old.data)
+    assert msg.get_content_charset() == "iso-2022-jp"
+    assert "=?iso-2022-jp?" in old.data.decode("ascii").lower()
+    assert msg["Subject"] == "【みやぎSecurityメール】不審者（声かけ）事案の発生【青葉区】"
+    assert "(株)(1)〜" in body and "/manage/" in body
+    _, modern = text_of(by_rcpt["new@example.jp"].data)
+    assert "㈱①～" in modern  # UTF-8 recipients get the text as written
+
+    drop(spool, "emoji.txt", alert_text("青葉区").replace("発生しました。", "発生しました😀"))
+    deadline = time.monotonic() + 10
+    while not (spool / "rejected" / "emoji.txt.error").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    report = (spool / "rejected" / "emoji.txt.error").read_text(encoding="utf-8")
+    assert "7行目" in report and "GRINNING FACE" in report and "ISO-2022-JP" in report
+    assert maild.stop() == 0
+    assert len(sink.envelopes) == 2
