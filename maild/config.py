@@ -403,7 +403,8 @@ def _read_limits(r: _Reader) -> LimitsConfig:
 
 
 def _read_bounces(r: _Reader) -> BouncesConfig:
-    return BouncesConfig(threshold=r.integer("threshold", BouncesConfig().threshold, 1))
+    # Never suspend on the first failure (SPEC §10): carriers say "unknown user" for filters too.
+    return BouncesConfig(threshold=r.integer("threshold", BouncesConfig().threshold, 2))
 
 
 def _read_window(r: _Reader) -> WindowConfig:

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from maild.addresses import mask
 from maild.alertmail import AlertContent, AlertTemplate, Personal, charset_for, template_for
 from maild.alerts import Alerts
+from maild.bounces import Bounces, relay_failure_counts
 from maild.clock import Clock
 from maild.compose import ISO_2022_JP, UTF8, Charset
 from maild.config import Config
@@ -81,7 +82,9 @@ class FanoutSender:
         verp: VerpTokens,
         clock: Clock,
         on_result: Callable[[str], None] = lambda status: None,
+        bounces: Bounces | None = None,
     ) -> None:
+        self.bounces = bounces
         self.config = config
         self.db = db
         self.alerts = alerts
@@ -286,6 +289,9 @@ class FanoutSender:
             }
             if row.address is not None:
                 log.info("delivery to %s failed: %s", mask(row.address), error)
+                if self.bounces is not None and relay_failure_counts(error):
+                    # 5xx from the relay counts like a bounce (same transaction: SQLite).
+                    self.bounces.score(session, row.subscriber_id, str(error))
         else:
             attempts = row.attempts + 1
             values = {

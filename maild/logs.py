@@ -39,5 +39,5 @@ def setup_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("waitress", "mail.log", "apscheduler", "alembic", "aiosmtplib"):
+    for noisy in ("waitress", "mail.log", "apscheduler", "alembic", "aiosmtplib", "flufl.bounce"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

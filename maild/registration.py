@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from maild import addresses, notices
 from maild.alertmail import charset_for
 from maild.areas import CATEGORIES, AreaMap, categories_from_mask, mask_from_categories
+from maild.bounces import revive
 from maild.clock import Clock
 from maild.compose import compose
 from maild.config import Config
@@ -107,9 +108,14 @@ class Registrations:
                 )
                 session.add(subscriber)
                 session.flush()
-            elif subscriber.last_answer_at and now - subscriber.last_answer_at < ANSWER_INTERVAL:
-                log.info("%s request from %s: throttled", channel, addresses.mask(address))
-                return THROTTLED
+            else:
+                if channel == "mail":
+                    # A blank mail proves the address works again (a web form does not:
+                    # anyone can type an address there).
+                    revive(subscriber, now)
+                if subscriber.last_answer_at and now - subscriber.last_answer_at < ANSWER_INTERVAL:
+                    log.info("%s request from %s: throttled", channel, addresses.mask(address))
+                    return THROTTLED
             subscriber.last_answer_at = now
             if subscriber.status == PENDING:
                 token = self.links.subscriber_link(REGISTER, subscriber.id, subscriber.link_key)
@@ -161,6 +167,8 @@ class Registrations:
     def view_manage(self, token: str, purpose: str = MANAGE) -> SubscriberView:
         with self.db.transaction() as session:
             subscriber = self._by_link(session, purpose, token)
+            if purpose == MANAGE:
+                revive(subscriber, self.clock.now())  # they read our mail: the address works
             return self._view(subscriber)
 
     def update(
@@ -169,6 +177,7 @@ class Registrations:
         areas, mask = self._check_choices(area_ids, categories)
         with self.db.transaction() as session:
             subscriber = self._by_link(session, MANAGE, token)
+            revive(subscriber, self.clock.now())
             self._set_choices(subscriber, areas, mask, self.clock.now())
             view = self._view(subscriber)
         log.info("subscriber %d changed their choices", view.id)

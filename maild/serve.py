@@ -118,7 +118,13 @@ class Daemon:
         )
 
         inbound = InboundServer(
-            InboundHandler(config, services.registrations, on_outcome=metrics.registration),
+            InboundHandler(
+                config,
+                services.registrations,
+                on_outcome=metrics.registration,
+                verp=services.verp,
+                bounces=services.bounces,
+            ),
             config.smtp,
         )
         passed = systemd.listen_sockets()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from maild.alerts import Alerts
 from maild.areas import AreaMap
+from maild.bounces import Bounces
 from maild.clock import Clock
 from maild.config import Config
 from maild.db import Database
@@ -31,6 +32,7 @@ class Services:
     alerts: Alerts
     verp: VerpTokens
     rules: WindowRules
+    bounces: Bounces
 
 
 def build_services(
@@ -53,7 +55,8 @@ def build_services(
     rules = window_rules(config)
     alerts = Alerts(config, db, areas, clock, rules)
     verp = VerpTokens(key, old_keys)
-    return Services(config, clock, db, links, areas, registrations, alerts, verp, rules)
+    bounces = Bounces.from_config(config, db, clock)
+    return Services(config, clock, db, links, areas, registrations, alerts, verp, rules, bounces)
 
 
 def window_rules(config: Config) -> WindowRules:

@@ -1,16 +1,29 @@
-"""The inbound SMTP listener: residents' blank mails to the registration address.
+"""The inbound SMTP listener: residents' blank mails, and bounces of our alerts.
 
 :class:`InboundHandler` holds the rules of one session (aiosmtpd calls its
-``handle_*`` hooks): recipients other than the registration address are refused
-(no open relay, SPEC §9), the message body is never read (phones append
-signatures), :func:`maild.autoreply.decide` says whether the mail may be
-answered, and :meth:`Registrations.answer_blank_mail` writes the answer to the
-outbox. :class:`InboundServer` runs aiosmtpd's protocol on the daemon's own
+``handle_*`` hooks). It takes mail for two kinds of address only (no open
+relay, SPEC §9):
+
+- the registration address: the message body is never read (phones append
+  signatures), :func:`maild.autoreply.decide` says whether the mail may be
+  answered, and :meth:`Registrations.answer_blank_mail` writes the answer to
+  the outbox;
+- the bounce address, as ``bounce+TOKEN@`` (VERP) with a token that verifies:
+  :func:`maild.bounces.classify` reads the report and a permanent failure is
+  scored against the subscriber the token names. A forged or garbled token is
+  refused at RCPT like any unknown user. The bare bounce address takes the
+  bounces of registration mails, which name nobody we keep score of: accepted
+  and logged. Without ``verp``/``bounces`` (the daemon not wired for them) both
+  are refused, as before.
+
+A message may be addressed to both kinds at once; each recipient gets its own
+treatment. :class:`InboundServer` runs aiosmtpd's protocol on the daemon's own
 event loop and drains sessions on shutdown (STYLE §3, §4).
 
-Every mail we decide not to answer is still accepted with 250, so that nobody
-learns anything from our replies and no robot retries; a local failure is 451,
-so that the sending MTA retries later and nothing a resident sent is lost.
+Every mail we decide not to answer or cannot read is still accepted with 250,
+so that nobody learns anything from our replies, no robot retries and no
+bounce bounces; a local failure (the database) is 451, so that the sending MTA
+retries later and nothing a resident sent is lost.
 """
 
 from __future__ import annotations
@@ -23,15 +36,18 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from maild import autoreply
-from maild.addresses import InvalidAddress, mask, normalize
+from maild.addresses import InvalidAddress, mask, mask_token, normalize
+from maild.bounces import Bounces, Classification, classify
 from maild.clock import Clock
 from maild.config import Config, LimitsConfig, ListenAddress, SmtpConfig
 from maild.registration import SENT_MANAGE, SENT_REGISTER, Registrations
+from maild.tokens import LinkError, VerpTokens
 
 log = logging.getLogger("maild.smtp")
 
@@ -50,6 +66,14 @@ IGNORED = "ignored"  # "ignored:<reason>", the reason from autoreply or INVALID_
 INVALID_SENDER = "invalid-sender"
 DEFERRED = "deferred"  # "deferred:<reason>": answered 450 by the rate limits
 ERROR = "error"
+# "bounce:<what>": <what> is a maild.bounces outcome (scored, already-today, suspended,
+# unknown-subscriber, not-active) or one of these.
+BOUNCE = "bounce"
+BOUNCE_TEMPORARY = "temporary"  # a delay warning, a full mailbox: ignored
+BOUNCE_NOT_COUNTED = "not-counted"  # permanent, but about us (policy) rather than the address
+BOUNCE_UNREADABLE = "not-a-failure"  # a vacation reply, a success DSN, something unreadable
+BOUNCE_UNATTRIBUTED = "unattributed"  # to the bare bounce address: a registration mail's
+BOUNCE_FORGED = "forged"  # reported at RCPT: a bounce+ address whose token does not verify
 
 PER_IP_WINDOW = dt.timedelta(minutes=1)
 TOTAL_WINDOW = dt.timedelta(hours=1)
@@ -115,8 +139,26 @@ def _expire(stamps: collections.deque[dt.datetime], cutoff: dt.datetime) -> None
         stamps.popleft()
 
 
+@dataclass(frozen=True)
+class _Recipient:
+    """One of our addresses: the registration address, or the bounce address.
+
+    ``subscriber_id`` is the VERP token's subscriber for ``bounce+TOKEN@``, None
+    for the bare bounce address.
+    """
+
+    bounce: bool
+    subscriber_id: int | None = None
+
+
+_REGISTRATION = _Recipient(bounce=False)
+
+
 class InboundHandler:
-    """aiosmtpd handler for the registration address; one instance serves all sessions."""
+    """aiosmtpd handler for our addresses; one instance serves all sessions.
+
+    ``verp`` and ``bounces`` go together: without them bounces are not taken.
+    """
 
     def __init__(
         self,
@@ -124,12 +166,21 @@ class InboundHandler:
         registrations: Registrations,
         clock: Clock | None = None,
         on_outcome: Callable[[str], None] | None = None,
+        verp: VerpTokens | None = None,
+        bounces: Bounces | None = None,
     ) -> None:
+        if (verp is None) != (bounces is None):
+            raise ValueError("InboundHandler needs both verp and bounces, or neither")
         self.config = config
         self.registrations = registrations
         self.on_outcome = on_outcome
+        self.verp = verp
+        self.bounces = bounces
         self.budget = AnswerBudget(config.limits, clock or registrations.clock)
         self._registration_address = normalize(config.smtp.registration_address).lower()
+        bounce_local, _, bounce_domain = normalize(config.smtp.bounce_address).rpartition("@")
+        self._bounce_local = bounce_local.lower()
+        self._bounce_domain = bounce_domain
         # Mail from these is our own answer or bounce coming back: never answer it (loops).
         self._own_addresses = frozenset(
             a.lower()
@@ -161,8 +212,18 @@ class InboundHandler:
         rcpt_options: list[str],
     ) -> str:
         try:
-            if not self._is_registration_address(address):
-                log.info("refused recipient %s from %s", mask(address), _peer_ip(session))
+            recipient, bad_token = self._parse_recipient(address)
+            if recipient is None:
+                if bad_token is not None:
+                    # Same answer as an unknown user: a guesser learns nothing from it.
+                    log.info(
+                        "refused bounce address with a bad token %s from %s",
+                        mask_token(bad_token),
+                        _peer_ip(session),
+                    )
+                    self._report(f"{BOUNCE}:{BOUNCE_FORGED}")
+                else:
+                    log.info("refused recipient %s from %s", mask(address), _peer_ip(session))
                 return NO_SUCH_USER
             # A repeated RCPT for the same address is harmless; keep one copy.
             if address not in envelope.rcpt_tos:
@@ -178,14 +239,21 @@ class InboundHandler:
         peer = _peer_ip(session)
         sender = envelope.mail_from or ""
         try:
-            outcome = await self._answer(peer, sender, envelope)
+            recipients = [self._recipient(a) for a in envelope.rcpt_tos]
+            bounced = [r for r in recipients if r is not None and r.bounce]
+            # Bounces first: if the registration answer then fails (451) or is deferred (450),
+            # the repeat delivery finds the bounce already scored today.
+            if bounced:
+                await self._take_bounce(peer, envelope, bounced)
+            if _REGISTRATION in recipients:
+                outcome = await self._answer(peer, sender, envelope)
+                self._report(outcome)
+                if outcome.startswith(DEFERRED):
+                    return RATE_LIMITED
         except Exception:
             log.exception("mail from %s (peer %s) could not be handled", _who(sender), peer)
             self._report(ERROR)
             return TEMPORARY_FAILURE
-        self._report(outcome)
-        if outcome.startswith(DEFERRED):
-            return RATE_LIMITED
         return ACCEPTED
 
     async def handle_exception(self, error: Exception) -> str:
@@ -222,13 +290,70 @@ class InboundHandler:
         log.info("mail from %s (peer %s): %s", mask(address), peer, outcome)
         return outcome
 
-    def _is_registration_address(self, address: str) -> bool:
+    async def _take_bounce(
+        self, peer: str | None, envelope: Envelope, recipients: list[_Recipient]
+    ) -> None:
+        """Score a bounce against each subscriber it was addressed to (by VERP token)."""
+        assert self.bounces is not None
+        subscriber_ids = sorted(
+            {r.subscriber_id for r in recipients if r.subscriber_id is not None}
+        )
+        if any(r.subscriber_id is None for r in recipients):
+            log.info("bounce to the bare bounce address (peer %s): not attributed", peer)
+            self._report(f"{BOUNCE}:{BOUNCE_UNATTRIBUTED}")
+        if not subscriber_ids:
+            return
+        classification = await asyncio.to_thread(_classify, envelope.original_content or b"")
+        for subscriber_id in subscriber_ids:
+            if classification.counts:
+                outcome = await asyncio.to_thread(
+                    self.bounces.record_permanent,
+                    subscriber_id,
+                    classification.reason,
+                    classification.recipients,
+                )
+            elif classification.permanent is None:
+                outcome = BOUNCE_UNREADABLE
+            elif classification.permanent:
+                outcome = BOUNCE_NOT_COUNTED
+            else:
+                outcome = BOUNCE_TEMPORARY
+            log.info(
+                "bounce for subscriber %d (peer %s): %s (%s)",
+                subscriber_id,
+                peer,
+                outcome,
+                classification.reason,
+            )
+            self._report(f"{BOUNCE}:{outcome}")
+
+    def _recipient(self, address: str) -> _Recipient | None:
+        return self._parse_recipient(address)[0]
+
+    def _parse_recipient(self, address: str) -> tuple[_Recipient | None, str | None]:
+        """Which of our addresses ``address`` is (None: refuse it), and a token that did
+        not verify, if that is why."""
+        try:
+            local, _, domain = normalize(address).rpartition("@")
+        except InvalidAddress:
+            return None, None
         # Case-insensitive as a whole: residents copy the address off posters by hand,
         # and it is our own mailbox, so folding the local part opens nothing.
+        if f"{local}@{domain}".lower() == self._registration_address:
+            return _REGISTRATION, None
+        if self.verp is None or domain != self._bounce_domain:
+            return None, None
+        if local.lower() == self._bounce_local:
+            return _Recipient(bounce=True), None
+        base, plus, token = local.partition("+")
+        if not plus or base.lower() != self._bounce_local:
+            return None, None
         try:
-            return normalize(address).lower() == self._registration_address
-        except InvalidAddress:
-            return False
+            # The token keeps its case: it is a signature, and the local part is ours to
+            # read as we like (RFC 5321 §2.4).
+            return _Recipient(bounce=True, subscriber_id=self.verp.check(token)), None
+        except LinkError:
+            return None, token
 
     def _report(self, outcome: str) -> None:
         if self.on_outcome is None:
@@ -248,6 +373,16 @@ def _peer_ip(session: Session) -> str | None:
 
 def _who(sender: str) -> str:
     return "<>" if sender in ("", "<>") else mask(sender)
+
+
+def _classify(data: bytes) -> Classification:
+    try:
+        return classify(data)
+    except Exception:
+        # Reading it again would fail the same way: take it (250), never make a bounce
+        # bounce, and keep the trace for whoever improves the classifier.
+        log.exception("a bounce could not be classified")
+        return Classification(None, reason="unreadable")
 
 
 class _Session(SMTP):

@@ -465,3 +465,62 @@ def test_old_phones_get_iso_2022_jp_and_unsendable_characters_are_refused(
     assert "7行目" in report and "GRINNING FACE" in report and "ISO-2022-JP" in report
     assert maild.stop() == 0
     assert len(sink.envelopes) == 2
+
+
+def dsn_for(verp: str, rcpt: str) -> bytes:
+    """A Postfix-shaped delivery status notification: permanent, 5.1.1 unknown user."""
+    return (
+        f"From: MAILER-DAEMON@relay.example.jp (Mail Delivery System)\r\n"
+        f"To: {verp}\r\nSubject: Undelivered Mail Returned to Sender\r\n"
+        "Auto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+        "--B\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n"
+        "--B\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "Reporting-MTA: dns; relay.example.jp\r\n\r\n"
+        f"Final-Recipient: rfc822; {rcpt}\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        "Diagnostic-Code: smtp; 550 Unknown user\r\n--B--\r\n"
+    ).encode()
+
+
+def test_bounces_suspend_after_the_threshold_on_separate_days(
+    config_path: Callable[..., Path],
+    daemon: Callable[..., DaemonProcess],
+    sink: SmtpSink,
+    clock: Clock,
+    tmp_path: Path,
+) -> None:
+    import smtplib
+
+    config = config_path(relay={"url": sink.url}, bounces={"threshold": 3})
+    maild_command(config, "db", "upgrade")
+    import_subscribers(
+        config, tmp_path, [("gone@example.jp", "aoba", ""), ("here@example.jp", "aoba", "")]
+    )
+    maild = daemon(config, clock.env)
+    drop(tmp_path / "spool", "first.txt", alert_text("青葉区"))
+    mails = sink.wait_for(2, timeout=10)
+    verp = next(m.mail_from for m in mails if m.rcpt_tos[0] == "gone@example.jp")
+
+    with smtplib.SMTP("127.0.0.1", maild.smtp_port, timeout=10) as smtp:
+        smtp.ehlo()
+        code, _ = smtp.docmd("MAIL FROM:<>")
+        assert code == 250
+        code, _ = smtp.docmd(
+            "RCPT TO:<bounce+Zm9yZ2Vk.AAAAAAAAAAAAAAAAAAAAAAAAAAA@mail.example.jp>"
+        )
+        assert code == 550  # a forged VERP token is refused at RCPT
+
+    for day in range(3):
+        clock.set(f"2026-12-{5 + day:02d}T10:00:00+09:00")
+        for _ in range(2):  # two bounces a day count once
+            with smtplib.SMTP("127.0.0.1", maild.smtp_port, timeout=10) as smtp:
+                smtp.sendmail("", [verp], dsn_for(verp, "gone@example.jp"))
+    stats = json.loads(maild_command(config, "subscribers", "stats", "--json").stdout)
+    assert stats["by_status"]["suspended"] == 1 and stats["by_status"]["active"] == 1
+    assert "gone@example.jp" in maild_command(config, "subscribers", "export").stdout  # kept
+
+    sink.clear()
+    drop(tmp_path / "spool", "second.txt", alert_text("青葉区"))
+    (mail,) = sink.wait_for(1, timeout=10)
+    assert list(mail.rcpt_tos) == ["here@example.jp"]
+    assert maild.stop() == 0

@@ -26,18 +26,20 @@ import trustme
 from sqlalchemy import select, text
 
 from maild.areas import AreaMap
+from maild.bounces import Bounces
 from maild.clock import FakeClock
 from maild.config import Config
 from maild.db import Database
 from maild.models import OutboxMail
 from maild.registration import Registrations
 from maild.smtp_inbound import InboundHandler, InboundServer
-from maild.tokens import Links
+from maild.tokens import MANAGE, Links, VerpTokens
 from tests.configs import make_config
 
 CORPUS = Path(__file__).parent / "corpus" / "autoreply"
 REGISTRATION = "entry@mail.example.jp"
 TIMEOUT = 10.0
+KEY = b"k" * 64
 
 BLANK = b"""From: taro@docomo.ne.jp
 To: entry@mail.example.jp
@@ -123,10 +125,17 @@ class Harness:
     db: Database
     server: InboundServer
     outcomes: list[str]
+    verp: VerpTokens
+    bounces: Bounces
 
     @property
     def port(self) -> int:
         return self.server.port
+
+    def verp_address(self, subscriber_id: int) -> str:
+        """The envelope sender an alert to this subscriber leaves with (as fanout builds it)."""
+        local, _, domain = self.config.smtp.bounce_address.rpartition("@")
+        return f"{local}+{self.verp.make(subscriber_id)}@{domain}"
 
     async def client(self) -> Client:
         client = await Client.connect(self.port)
@@ -148,29 +157,46 @@ class Harness:
 
 @asynccontextmanager
 async def inbound(
-    tmp_path: Path, sock: socket.socket | None = None, **overrides: dict[str, Any]
+    tmp_path: Path,
+    sock: socket.socket | None = None,
+    wire_bounces: bool = True,
+    **overrides: dict[str, Any],
 ) -> AsyncIterator[Harness]:
+    """The listener as the daemon runs it; ``wire_bounces=False``: built without VERP."""
     config = make_config(tmp_path, **overrides)
     db = Database(config.database_url)
     db.upgrade()
     clock = FakeClock()
-    links = Links(b"k" * 64, (), clock)
+    links = Links(KEY, (), clock)
     registrations = Registrations(config, db, links, AreaMap.load(config.areas.file), clock)
+    verp = VerpTokens(KEY)
+    bounces = Bounces.from_config(config, db, clock)
     outcomes: list[str] = []
-    server = InboundServer(
-        InboundHandler(config, registrations, clock, outcomes.append), config.smtp
+    handler = InboundHandler(
+        config,
+        registrations,
+        clock,
+        outcomes.append,
+        verp=verp if wire_bounces else None,
+        bounces=bounces if wire_bounces else None,
     )
+    server = InboundServer(handler, config.smtp)
     await server.start(sock, config.smtp.listen)
     try:
-        yield Harness(config, clock, db, server, outcomes)
+        yield Harness(config, clock, db, server, outcomes, verp, bounces)
     finally:
         await server.close(1.0)
         db.dispose()
 
 
-def run(tmp_path: Path, scenario: Callable[[Harness], Awaitable[None]], **overrides: Any) -> None:
+def run(
+    tmp_path: Path,
+    scenario: Callable[[Harness], Awaitable[None]],
+    wire_bounces: bool = True,
+    **overrides: Any,
+) -> None:
     async def main() -> None:
-        async with inbound(tmp_path, **overrides) as harness:
+        async with inbound(tmp_path, wire_bounces=wire_bounces, **overrides) as harness:
             await scenario(harness)
 
     asyncio.run(main())
@@ -309,6 +335,65 @@ def test_no_data_without_an_accepted_recipient(tmp_path: Path) -> None:
         assert h.rows() == []
 
     run(tmp_path, scenario)
+
+
+def test_bounce_addresses_are_recipients_only_with_a_valid_token(tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        client = await h.client()
+        assert (await client.command("MAIL FROM:<>"))[0] == 250
+        good = h.verp_address(7)
+        token = good.split("+", 1)[1].split("@")[0]
+        tampered = token[:-1] + ("B" if token.endswith("A") else "A")
+        other_key = VerpTokens(b"x" * 64).make(7)
+        manage_link = Links(KEY).subscriber_link(MANAGE, 7, "abc")  # right key, wrong salt
+        unknown = (550, "550 5.1.1 No such user here")
+        for forged in (
+            f"<bounce+{other_key}@mail.example.jp>",
+            f"<bounce+{manage_link}@mail.example.jp>",
+            f"<bounce+{tampered}@mail.example.jp>",
+            f"<bounce+{token.swapcase()}@mail.example.jp>",
+            "<bounce+@mail.example.jp>",
+            "<bounce+8@mail.example.jp>",
+        ):
+            assert await client.command(f"RCPT TO:{forged}") == unknown, forged
+        # Right token, wrong place: only our bounce address carries one.
+        assert await client.command(f"RCPT TO:<entry+{token}@mail.example.jp>") == unknown
+        assert await client.command(f"RCPT TO:<bounce+{token}@example.com>") == unknown
+        assert await client.command(f"RCPT TO:<bouncer+{token}@mail.example.jp>") == unknown
+        assert h.outcomes == ["bounce:forged"] * 6
+        # The token is case-sensitive (a signature), the rest of the address is not.
+        assert (await client.command(f"RCPT TO:<{good}>"))[0] == 250
+        assert (await client.command(f"RCPT TO:<BOUNCE+{token}@Mail.Example.JP>"))[0] == 250
+        assert (await client.command("RCPT TO:<bounce@mail.example.jp>"))[0] == 250
+        await client.close()
+
+    run(tmp_path, scenario)
+
+
+def test_without_verp_no_bounce_address_is_a_recipient(tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        client = await h.client()
+        assert (await client.command("MAIL FROM:<>"))[0] == 250
+        for address in (h.verp_address(7), "bounce@mail.example.jp"):
+            assert (await client.command(f"RCPT TO:<{address}>"))[0] == 550
+        assert (await client.command(f"RCPT TO:<{REGISTRATION}>"))[0] == 250
+        await client.close()
+        assert h.outcomes == []
+
+    run(tmp_path, scenario, wire_bounces=False)
+
+
+def test_handler_wants_verp_and_bounces_together(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    db = Database(config.database_url)
+    try:
+        registrations = Registrations(
+            config, db, Links(KEY), AreaMap.load(config.areas.file), FakeClock()
+        )
+        with pytest.raises(ValueError, match="both verp and bounces"):
+            InboundHandler(config, registrations, verp=VerpTokens(KEY))
+    finally:
+        db.dispose()
 
 
 # --- mail not to answer ----------------------------------------------------------------
