@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
@@ -50,6 +49,7 @@ LEASE = dt.timedelta(minutes=5)
 # 4xx and connection failures are retried for a day (issue 3), then recorded as failed.
 GIVE_UP_AFTER = dt.timedelta(days=1)
 IDLE_POLL_SECONDS = 1.0
+CANCEL_CHECK_SECONDS = 0.5
 
 
 _Templates = dict[tuple[int, Charset], AlertTemplate | LegacyCharsetError]
@@ -69,6 +69,7 @@ class _Row:
 class _Result:
     row: _Row
     error: DeliveryError | None
+    skipped: bool = False  # the alert was cancelled while the batch was going out
 
 
 class FanoutSender:
@@ -81,7 +82,6 @@ class FanoutSender:
         links: Links,
         verp: VerpTokens,
         clock: Clock,
-        on_result: Callable[[str], None] = lambda status: None,
         bounces: Bounces | None = None,
     ) -> None:
         self.bounces = bounces
@@ -92,12 +92,16 @@ class FanoutSender:
         self.links = links
         self.verp = verp
         self.clock = clock
-        self.on_result = on_result
         self._templates: dict[tuple[int, Charset], AlertTemplate | LegacyCharsetError] = {}
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._paused_until: dt.datetime | None = None
         self._outage_attempts = 0
+
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config: new templates from the next batch on (area names, From…)."""
+        self.config = config
+        self._templates.clear()
 
     def wake(self) -> None:
         """Callable from any thread: an alert was released."""
@@ -141,11 +145,32 @@ class FanoutSender:
             return False
         keys = {(r.alert_id, charset_for(self.config, r.address or "")) for r in rows}
         templates = await asyncio.to_thread(self._templates_for, keys)
-        results = await asyncio.gather(*(self._send(row, templates) for row in rows))
+        cancelled: set[int] = set()
+        watcher = asyncio.create_task(self._watch_cancel({r.alert_id for r in rows}, cancelled))
+        try:
+            results = await asyncio.gather(*(self._send(row, templates, cancelled) for row in rows))
+        finally:
+            watcher.cancel()
         await asyncio.to_thread(self._record, results, self.clock.now())
         return True
 
-    async def _send(self, row: _Row, templates: _Templates) -> _Result:
+    async def _watch_cancel(self, alert_ids: set[int], cancelled: set[int]) -> None:
+        """While a (possibly long, paced) batch goes out, notice an operator's cancel."""
+        while True:
+            await asyncio.sleep(CANCEL_CHECK_SECONDS)
+            cancelled |= await asyncio.to_thread(self._cancelled_among, alert_ids)
+
+    def _cancelled_among(self, alert_ids: set[int]) -> set[int]:
+        with self.db.transaction() as session:
+            return set(
+                session.scalars(
+                    select(Alert.id).where(Alert.id.in_(alert_ids), Alert.status != SENDING)
+                )
+            )
+
+    async def _send(self, row: _Row, templates: _Templates, cancelled: set[int]) -> _Result:
+        if row.alert_id in cancelled:
+            return _Result(row, None, skipped=True)
         if row.address is None:
             gone = PermanentFailure(None, "subscriber no longer active", stage="compose")
             return _Result(row, gone)
@@ -242,7 +267,8 @@ class FanoutSender:
         return template_for(self.config, content, alert.released_at or self.clock.now(), charset)
 
     def _record(self, results: list[_Result], now: dt.datetime) -> None:
-        sent = [r.row.delivery_id for r in results if r.error is None]
+        sent = [r.row.delivery_id for r in results if r.error is None and not r.skipped]
+        skipped = [r.row.delivery_id for r in results if r.skipped]
         outage = bool(results) and all(
             isinstance(r.error, TemporaryFailure) and r.error.stage == "connect" for r in results
         )
@@ -253,6 +279,10 @@ class FanoutSender:
                     .where(Delivery.id.in_(sent))
                     .values(status=DELIVERY_SENT, claimed_until=None, last_error=None)
                 )
+            if skipped:  # left queued: a cancelled alert's rows are never claimed again
+                session.execute(
+                    update(Delivery).where(Delivery.id.in_(skipped)).values(claimed_until=None)
+                )
             for result in results:
                 if result.error is not None:
                     self._record_failure(session, result, now)
@@ -261,8 +291,6 @@ class FanoutSender:
                     for charset in (UTF8, ISO_2022_JP):
                         self._templates.pop((alert_id, charset), None)
                     log.info("alert %d finished", alert_id)
-        for result in results:
-            self.on_result(DELIVERY_SENT if result.error is None else type(result.error).__name__)
         if outage:
             # The relay is down: pause the whole fan-out instead of failing row after row.
             self._outage_attempts += 1

@@ -36,12 +36,13 @@ from maild.housekeeping import Housekeeping
 from maild.metrics import Metrics
 from maild.outbox import OutboxSender
 from maild.relay import open_relay
+from maild.reload import Reloader
 from maild.scheduler import ReleaseScheduler
 from maild.services import Services, build_services
 from maild.smtp_inbound import InboundHandler, InboundServer
 from maild.spool import FileMeta, SpoolWatcher, ensure_layout
 from maild.watchdog import watchdog
-from maild.web.app import create_app, database_health
+from maild.web.app import WebApp, create_app, database_health
 
 log = logging.getLogger("maild")
 
@@ -60,6 +61,7 @@ class Daemon:
     config: Config
     clock: Clock = field(default_factory=clock_from_environment)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    _reload_task: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         os.umask(0o077)  # everything we create (keys, maildir files, db) is ours alone
@@ -117,16 +119,14 @@ class Daemon:
             clock=self.clock,
         )
 
-        inbound = InboundServer(
-            InboundHandler(
-                config,
-                services.registrations,
-                on_outcome=metrics.registration,
-                verp=services.verp,
-                bounces=services.bounces,
-            ),
-            config.smtp,
+        handler = InboundHandler(
+            config,
+            services.registrations,
+            on_outcome=metrics.registration,
+            verp=services.verp,
+            bounces=services.bounces,
         )
+        inbound = InboundServer(handler, config.smtp)
         passed = systemd.listen_sockets()
         try:
             await inbound.start(passed[0] if passed else None, config.smtp.listen)
@@ -140,7 +140,8 @@ class Daemon:
             report["smtp"] = "listening" if not inbound.closing else "closing"
             return report
 
-        web, web_thread = self._start_web(services, health, metrics.render)
+        app, web, web_thread = self._start_web(services, health, metrics.render)
+        reloader = Reloader(services, handler, app, fanout)
 
         def status() -> str:  # for systemctl status; in-memory figures only, no database
             return f"accepting mail; {inbound.session_count} SMTP sessions"
@@ -155,7 +156,7 @@ class Daemon:
             asyncio.create_task(spool.run(self.stopping), name="spool"),
             asyncio.create_task(watchdog(self.stopping, status), name="watchdog"),
         ]
-        self._install_signals()
+        self._install_signals(reloader)
         log.info(
             "ready: smtp %s:%s, web http://%s:%s/, relay %s, spool %s",
             config.smtp.listen.host,
@@ -186,7 +187,7 @@ class Daemon:
 
     def _start_web(
         self, services: Services, health: Callable[[], dict[str, Any]], metrics: Callable[[], bytes]
-    ) -> tuple[Any, threading.Thread]:
+    ) -> tuple[WebApp, Any, threading.Thread]:
         app = create_app(
             self.config,
             services.registrations,
@@ -205,12 +206,23 @@ class Daemon:
             raise StartupError(f"cannot listen for the web on {listen}: {e}") from e
         thread = threading.Thread(target=server.run, name="web", daemon=True)
         thread.start()
-        return server, thread
+        return app, server, thread
 
-    def _install_signals(self) -> None:
+    def _install_signals(self, reloader: Reloader) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_stop_signal, signum)
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal, reloader)
+
+    def _on_reload_signal(self, reloader: Reloader) -> None:
+        log.info("received SIGHUP: reloading")
+        systemd.notify("RELOADING=1")
+
+        async def reload() -> None:
+            await reloader.reload()
+            systemd.notify("READY=1")
+
+        self._reload_task = asyncio.create_task(reload(), name="reload")
 
     def _on_stop_signal(self, signum: int) -> None:
         log.info("received %s", signal.Signals(signum).name)

@@ -171,12 +171,17 @@ class InboundHandler:
     ) -> None:
         if (verp is None) != (bounces is None):
             raise ValueError("InboundHandler needs both verp and bounces, or neither")
-        self.config = config
         self.registrations = registrations
         self.on_outcome = on_outcome
         self.verp = verp
         self.bounces = bounces
         self.budget = AnswerBudget(config.limits, clock or registrations.clock)
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Config) -> None:
+        """Take a reloaded config (SIGHUP); sessions under way keep going."""
+        self.config = config
+        self.budget.limits = config.limits  # counts so far stay
         self._registration_address = normalize(config.smtp.registration_address).lower()
         bounce_local, _, bounce_domain = normalize(config.smtp.bounce_address).rpartition("@")
         self._bounce_local = bounce_local.lower()

@@ -524,3 +524,137 @@ def test_bounces_suspend_after_the_threshold_on_separate_days(
     (mail,) = sink.wait_for(1, timeout=10)
     assert list(mail.rcpt_tos) == ["here@example.jp"]
     assert maild.stop() == 0
+
+
+def wait_for_log(maild: DaemonProcess, text: str, after: int = 0) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if text in maild.log()[after:]:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} never appeared in the daemon's log")
+
+
+def test_sighup_reloads_the_window_without_dropping_a_session(
+    config_path: Callable[..., Path],
+    daemon: Callable[..., DaemonProcess],
+    sink: SmtpSink,
+    clock: Clock,
+    tmp_path: Path,
+) -> None:
+    import signal
+    import smtplib
+
+    config = config_path(relay={"url": sink.url})
+    maild_command(config, "db", "upgrade")
+    import_subscribers(config, tmp_path, [("a@example.jp", "aoba", "")])
+    maild = daemon(config, clock.env)
+    assert maild.process is not None
+
+    # A session in the middle of a transaction while the daemon reloads.
+    smtp = smtplib.SMTP("127.0.0.1", maild.smtp_port, timeout=10)
+    smtp.ehlo()
+    assert smtp.docmd("MAIL FROM:<resident@example.jp>")[0] == 250
+    assert smtp.docmd("RCPT TO:<entry@mail.example.jp>")[0] == 250
+
+    # A broken config is refused and the old one kept.
+    good = config.read_text()
+    config.write_text(good + "\n[window]\nstart = 'soon'\n")
+    mark = len(maild.log())
+    maild.process.send_signal(signal.SIGHUP)
+    wait_for_log(maild, "reload refused", mark)
+    assert "[window] start" in maild.log()[mark:]
+
+    # Saturday becomes a working day with the new window.
+    config.write_text(good + '\n[window]\ndays = ["sat"]\nstart = "09:00"\nend = "12:00"\n')
+    mark = len(maild.log())
+    maild.process.send_signal(signal.SIGHUP)
+    wait_for_log(maild, "reloaded", mark)
+
+    code, _ = smtp.data(b"Subject: \r\n\r\n")
+    assert code == 250  # the session survived both reloads
+    smtp.quit()
+    sink.wait_for(1, timeout=10)  # the registration answer
+
+    drop(tmp_path / "spool", "held-no-more.txt", alert_text("青葉区", urgent=False))
+    (alert,) = wait_for_alerts(config, clock.env, 1)
+    wait_status(config, clock.env, alert["id"], "sent")
+    assert maild.process.poll() is None
+    assert maild.stop() == 0
+
+
+def test_cancel_during_a_fanout_stops_the_rest(
+    config_path: Callable[..., Path],
+    daemon: Callable[..., DaemonProcess],
+    sink: SmtpSink,
+    clock: Clock,
+    tmp_path: Path,
+) -> None:
+    count = 3000
+    # Paced, so the fan-out is surely still running when the operator cancels.
+    config = config_path(relay={"url": sink.url, "max_per_second": 300})
+    maild_command(config, "db", "upgrade")
+    import_subscribers(config, tmp_path, [(f"u{n}@example.jp", "aoba", "") for n in range(count)])
+    maild = daemon(config, clock.env)
+    drop(tmp_path / "spool", "a.txt", alert_text("青葉区"))
+    sink.wait_for(100, timeout=30)
+    (alert,) = wait_for_alerts(config, clock.env, 1)
+    maild_command(
+        config, "alerts", "cancel", str(alert["id"]), env={**clock.env, "SUDO_USER": "kacho"}
+    )
+    cancelled = json.loads(
+        maild_command(config, "alerts", "show", str(alert["id"]), "--json").stdout
+    )
+    assert cancelled["status"] == "cancelled"
+    assert cancelled["audit"][-1]["action"] == "cancelled"
+    assert cancelled["audit"][-1]["user"] == "kacho"
+    settled = len(sink.envelopes)
+    time.sleep(1.5)  # what was already on the wire may land; nothing after that
+    assert len(sink.envelopes) - settled <= 300  # at most ~0.5 s of sending at 300/s
+    assert len(sink.envelopes) < count / 2
+    assert maild.stop() == 0
+
+
+def test_metrics_move_after_a_registration_and_an_alert(
+    config_path: Callable[..., Path],
+    daemon: Callable[..., DaemonProcess],
+    sink: SmtpSink,
+    clock: Clock,
+    tmp_path: Path,
+) -> None:
+    import smtplib
+    import urllib.request
+
+    config = config_path(relay={"url": sink.url})
+    maild_command(config, "db", "upgrade")
+    import_subscribers(config, tmp_path, [("a@example.jp", "aoba", "")])
+    maild = daemon(config, clock.env)
+
+    def metrics() -> str:
+        with urllib.request.urlopen(f"{maild.base_url}/metrics", timeout=5) as response:
+            assert response.headers["Content-Type"].startswith("text/plain")
+            return response.read().decode()
+
+    def value(text: str, name: str) -> float:
+        for line in text.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{") and " " in line:
+                if line.split(" ")[0] == name or line.startswith(name):
+                    return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    before = metrics()
+    assert value(before, 'maild_registrations_total{outcome="register"}') == 0
+    with smtplib.SMTP("127.0.0.1", maild.smtp_port, timeout=10) as smtp:
+        smtp.sendmail("new@example.jp", ["entry@mail.example.jp"], b"Subject: \r\n\r\n")
+    drop(tmp_path / "spool", "a.txt", alert_text("青葉区"))
+    sink.wait_for(2, timeout=10)
+    (alert,) = wait_for_alerts(config, clock.env, 1)
+    wait_status(config, clock.env, alert["id"], "sent")
+    after = metrics()
+    assert value(after, 'maild_registrations_total{outcome="register"}') == 1
+    assert value(after, 'maild_deliveries_total{kind="alert",result="sent"}') == 1
+    assert value(after, 'maild_deliveries_total{kind="outbox",result="sent"}') == 1
+    assert value(after, 'maild_alerts{status="sent"}') == 1
+    assert value(after, "maild_relay_reply_seconds_count") == 2
+    assert "maild_outbox_depth" in after
+    assert maild.stop() == 0
