@@ -423,7 +423,9 @@ class _Parser:
                 area_id = self.resolve_area(name)
             except ValueError as e:
                 detail = str(e).strip()
-                hint = detail if detail and detail != name else ""
+                # An error that only names the text back (areas.UnknownArea) adds nothing.
+                restates = getattr(e, "text", None) == name or detail == name
+                hint = detail if detail and not restates else ""
                 self.fail(
                     number,
                     f"不明な配信エリアです: {name}" + (f"（{hint}）" if hint else ""),

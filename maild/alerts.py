@@ -26,6 +26,7 @@ from maild.config import Config
 from maild.db import Database
 from maild.models import (
     ACTIVE,
+    ALERT_FAILED,
     ALERT_SENT,
     CANCELLED,
     DELIVERY_DEFERRED,
@@ -52,6 +53,20 @@ class AlertActionError(Exception):
     """An operator's action that the alert's state or the rules do not allow."""
 
 
+def check_draft(config: Config, draft: AlertDraft) -> None:
+    """Checks that need the configuration, after the file itself parsed: raises
+    :class:`AlertFileInvalid` so the file is rejected with its lines named."""
+    if config.mail.legacy_charset_domains:
+        problems = legacy.check_draft(draft)
+        if problems:
+            raise AlertFileInvalid(problems)
+
+
+def needs_approval(config: Config, requester: str) -> bool:
+    """運用要領 5(1): with approval on, only an approver's own alert goes without one."""
+    return config.approval.required and requester not in config.approval.approvers
+
+
 @dataclass(frozen=True)
 class Source:
     """Where an alert came from: the spool file's claim name and its owner (the requester)."""
@@ -72,26 +87,17 @@ class Alerts:
 
     # --- intake ---------------------------------------------------------------------
 
-    def check_draft(self, draft: AlertDraft) -> None:
-        """Checks that need the configuration, after the file itself parsed: raises
-        :class:`AlertFileInvalid` so the file is rejected with its lines named."""
-        if self.config.mail.legacy_charset_domains:
-            problems = legacy.check_draft(draft)
-            if problems:
-                raise AlertFileInvalid(problems)
-
     def intake(self, draft: AlertDraft, source: Source) -> int:
         """Turn a valid alert file into an alert; returns its id.
 
         Idempotent on ``source.claim_name``: a spool file processed again after a crash
         between this commit and the file's move returns the alert it already made.
-        Raises :class:`AlertFileInvalid` for what :meth:`check_draft` refuses.
+        Raises :class:`AlertFileInvalid` for what :func:`check_draft` refuses.
         """
-        self.check_draft(draft)
+        check_draft(self.config, draft)
         now = self.clock.now()
         approval = self.config.approval
-        is_approver = source.requester in approval.approvers
-        needs_approval = approval.required and not is_approver
+        waits = needs_approval(self.config, source.requester)
         with self.db.transaction() as session:
             if source.claim_name is not None:
                 existing = session.scalar(
@@ -107,12 +113,12 @@ class Alerts:
                 urgent=draft.urgent,
                 sender=draft.sender,
                 send_after=draft.send_after,
-                status=PENDING_APPROVAL if needs_approval else SCHEDULED,
+                status=PENDING_APPROVAL if waits else SCHEDULED,
                 requester=source.requester,
                 source_file=source.claim_name,
                 created_at=now,
             )
-            if not needs_approval:
+            if not waits:
                 alert.release_at = self._release_at(alert, now)
                 if approval.required:
                     # 運用要領 5(1)イ: the 運用責任者 may send on their own judgement.
@@ -120,7 +126,7 @@ class Alerts:
             session.add(alert)
             session.flush()
             self._audit(session, alert.id, "submitted", source.requester, draft.subject)
-            if approval.required and not needs_approval:
+            if approval.required and not waits:
                 self._audit(session, alert.id, "approved", source.requester, "own alert (approver)")
             alert_id = alert.id
             status = alert.status
@@ -159,9 +165,18 @@ class Alerts:
         log.info("alert %d approved by %s", alert_id, user)
 
     def cancel(self, alert_id: int, user: str) -> None:
-        """Cancel before or during sending; a fan-out under way stops with the next batch."""
+        """Cancel before or during sending; a fan-out under way stops within a second.
+
+        With approval on, an approver or the alert's own requester may cancel.
+        """
         with self.db.transaction() as session:
             alert = self._get(session, alert_id)
+            approval = self.config.approval
+            if approval.required and user not in approval.approvers and user != alert.requester:
+                raise AlertActionError(
+                    f"{user} は承認者でも依頼者でもないため取り消せません / {user} is neither an "
+                    f"approver nor the requester of alert {alert_id}"
+                )
             if alert.status not in (PENDING_APPROVAL, SCHEDULED, SENDING):
                 raise AlertActionError(
                     f"alert {alert_id} is {alert.status} and cannot be cancelled"
@@ -173,7 +188,15 @@ class Alerts:
         log.info("alert %d cancelled by %s (was %s)", alert_id, user, was)
 
     def send_now(self, alert_id: int, user: str) -> None:
-        """Release now, ignoring the window and Send-After (an approved alert only)."""
+        """Release now, ignoring the window and Send-After (an approved alert only).
+
+        With approval on, sending outside the window is the 運用責任者's call (運用要領 5(2)).
+        """
+        approval = self.config.approval
+        if approval.required and user not in approval.approvers:
+            raise AlertActionError(
+                f"{user} は承認者ではありません / {user} is not an approver ([approval] approvers)"
+            )
         with self.db.transaction() as session:
             alert = self._get(session, alert_id)
             if alert.status != SCHEDULED:
@@ -274,10 +297,16 @@ class Alerts:
         )
         if left:
             return False
+        delivered = session.scalar(
+            select(func.count())
+            .select_from(Delivery)
+            .where(Delivery.alert_id == alert_id, Delivery.status == DELIVERY_SENT)
+        )
         done = session.execute(
             update(Alert)
             .where(Alert.id == alert_id, Alert.status == SENDING)
-            .values(status=ALERT_SENT, finished_at=now)
+            # Nobody reached at all (every delivery failed) is a failed alert.
+            .values(status=ALERT_SENT if delivered else ALERT_FAILED, finished_at=now)
         )
         if done.rowcount == 1:  # type: ignore[attr-defined]
             self._audit(session, alert_id, "finished", SYSTEM_USER)
@@ -301,7 +330,12 @@ class Alerts:
             result = self._describe(alert, self.delivery_counts(session, [alert_id]).get(alert_id))
             result["body"] = alert.body
             result["audit"] = [
-                {"at": e.at.isoformat(), "action": e.action, "user": e.user, "detail": e.detail}
+                {
+                    "at": e.at.astimezone(self.config.service.tz).isoformat(),
+                    "action": e.action,
+                    "user": e.user,
+                    "detail": e.detail,
+                }
                 for e in session.scalars(
                     select(AuditEntry)
                     .where(AuditEntry.alert_id == alert_id)

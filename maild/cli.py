@@ -27,8 +27,9 @@ from maild.dkim import DkimSigner
 from maild.legacy import legacy_problems, problem_texts
 from maild.logs import setup_logging
 from maild.models import ALERT_STATUSES
+from maild.qr import write_qr
 from maild.services import Services, build_services, window_rules
-from maild.submit import check_file, place, test_send
+from maild.submit import Checked, CountRecipients, Submitter
 
 DEFAULT_CONFIG = "/etc/maild/maild.toml"
 
@@ -139,43 +140,66 @@ def _user_name(uid: int) -> str:
 
 
 def _cmd_submit(config: Config, args: argparse.Namespace) -> int:
-    services = _services(config)
-    results = [check_file(services, Path(f)) for f in args.files]
+    areas = AreaMap.load(config.areas.file)
+    clock = clock_from_environment()
+    try:
+        # Operators run this as themselves; the database may well not be theirs to read.
+        count: CountRecipients | None = _services(config).alerts.count_recipients
+    except CommandError:
+        count = None
+    submitter = Submitter(
+        config, areas, window_rules(config), clock.now(), _user_name(os.getuid()), count
+    )
+    results = [submitter.check(Path(f)) for f in args.files]
     all_valid = all(r.valid for r in results)
     sent_problems: list[str] = []
-    if all_valid:
+    if all_valid and not args.check:
         for result in results:
             assert result.draft is not None
             if args.test:
-                sent_problems += test_send(services, result.draft)
+                try:
+                    sent_problems += submitter.test_send(result.draft)
+                except ValueError as e:
+                    raise CommandError(str(e)) from None
             else:
-                place(services, result)
+                submitter.place(result)
     if args.json:
         _print_json([r.as_json() for r in results])
     else:
-        for r in results:
-            if not r.valid:
-                print(f"{r.file}: 不備があります / invalid")
-                for error in r.errors:
-                    print(f"  {error}")
-                continue
-            what = (
-                f"テスト送信しました / test-sent to {len(config.approval.test_recipients)} "
-                "test recipient(s)"
-                if args.test
-                else f"受け付けました / placed in the spool; release {r.release_at}"
-            )
-            print(f"{r.file}: {what}")
-            print(f"  配信エリア / areas: {'、'.join(r.areas)}")
-            print(f"  現在の対象者数 / recipients now: {r.recipients}")
-        if not all_valid:
-            print(
-                "不備のあるファイルがあるため、何も送信・投入していません。"
-                " / Nothing was sent or placed because a file is invalid."
-            )
+        _print_submitted(results, args, len(config.approval.test_recipients))
     for problem in sent_problems:
         print(f"maild: test send failed: {problem}", file=sys.stderr)
     return 0 if all_valid and not sent_problems else EXIT_FAILURE
+
+
+def _print_submitted(results: list[Checked], args: argparse.Namespace, testers: int) -> None:
+    for r in results:
+        if not r.valid:
+            print(f"{r.file}: 不備があります / invalid")
+            for error in r.errors:
+                print(f"  {error}")
+            continue
+        if args.check:
+            what = "問題ありません / valid (not placed: --check)"
+        elif args.test:
+            what = f"テスト送信しました / test-sent to {testers} test recipient(s)"
+        else:
+            what = "受け付けました / placed in the spool"
+        print(f"{r.file}: {what}")
+        print(f"  配信エリア / areas: {'、'.join(r.areas)}")
+        if r.pending_approval:
+            print("  送信 / release: 承認待ちになります / waits for an approver")
+        else:
+            print(f"  送信 / release: {r.release_at or '-'}")
+        shown = (
+            "不明（データベースを読めません） / unknown" if r.recipients is None else r.recipients
+        )
+        print(f"  現在の対象者数 / recipients now: {shown}")
+    if not all(r.valid for r in results):
+        print(
+            "不備のあるファイルがあるため、何も送信・投入していません。"
+            " / Nothing was sent or placed because a file is invalid."
+        )
 
 
 def _cmd_alerts_list(config: Config, args: argparse.Namespace) -> int:
@@ -358,6 +382,17 @@ def _cmd_subscribers_remove(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_qr(config: Config, args: argparse.Namespace) -> int:
+    try:
+        write_qr(config.smtp.registration_address, Path(args.output))
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+    except OSError as e:
+        raise CommandError(f"{args.output}: {e.strerror}") from None
+    print(f"{args.output}: mailto:{config.smtp.registration_address}")
+    return 0
+
+
 def _safe_url(url: str) -> str:
     """A database URL without its password."""
     from sqlalchemy.engine import make_url
@@ -402,6 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument(
         "--test", action="store_true", help="send now to [approval] test_recipients only"
     )
+    submit.add_argument(
+        "--check", action="store_true", help="only check the files; place and send nothing"
+    )
     submit.add_argument("--json", action="store_true", help="print JSON")
 
     alerts = commands.add_parser("alerts", help="list, show, approve, cancel or release alerts")
@@ -439,6 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("address", metavar="ADDRESS")
     sub.set_defaults(handler=_cmd_subscribers_remove)
 
+    qr = add("qr", _cmd_qr, "a QR code of mailto: the registration address, for posters")
+    qr.add_argument("--output", required=True, metavar="FILE", help="poster.svg or poster.png")
+
     win = add("window", _cmd_window, "is sending allowed at a moment, and when it next opens")
     win.add_argument("--at", metavar="ISO-DATETIME", help="the moment (default: now)")
     win.add_argument("--json", action="store_true", help="print JSON")
@@ -466,6 +507,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE if isinstance(e, CommandError) else EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `maild subscribers export | head`: the reader has gone; that is not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

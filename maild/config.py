@@ -123,6 +123,9 @@ class LimitsConfig:
     answers_per_ip_per_minute: int = 120
     answers_per_hour: int = 3000
     trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    sessions_per_ip: int = 50  # concurrent inbound SMTP sessions from one untrusted IP
+    command_timeout: float = 300.0  # seconds; RFC 5321 §4.5.3.2.7 asks for at least 5 min
+    recipients_per_message: int = 100  # RFC 5321 §4.5.3.1.8: at least 100 must be taken
 
 
 @dataclass(frozen=True)
@@ -385,6 +388,10 @@ def _read_dkim(r: _Reader) -> DkimConfig:
     return config
 
 
+MIN_COMMAND_TIMEOUT = 0.1
+MAX_COMMAND_TIMEOUT = 3600.0
+
+
 def _read_limits(r: _Reader) -> LimitsConfig:
     d = LimitsConfig()
     networks = []
@@ -393,12 +400,26 @@ def _read_limits(r: _Reader) -> LimitsConfig:
             networks.append(ipaddress.ip_network(text, strict=False))
         except ValueError:
             raise r.fail("trusted_networks", f"{text!r} is not a network (CIDR)") from None
+    timeout = r.get("command_timeout", float, d.command_timeout)
+    # Below a tenth of a second no real client could answer; above an hour a dead peer
+    # holds a session slot for too long.
+    if not MIN_COMMAND_TIMEOUT <= timeout <= MAX_COMMAND_TIMEOUT:
+        raise r.fail(
+            "command_timeout",
+            f"must be between {MIN_COMMAND_TIMEOUT} and {MAX_COMMAND_TIMEOUT:.0f} seconds,"
+            f" not {timeout}",
+        )
     return LimitsConfig(
         answers_per_ip_per_minute=r.integer(
             "answers_per_ip_per_minute", d.answers_per_ip_per_minute, 1
         ),
         answers_per_hour=r.integer("answers_per_hour", d.answers_per_hour, 1),
         trusted_networks=tuple(networks),
+        sessions_per_ip=r.integer("sessions_per_ip", d.sessions_per_ip, 1, 10000),
+        command_timeout=timeout,
+        recipients_per_message=r.integer(
+            "recipients_per_message", d.recipients_per_message, 1, 10000
+        ),
     )
 
 

@@ -28,17 +28,19 @@ PNG_DPI = 300
 
 KINDS = {".svg": "svg", ".png": "png"}
 
-# RFC 6068 §2: characters outside these (``%``, ``?``, ``#``, spaces, non-ASCII)
-# must be percent-encoded in a mailto: URI or the phone reads a different address.
-_MAILTO_SAFE = "@!$'*+,;=-._~"
+# RFC 6068 §2: in a mailto: URI, "%", "?", "#", "=", "&", spaces and non-ASCII
+# must be percent-encoded or the phone reads a different address. Letters,
+# digits and "-._~" are never encoded; these few more may stay as they are.
+_MAILTO_SAFE = "@!$'*+"
 
 
 def mailto_uri(address: str) -> str:
     """The ``mailto:`` URI for ``address``, percent-encoded as RFC 6068 requires."""
     if not address or address != address.strip() or "@" not in address:
+        # The address is not repeated: error texts never hold a full address (SPEC §9).
         raise ValueError(
-            f"QRコードにするメールアドレスが正しくありません（{address!r}） / "
-            f"not a mail address to put in a QR code: {address!r}"
+            "QRコードにするメールアドレスが正しくありません / "
+            "not a mail address to put in a QR code"
         )
     return "mailto:" + quote(address, safe=_MAILTO_SAFE)
 
@@ -64,7 +66,7 @@ def write_qr(address: str, output: Path) -> None:
     # boost_error=False: the level is the one chosen above, not whatever fits.
     code = segno.make(mailto_uri(address), error=ERROR_LEVEL, micro=False, boost_error=False)
     width, _ = code.symbol_size(scale=1, border=BORDER)
-    scale = scale_for(width)
+    scale = scale_for(int(width))
     if kind == "png":
         code.save(str(output), kind=kind, scale=scale, border=BORDER, dpi=PNG_DPI)
     else:

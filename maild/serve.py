@@ -125,6 +125,7 @@ class Daemon:
             on_outcome=metrics.registration,
             verp=services.verp,
             bounces=services.bounces,
+            budget=services.budget,
         )
         inbound = InboundServer(handler, config.smtp)
         passed = systemd.listen_sockets()
@@ -196,6 +197,7 @@ class Daemon:
             self.clock,
             health,
             metrics,
+            budget=services.budget,
         )
         listen = self.config.web.listen
         try:

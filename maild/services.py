@@ -16,6 +16,7 @@ from maild.bounces import Bounces
 from maild.clock import Clock
 from maild.config import Config
 from maild.db import Database
+from maild.limits import AnswerBudget
 from maild.registration import Registrations
 from maild.tokens import Links, VerpTokens, load_or_create_key, read_key
 from maild.window import WindowRules
@@ -33,6 +34,7 @@ class Services:
     verp: VerpTokens
     rules: WindowRules
     bounces: Bounces
+    budget: AnswerBudget  # registration answers, shared by SMTP and /signup
 
 
 def build_services(
@@ -56,7 +58,10 @@ def build_services(
     alerts = Alerts(config, db, areas, clock, rules)
     verp = VerpTokens(key, old_keys)
     bounces = Bounces.from_config(config, db, clock)
-    return Services(config, clock, db, links, areas, registrations, alerts, verp, rules, bounces)
+    budget = AnswerBudget(config.limits, clock)
+    return Services(
+        config, clock, db, links, areas, registrations, alerts, verp, rules, bounces, budget
+    )
 
 
 def window_rules(config: Config) -> WindowRules:

@@ -20,6 +20,13 @@ A message may be addressed to both kinds at once; each recipient gets its own
 treatment. :class:`InboundServer` runs aiosmtpd's protocol on the daemon's own
 event loop and drains sessions on shutdown (STYLE §3, §4).
 
+The ``[limits]`` rules: answers spend from :class:`maild.limits.AnswerBudget`
+(shared with the web's ``/signup``), and past it a blank mail gets 450 so that
+its MTA retries later; one more session than ``sessions_per_ip`` is greeted with
+421 and closed, a client silent for ``command_timeout`` gets 421, a recipient
+past ``recipients_per_message`` gets 452, a message over ``max_message_size``
+gets aiosmtpd's 552. Trusted networks are exempt from the per-IP rules.
+
 Every mail we decide not to answer or cannot read is still accepted with 250,
 so that nobody learns anything from our replies, no robot retries and no
 bounce bounces; a local failure (the database) is 451, so that the sending MTA
@@ -30,8 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import datetime as dt
-import ipaddress
 import logging
 import socket
 import ssl
@@ -39,13 +44,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 
 from maild import autoreply
 from maild.addresses import InvalidAddress, mask, mask_token, normalize
 from maild.bounces import Bounces, Classification, classify
 from maild.clock import Clock
-from maild.config import Config, LimitsConfig, ListenAddress, SmtpConfig
+from maild.config import Config, ListenAddress, SmtpConfig
+from maild.limits import AnswerBudget, OverBudget, is_trusted, peer_key
 from maild.registration import SENT_MANAGE, SENT_REGISTER, Registrations
 from maild.tokens import LinkError, VerpTokens
 
@@ -58,14 +64,26 @@ ACCEPTED = "250 2.0.0 OK"
 RECIPIENT_OK = "250 2.1.5 OK"
 NO_SUCH_USER = "550 5.1.1 No such user here"
 TEMPORARY_FAILURE = "451 4.3.0 Temporary local problem, please try again"
+TLS_FAILED = "454 4.7.0 TLS not available due to temporary reason"  # RFC 3207 §4
 RATE_LIMITED = "450 4.7.1 Too many registration requests, please try again later"
 SHUTTING_DOWN = "421 4.3.2 {hostname} Service shutting down, please try again later"
+# RFC 5321 §4.5.3.1.10: 452 for too many recipients; the client sends the rest later.
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+TOO_MANY_SESSIONS = "421 4.7.0 {hostname} Too many connections from your address, try again later"
+# RFC 5321 §4.5.3.2: the server may close an idle session, and says so with 421 first.
+TIMED_OUT = "421 4.4.2 {hostname} Timeout exceeded, closing connection"
 
 # Outcomes passed to ``on_outcome`` besides the Registrations ones (register/manage/throttled).
 IGNORED = "ignored"  # "ignored:<reason>", the reason from autoreply or INVALID_SENDER
 INVALID_SENDER = "invalid-sender"
 DEFERRED = "deferred"  # "deferred:<reason>": answered 450 by the rate limits
 ERROR = "error"
+TLS_HANDSHAKE_FAILED = "tls-failed"  # the client gave up on STARTTLS (our certificate, its ciphers)
+# "limited:<what>": a session refused or ended by an [limits] rule.
+LIMITED = "limited"
+LIMIT_SESSIONS = "sessions"
+LIMIT_RECIPIENTS = "recipients"
+LIMIT_TIMEOUT = "timeout"
 # "bounce:<what>": <what> is a maild.bounces outcome (scored, already-today, suspended,
 # unknown-subscriber, not-active) or one of these.
 BOUNCE = "bounce"
@@ -75,68 +93,8 @@ BOUNCE_UNREADABLE = "not-a-failure"  # a vacation reply, a success DSN, somethin
 BOUNCE_UNATTRIBUTED = "unattributed"  # to the bare bounce address: a registration mail's
 BOUNCE_FORGED = "forged"  # reported at RCPT: a bounce+ address whose token does not verify
 
-PER_IP_WINDOW = dt.timedelta(minutes=1)
-TOTAL_WINDOW = dt.timedelta(hours=1)
 DRAIN_POLL_SECONDS = 0.5
 LOST_WAIT_SECONDS = 2.0
-
-
-class AnswerBudget:
-    """The ``[limits]`` backscatter guard: answers per peer IP per minute, and per hour in all.
-
-    Residents' mail reaches us through a few carrier MTAs, so the per-IP limit is
-    generous and ``trusted_networks`` are exempt; the hourly total caps what a
-    forged-sender flood can make us send to strangers. Kept in memory: after a
-    restart the budget is fresh, which errs towards answering residents.
-    """
-
-    def __init__(self, limits: LimitsConfig, clock: Clock) -> None:
-        self.limits = limits
-        self.clock = clock
-        self._by_ip: dict[str, collections.deque[dt.datetime]] = {}
-        self._all: collections.deque[dt.datetime] = collections.deque()
-
-    def refusal(self, ip: str | None) -> str | None:
-        """Why an answer to a mail from ``ip`` must wait (``ip-rate``/``hourly``), or None."""
-        now = self.clock.now()
-        _expire(self._all, now - TOTAL_WINDOW)
-        if len(self._all) >= self.limits.answers_per_hour:
-            return "hourly"
-        if ip is None or self._trusted(ip):
-            return None
-        recent = self._by_ip.get(ip)
-        if recent is not None:
-            _expire(recent, now - PER_IP_WINDOW)
-            if len(recent) >= self.limits.answers_per_ip_per_minute:
-                return "ip-rate"
-        return None
-
-    def record(self, ip: str | None) -> None:
-        now = self.clock.now()
-        self._all.append(now)
-        if ip is None or self._trusted(ip):
-            return
-        self._by_ip.setdefault(ip, collections.deque()).append(now)
-        if len(self._by_ip) > 1000:  # forget idle peers now and then, not on every mail
-            cutoff = now - PER_IP_WINDOW
-            for key in list(self._by_ip):
-                _expire(self._by_ip[key], cutoff)
-                if not self._by_ip[key]:
-                    del self._by_ip[key]
-
-    def _trusted(self, ip: str) -> bool:
-        try:
-            address = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in network for network in self.limits.trusted_networks)
-
-
-def _expire(stamps: collections.deque[dt.datetime], cutoff: dt.datetime) -> None:
-    while stamps and stamps[0] <= cutoff:
-        stamps.popleft()
 
 
 @dataclass(frozen=True)
@@ -158,6 +116,8 @@ class InboundHandler:
     """aiosmtpd handler for our addresses; one instance serves all sessions.
 
     ``verp`` and ``bounces`` go together: without them bounces are not taken.
+    ``budget`` is the answer budget shared with the web's ``/signup``; without
+    one the handler keeps its own.
     """
 
     def __init__(
@@ -168,6 +128,7 @@ class InboundHandler:
         on_outcome: Callable[[str], None] | None = None,
         verp: VerpTokens | None = None,
         bounces: Bounces | None = None,
+        budget: AnswerBudget | None = None,
     ) -> None:
         if (verp is None) != (bounces is None):
             raise ValueError("InboundHandler needs both verp and bounces, or neither")
@@ -175,13 +136,13 @@ class InboundHandler:
         self.on_outcome = on_outcome
         self.verp = verp
         self.bounces = bounces
-        self.budget = AnswerBudget(config.limits, clock or registrations.clock)
+        self.budget = budget or AnswerBudget(config.limits, clock or registrations.clock)
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
         """Take a reloaded config (SIGHUP); sessions under way keep going."""
         self.config = config
-        self.budget.limits = config.limits  # counts so far stay
+        self.budget.reconfigure(config.limits)  # counts so far stay
         self._registration_address = normalize(config.smtp.registration_address).lower()
         bounce_local, _, bounce_domain = normalize(config.smtp.bounce_address).rpartition("@")
         self._bounce_local = bounce_local.lower()
@@ -231,9 +192,14 @@ class InboundHandler:
                     log.info("refused recipient %s from %s", mask(address), _peer_ip(session))
                 return NO_SUCH_USER
             # A repeated RCPT for the same address is harmless; keep one copy.
-            if address not in envelope.rcpt_tos:
-                envelope.rcpt_tos.append(address)
-                envelope.rcpt_options.extend(rcpt_options)
+            if address in envelope.rcpt_tos:
+                return RECIPIENT_OK
+            if len(envelope.rcpt_tos) >= self.config.limits.recipients_per_message:
+                log.info("too many recipients in a message from %s", _peer_ip(session))
+                self._report(f"{LIMITED}:{LIMIT_RECIPIENTS}")
+                return TOO_MANY_RECIPIENTS
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(rcpt_options)
             return RECIPIENT_OK
         except Exception:
             log.exception("RCPT failed for a session from %s", _peer_ip(session))
@@ -262,6 +228,12 @@ class InboundHandler:
         return ACCEPTED
 
     async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, TLSSetupException):
+            # The client's choice (it distrusts our certificate, or shares no cipher), not
+            # a fault of ours: no traceback. The connection is beyond use either way.
+            log.info("STARTTLS handshake failed: %r", error.__cause__ or error)
+            self._report(TLS_HANDSHAKE_FAILED)
+            return TLS_FAILED
         # aiosmtpd calls this for a failure outside the hooks; the session goes on.
         log.error("SMTP session error", exc_info=error)
         self._report(ERROR)
@@ -279,19 +251,25 @@ class InboundHandler:
         except InvalidAddress:
             log.info("mail from %s (peer %s) not answered: invalid sender", _who(sender), peer)
             return f"{IGNORED}:{INVALID_SENDER}"
-        refusal = self.budget.refusal(peer)
-        if refusal is not None:
-            log.warning("mail from %s (peer %s) deferred: %s limit", mask(address), peer, refusal)
-            return f"{DEFERRED}:{refusal}"
+        try:
+            # Charged before the answer is written, so that sessions answering at the same
+            # time cannot together overrun a limit; refunded below when none goes out.
+            charge = self.budget.take(peer)
+        except OverBudget as e:
+            log.warning("mail from %s (peer %s) deferred: %s limit", mask(address), peer, e.reason)
+            return f"{DEFERRED}:{e.reason}"
+        sent = False
         try:
             outcome = await asyncio.to_thread(
                 self.registrations.answer_blank_mail, address, autoreply.message_id(message)
             )
+            sent = outcome in (SENT_REGISTER, SENT_MANAGE)
         except InvalidAddress:
             log.info("mail from %s (peer %s) not answered: invalid sender", mask(address), peer)
             return f"{IGNORED}:{INVALID_SENDER}"
-        if outcome in (SENT_REGISTER, SENT_MANAGE):
-            self.budget.record(peer)
+        finally:
+            if not sent:  # throttled, invalid, or the database failed: no answer went out
+                self.budget.refund(charge)
         log.info("mail from %s (peer %s): %s", mask(address), peer, outcome)
         return outcome
 
@@ -369,8 +347,8 @@ class InboundHandler:
             log.exception("on_outcome hook failed for %s", outcome)
 
 
-def _peer_ip(session: Session) -> str | None:
-    peer: Any = session.peer
+def _peer_ip(session: Session | None) -> str | None:
+    peer: Any = session.peer if session is not None else None
     if isinstance(peer, tuple) and peer and isinstance(peer[0], str):
         return peer[0]
     return None
@@ -391,15 +369,22 @@ def _classify(data: bytes) -> Classification:
 
 
 class _Session(SMTP):
-    """aiosmtpd's protocol, registered with its server so that shutdown can drain it."""
+    """aiosmtpd's protocol, registered with its server so that shutdown can drain it and
+    so that it can count sessions per peer."""
 
     def __init__(self, owner: InboundServer, handler: InboundHandler, **kwargs: Any) -> None:
         self._owner = owner
+        self._handler = handler
+        self._connected = False
+        self._refused = False  # over [limits] sessions_per_ip: greet with 421 and close
         super().__init__(handler, **kwargs)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        again = self._connected  # aiosmtpd calls this a second time after STARTTLS
+        self._connected = True
         super().connection_made(transport)
-        self._owner._track(self)
+        if not again:
+            self._refused = not self._owner._admit(self, _peer_ip(self.session))
 
     def connection_lost(self, error: Exception | None) -> None:
         self._owner._forget(self)
@@ -409,6 +394,23 @@ class _Session(SMTP):
     def in_transaction(self) -> bool:
         """Between MAIL FROM and the end of DATA (or RSET): the part a shutdown waits for."""
         return self.envelope is not None and self.envelope.mail_from is not None
+
+    # aiosmtpd's session loop and idle timer, extended for the [limits] rules. Both are
+    # private to aiosmtpd (1.4): tests/test_smtp_inbound.py pins what they must do.
+
+    async def _handle_client(self) -> None:
+        if self._refused:
+            # RFC 5321 §3.1: a server may greet with 421 instead of 220, then close.
+            self.say_goodbye(TOO_MANY_SESSIONS)
+            return
+        await super()._handle_client()
+
+    def _timeout_cb(self) -> None:
+        # aiosmtpd closes an idle session without a word; RFC 5321 §4.5.3.2 lets a server
+        # give up on a silent client, and a 421 tells the client's MTA why.
+        log.info("SMTP session from %s timed out", _peer_ip(self.session))
+        self._handler._report(f"{LIMITED}:{LIMIT_TIMEOUT}")
+        self.say_goodbye(TIMED_OUT)
 
     # aiosmtpd's command methods, extended for shutdown.
 
@@ -432,20 +434,27 @@ class _Session(SMTP):
             self._owner._wake()
 
     def shut_down(self) -> None:
+        self.say_goodbye(SHUTTING_DOWN)
+
+    def say_goodbye(self, reply: str) -> None:
+        """Send a 421 ``reply`` (``{hostname}`` filled in) and close; the client may be gone."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return
         assert isinstance(transport, asyncio.WriteTransport)
-        reply = SHUTTING_DOWN.format(hostname=self.hostname)
-        transport.write(reply.encode("ascii") + b"\r\n")
+        transport.write(reply.format(hostname=self.hostname).encode("ascii") + b"\r\n")
         transport.close()
 
 
 class InboundServer:
-    """The listener: aiosmtpd sessions on the running loop, drained on :meth:`close`."""
+    """The listener: aiosmtpd sessions on the running loop, drained on :meth:`close`.
+
+    ``session_timeout`` overrides ``[limits] command_timeout``, which is otherwise
+    read for each new session (so a reload applies to sessions that start after it).
+    """
 
     def __init__(
-        self, handler: InboundHandler, smtp: SmtpConfig, session_timeout: float = 300.0
+        self, handler: InboundHandler, smtp: SmtpConfig, session_timeout: float | None = None
     ) -> None:
         self.handler = handler
         self.smtp = smtp
@@ -454,6 +463,8 @@ class InboundServer:
         self.closing = False
         self._server: asyncio.Server | None = None
         self._sessions: set[_Session] = set()
+        self._counted: dict[_Session, str] = {}  # admitted sessions of untrusted peers
+        self._per_ip: collections.Counter[str] = collections.Counter()
         self._changed = asyncio.Event()  # a session ended a transaction or went away
 
     @property
@@ -466,6 +477,9 @@ class InboundServer:
         tls = _tls_context(self.smtp)
 
         def factory() -> _Session:
+            timeout = self.session_timeout
+            if timeout is None:
+                timeout = self.handler.config.limits.command_timeout
             return _Session(
                 self,
                 self.handler,
@@ -476,7 +490,7 @@ class InboundServer:
                 require_starttls=False,
                 # Residents' carriers deliver to us unauthenticated; offer no AUTH at all.
                 auth_exclude_mechanism=("LOGIN", "PLAIN"),
-                timeout=self.session_timeout,
+                timeout=timeout,
                 loop=loop,
             )
 
@@ -527,11 +541,34 @@ class InboundServer:
             self._changed.clear()
             await self._changed.wait()
 
-    def _track(self, session: _Session) -> None:
-        self._sessions.add(session)  # again after STARTTLS: a set keeps it once
+    def sessions_from(self, ip: str) -> int:
+        """Sessions from ``ip`` (an IPv6 peer: its /64) counted against ``sessions_per_ip``."""
+        return self._per_ip[peer_key(ip)]
+
+    def _admit(self, session: _Session, ip: str | None) -> bool:
+        """Track a new session; False if its peer already has its fill of sessions."""
+        self._sessions.add(session)
+        limits = self.handler.config.limits
+        if ip is None or is_trusted(ip, limits.trusted_networks):
+            return True  # a carrier's MTA (or a socket without an address)
+        key = peer_key(ip)
+        if self._per_ip[key] >= limits.sessions_per_ip:
+            log.warning(
+                "refused an SMTP session from %s: %d sessions already", ip, self._per_ip[key]
+            )
+            self.handler._report(f"{LIMITED}:{LIMIT_SESSIONS}")
+            return False
+        self._per_ip[key] += 1
+        self._counted[session] = key
+        return True
 
     def _forget(self, session: _Session) -> None:
         self._sessions.discard(session)
+        ip = self._counted.pop(session, None)
+        if ip is not None:
+            self._per_ip[ip] -= 1
+            if self._per_ip[ip] <= 0:
+                del self._per_ip[ip]
         self._wake()
 
     def _wake(self) -> None:

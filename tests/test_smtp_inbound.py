@@ -525,6 +525,176 @@ def test_trusted_networks_skip_the_per_ip_limit_but_not_the_hourly_one(tmp_path:
     )
 
 
+DEFERRED_REPLY = "450 4.7.1 Too many registration requests, please try again later"
+
+
+async def eventually(condition: Callable[[], bool]) -> bool:
+    """Whether ``condition`` holds within TIMEOUT: for what the server sees of a client
+    hanging up, which happens on its side of the socket a moment later."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TIMEOUT
+    while not condition():
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+async def blank_mails(h: Harness, senders: list[str], sessions: int) -> list[tuple[int, str]]:
+    """Send a blank mail from each sender, spread over ``sessions`` concurrent sessions;
+    the DATA reply of each, in the order of ``senders``."""
+    replies: list[tuple[int, str]] = [(0, "")] * len(senders)
+
+    async def one_session(indexes: range) -> None:
+        client = await h.client()
+        try:
+            for i in indexes:
+                assert (await client.command(f"MAIL FROM:<{senders[i]}>"))[0] == 250
+                assert (await client.command(f"RCPT TO:<{REGISTRATION}>"))[0] == 250
+                replies[i] = await client.data(BLANK)
+            assert (await client.command("QUIT"))[0] == 221
+        finally:
+            await client.close()
+
+    await asyncio.gather(*(one_session(range(s, len(senders), sessions)) for s in range(sessions)))
+    return replies
+
+
+def test_a_flood_from_one_ip_gets_at_most_its_answers_and_the_rest_450(tmp_path: Path) -> None:
+    senders = [f"resident{n:03d}@docomo.ne.jp" for n in range(200)]
+
+    async def scenario(h: Harness) -> None:
+        # 200 distinct senders through one carrier IP within one (fake) minute, 20 at a time.
+        replies = await blank_mails(h, senders, sessions=20)
+        answered = [senders[i] for i, (code, _) in enumerate(replies) if code == 250]
+        deferred = [reply for code, reply in replies if code == 450]
+        assert len(answered) == 20 and len(deferred) == 180
+        assert set(deferred) == {DEFERRED_REPLY}
+        assert sorted(r.recipient for r in h.rows()) == sorted(answered)
+        assert sorted(h.outcomes) == ["deferred:ip-rate"] * 180 + ["register"] * 20
+        assert await eventually(lambda: h.server.session_count == 0)  # all ended cleanly
+        # The listener keeps serving; a deferred sender's MTA retries a minute later.
+        retry = next(s for s in senders if s not in answered)
+        h.clock.advance(seconds=61)
+        assert await h.send(f"<{retry}>") == [250, 250, 250]
+        assert h.rows()[-1].recipient == retry
+
+    run(tmp_path, scenario, limits={"answers_per_ip_per_minute": 20})
+
+
+def test_a_flood_from_a_trusted_network_is_answered_in_full(tmp_path: Path) -> None:
+    senders = [f"resident{n:03d}@docomo.ne.jp" for n in range(200)]
+
+    async def scenario(h: Harness) -> None:
+        replies = await blank_mails(h, senders, sessions=20)
+        assert {code for code, _ in replies} == {250}
+        assert sorted(r.recipient for r in h.rows()) == senders
+        assert h.outcomes == ["register"] * 200
+
+    run(
+        tmp_path,
+        scenario,
+        limits={"answers_per_ip_per_minute": 20, "trusted_networks": ["127.0.0.0/8"]},
+    )
+
+
+async def greeting(port: int) -> tuple[Client, int, str]:
+    """Connect without insisting on a 220: the client and the server's first reply."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    client = Client(reader, writer)
+    code, reply = await client.reply()
+    return client, code, reply
+
+
+def test_sessions_per_ip_refuses_one_more_with_421(tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        first = [await h.client() for _ in range(3)]
+        assert h.server.sessions_from("127.0.0.1") == 3
+        extra, code, reply = await greeting(h.port)
+        assert code == 421
+        assert reply == (
+            "421 4.7.0 mail.example.jp Too many connections from your address, try again later"
+        )
+        assert await extra.reply() == (0, "")  # and closed
+        await extra.close()
+        assert h.outcomes == ["limited:sessions"]
+        # The sessions already open are unaffected.
+        assert await first[0].send("<taro@docomo.ne.jp>") == [250, 250, 250]
+        # One leaves: a place is free again.
+        assert (await first[0].command("QUIT"))[0] == 221
+        await first[0].close()
+        assert await eventually(lambda: h.server.sessions_from("127.0.0.1") == 2)
+        again = await h.client()
+        assert h.server.sessions_from("127.0.0.1") == 3
+        for client in (again, *first[1:]):
+            await client.close()
+
+    run(tmp_path, scenario, limits={"sessions_per_ip": 3})
+
+
+def test_sessions_from_a_trusted_network_are_not_counted(tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        clients = [await h.client() for _ in range(4)]
+        assert h.server.sessions_from("127.0.0.1") == 0
+        for client in clients:
+            assert (await client.command("NOOP"))[0] == 250
+            await client.close()
+        assert h.outcomes == []
+
+    run(
+        tmp_path,
+        scenario,
+        limits={"sessions_per_ip": 1, "trusted_networks": ["127.0.0.1/32"]},
+    )
+
+
+def test_a_silent_client_gets_421_after_the_command_timeout(tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        silent = await Client.connect(h.port)
+        # The only test that waits on real time: the timeout is a real timer, kept short.
+        code, reply = await silent.reply()
+        waited = loop.time() - started
+        assert (
+            code == 421
+            and reply == "421 4.4.2 mail.example.jp Timeout exceeded, closing connection"
+        )
+        assert 0.25 <= waited < 5.0
+        assert await silent.reply() == (0, "")
+        await silent.close()
+        assert "limited:timeout" in h.outcomes
+        # The listener goes on: a client that talks in time is served.
+        fresh = await h.client()
+        assert await fresh.send("<taro@docomo.ne.jp>") == [250, 250, 250]
+        await fresh.close()
+
+    run(tmp_path, scenario, limits={"command_timeout": 0.3})
+
+
+def test_too_many_recipients_get_452(tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        client = await h.client()
+        assert (await client.command("MAIL FROM:<taro@docomo.ne.jp>"))[0] == 250
+        assert (await client.command(f"RCPT TO:<{REGISTRATION}>"))[0] == 250
+        assert (await client.command("RCPT TO:<bounce@mail.example.jp>"))[0] == 250
+        over = await client.command(f"RCPT TO:<{h.verp_address(7)}>")
+        assert over == (452, "452 4.5.3 Too many recipients")
+        # Naming one already taken costs nothing; a stranger is still refused as such.
+        assert (await client.command(f"RCPT TO:<{REGISTRATION}>"))[0] == 250
+        assert (await client.command("RCPT TO:<someone@example.com>"))[0] == 550
+        assert (await client.data(BLANK))[0] == 250
+        # The next transaction starts afresh.
+        assert (await client.command("MAIL FROM:<hanako@docomo.ne.jp>"))[0] == 250
+        assert (await client.command(f"RCPT TO:<{h.verp_address(7)}>"))[0] == 250
+        assert (await client.command(f"RCPT TO:<{REGISTRATION}>"))[0] == 250
+        await client.close()
+        assert [r.recipient for r in h.rows()] == ["taro@docomo.ne.jp"]
+        assert "limited:recipients" in h.outcomes
+
+    run(tmp_path, scenario, limits={"recipients_per_message": 2})
+
+
 # --- failures ----------------------------------------------------------------------------
 
 
@@ -720,3 +890,48 @@ def test_no_starttls_without_a_certificate(tmp_path: Path) -> None:
         await client.close()
 
     run(tmp_path, scenario)
+
+
+def test_starttls_presents_the_configured_certificate(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("mail.example.jp")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "chain.pem"))
+    trusting = ssl.create_default_context()
+    ca.configure_trust(trusting)
+    stranger = ssl.create_default_context()  # the system's CAs only: ours is not among them
+
+    async def scenario(h: Harness) -> None:
+        refused = await h.client()
+        assert (await refused.command("STARTTLS"))[0] == 220
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await refused.writer.start_tls(stranger, server_hostname="mail.example.jp")
+        await refused.close()
+        assert await eventually(lambda: h.server.session_count == 0)
+
+        client = await h.client()
+        assert (await client.command("STARTTLS"))[0] == 220
+        await client.writer.start_tls(trusting, server_hostname="mail.example.jp")
+        tls = client.writer.get_extra_info("ssl_object")
+        assert isinstance(tls, ssl.SSLObject)
+        presented = tls.getpeercert()
+        assert presented is not None
+        assert ("DNS", "mail.example.jp") in presented["subjectAltName"]
+        # The upgraded session is still the one session of this peer (sessions_per_ip = 1).
+        assert h.server.sessions_from("127.0.0.1") == 1
+        assert (await client.command("EHLO client.example.jp"))[0] == 250
+        assert await client.send("<secure@docomo.ne.jp>") == [250, 250, 250]
+        await client.command("QUIT")
+        await client.close()
+        [row] = h.rows()
+        assert row.recipient == "secure@docomo.ne.jp" and row.purpose == "register"
+        assert h.outcomes == ["tls-failed", "register"]
+
+    run(
+        tmp_path,
+        scenario,
+        smtp={
+            "tls_cert_file": str(tmp_path / "chain.pem"),
+            "tls_key_file": str(tmp_path / "chain.pem"),
+        },
+        limits={"sessions_per_ip": 1},
+    )

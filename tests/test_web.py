@@ -182,6 +182,72 @@ def test_signup_rejects_an_invalid_address_and_escapes_it(web: Web) -> None:
     assert web.outbox() == []
 
 
+# --- the answer budget ([limits]) ------------------------------------------------------------
+
+
+def signup_from(web: Web, address: str, ip: str = "127.0.0.1", lang: str = "") -> TestResponse:
+    path = "/signup" + (f"?lang={lang}" if lang else "")
+    return web.client.post(
+        path,
+        data={"csrf": web.csrf(path), "address": address},
+        environ_overrides={"REMOTE_ADDR": ip},
+    )
+
+
+def test_signup_past_the_per_ip_limit_is_429_and_queues_nothing(tmp_path: Path) -> None:
+    web = make_web(tmp_path, limits={"answers_per_ip_per_minute": 2})
+    assert signup_from(web, "a1@example.jp").status_code == 200
+    web.clock.advance(seconds=20)
+    assert signup_from(web, "a2@example.jp").status_code == 200
+    over = signup_from(web, "a3@example.jp")
+    assert over.status_code == 429
+    assert over.headers["Retry-After"] == "40"  # the first answer leaves the minute then
+    assert "しばらくしてから" in over.text and "1分ほど" in over.text
+    assert "entry@mail.example.jp" in over.text  # the blank-mail way in
+    assert [r for _, r, _ in web.outbox()] == ["a1@example.jp", "a2@example.jp"]
+    assert web.subscriber("a3@example.jp") is None  # nothing else changed
+    # Another IP has a budget of its own; in English the page says the same.
+    assert signup_from(web, "a3@example.jp", ip="192.0.2.7").status_code == 200
+    english = signup_from(web, "a4@example.jp", lang="en")
+    assert english.status_code == 429 and "Please try again later" in english.text
+    web.clock.advance(seconds=41)
+    assert signup_from(web, "a4@example.jp").status_code == 200
+    assert len(web.outbox()) == 4
+
+
+def test_signup_from_a_trusted_proxy_skips_the_per_ip_limit_not_the_hourly_one(
+    tmp_path: Path,
+) -> None:
+    web = make_web(
+        tmp_path,
+        limits={
+            "answers_per_ip_per_minute": 1,
+            "answers_per_hour": 3,
+            "trusted_networks": ["10.0.0.0/8"],
+        },
+    )
+    for n in range(3):
+        assert signup_from(web, f"p{n}@example.jp", ip="10.1.2.3").status_code == 200
+    over = signup_from(web, "p3@example.jp", ip="10.1.2.3")
+    assert over.status_code == 429
+    assert over.headers["Retry-After"] == "3600"
+    assert len(web.outbox()) == 3
+
+
+def test_throttled_and_invalid_signups_cost_nothing(tmp_path: Path) -> None:
+    web = make_web(tmp_path, limits={"answers_per_ip_per_minute": 2})
+    assert signup_from(web, "same@example.jp").status_code == 200
+    # The address's own 10-minute guard answers the same page and sends nothing ...
+    assert signup_from(web, "same@example.jp").status_code == 200
+    assert signup_from(web, "not an address").status_code == 400
+    # ... so the second answer of the minute is still there.
+    assert signup_from(web, "other@example.jp").status_code == 200
+    assert len(web.outbox()) == 2
+    # Past the limit a typing mistake is still told as such.
+    assert signup_from(web, "not an address").status_code == 400
+    assert signup_from(web, "third@example.jp").status_code == 429
+
+
 # --- change and cancel ----------------------------------------------------------------------
 
 

@@ -9,6 +9,13 @@ JavaScript on a small phone (a ``<details>`` group per block).
 
 Tokens sit in URL paths, so pages send ``Referrer-Policy: no-referrer`` and
 ``Cache-Control: no-store``, and the request log masks them.
+
+``/signup`` spends from the same :class:`~maild.limits.AnswerBudget` as blank
+mails when the daemon passes its own; past a limit it answers 429 with
+``Retry-After`` and queues nothing. The client is ``REMOTE_ADDR``: behind a
+reverse proxy every request comes from the proxy, so put the proxy's address in
+``[limits] trusted_networks`` (the hourly cap still holds). ``X-Forwarded-For``
+is not read: anyone can send it.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import functools
 import hmac
 import json
 import logging
+import math
 import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping
@@ -31,12 +39,19 @@ from werkzeug.routing import Map, MapAdapter, RequestRedirect, Rule
 from werkzeug.utils import redirect, send_from_directory
 from werkzeug.wrappers import Request, Response
 
-from maild.addresses import InvalidAddress, mask_token
+from maild.addresses import InvalidAddress, mask_token, normalize
 from maild.areas import CATEGORIES, Area, AreaMap, UnknownArea
 from maild.clock import Clock
 from maild.config import Config
 from maild.db import Database
-from maild.registration import ChoiceError, Registrations, SubscriberView
+from maild.limits import AnswerBudget, OverBudget
+from maild.registration import (
+    SENT_MANAGE,
+    SENT_REGISTER,
+    ChoiceError,
+    Registrations,
+    SubscriberView,
+)
 from maild.tokens import CSRF, CSRF_MAX_AGE, MANAGE, REGISTER, UNSUBSCRIBE, LinkError, Links
 from maild.web.i18n import DEFAULT_LANG, pick_lang, text
 
@@ -283,7 +298,11 @@ class WebApp:
         clock: Clock,
         health: Health | None = None,
         metrics: Callable[[], bytes] | None = None,
+        budget: AnswerBudget | None = None,
     ) -> None:
+        # Without the daemon's shared budget (the separate WSGI entry point) the web keeps
+        # its own; set before config, whose setter keeps the budget's limits in step.
+        self.budget = budget or AnswerBudget(config.limits, clock)
         self.config = config
         self.metrics = metrics
         self.registrations = registrations
@@ -323,6 +342,16 @@ class WebApp:
             "static": self.on_static,
             "favicon": self.on_favicon,
         }
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @config.setter
+    def config(self, config: Config) -> None:
+        # A reload assigns the new config here (maild.reload); the limits go with it.
+        self._config = config
+        self.budget.reconfigure(config.limits)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
         response = self.respond(_Request(environ))
@@ -437,9 +466,8 @@ class WebApp:
         if not page.csrf_ok():
             return self._csrf_failed(page)
         address = page.request.form.get("address", "")
-        try:
-            self.registrations.request_signup(address)
-        except InvalidAddress:
+
+        def invalid() -> Response:
             return page.render(
                 "signup.html",
                 title,
@@ -448,6 +476,25 @@ class WebApp:
                 error=page.t("signup_invalid"),
                 registration=registration,
             )
+
+        try:
+            normalize(address)  # a typing mistake is told as such, whatever the budget
+        except InvalidAddress:
+            return invalid()
+        ip = page.request.remote_addr
+        try:
+            charge = self.budget.take(ip)
+        except OverBudget as e:
+            log.warning("signup from %s deferred: %s limit", ip, e.reason)
+            return self._too_many(page, e.retry_after)
+        sent = False
+        try:
+            sent = self.registrations.request_signup(address) in (SENT_REGISTER, SENT_MANAGE)
+        except InvalidAddress:
+            return invalid()
+        finally:
+            if not sent:  # throttled, refused or failed: no mail went out
+                self.budget.refund(charge)
         # The same page for a new, a registered and a throttled address (SPEC §8).
         return page.message(
             200,
@@ -456,6 +503,20 @@ class WebApp:
             Block(page.t("signup_sent_registered")),
             self._not_arrived(page),
         )
+
+    def _too_many(self, page: _Page, retry_after: int) -> Response:
+        """429 (RFC 6585 §4): nothing was queued; say when to come back, and the other way in."""
+        response = page.message(
+            429,
+            "too_many_title",
+            Block(page.t("too_many_body")),
+            Block(page.t("too_many_wait", minutes=max(1, math.ceil(retry_after / 60)))),
+            Block(page.t("too_many_blank_mail")),
+            Block(self.config.smtp.registration_address, mailto=True),
+            Block(page.t("back_to_signup"), href=page.url("signup")),
+        )
+        response.headers["Retry-After"] = str(retry_after)
+        return response
 
     def on_register(self, page: _Page, token: str) -> Response:
         try:
@@ -609,6 +670,11 @@ def create_app(
     clock: Clock,
     health: Health | None = None,
     metrics: Callable[[], bytes] | None = None,
+    budget: AnswerBudget | None = None,
 ) -> WebApp:
-    """The WSGI callable for the daemon's waitress server or any other WSGI server."""
-    return WebApp(config, registrations, areas, links, clock, health, metrics)
+    """The WSGI callable for the daemon's waitress server or any other WSGI server.
+
+    ``budget``: the answer budget the SMTP listener spends from too (the daemon
+    builds one and passes it to both); without it the app keeps its own.
+    """
+    return WebApp(config, registrations, areas, links, clock, health, metrics, budget)

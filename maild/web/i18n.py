@@ -43,6 +43,21 @@ TEXTS: dict[str, tuple[str, str]] = {
         "An address that is already subscribed gets the URL for changing or cancelling"
         " instead. We send at most one such mail to an address every 10 minutes.",
     ),
+    "too_many_title": ("しばらくしてからお試しください", "Please try again later"),
+    "too_many_body": (
+        "ただいま登録の申し込みが集中しているため、受け付けられませんでした。"
+        "メールは送っていません。",
+        "We are receiving a great many sign-up requests just now and could not accept"
+        " yours. No mail has been sent.",
+    ),
+    "too_many_wait": (
+        "しばらく（{minutes}分ほど）たってから、もう一度送信してください。",
+        "Please send the form again in a little while (about {minutes} min).",
+    ),
+    "too_many_blank_mail": (
+        "携帯電話やスマートフォンからは、次のアドレスに空メールを送っても登録できます。",
+        "From a phone you can also sign up by sending an empty mail to this address:",
+    ),
     "not_arrived": (
         "メールが届かないときは、迷惑メール設定で「{domain}」からのメールを受信できるようにして"
         "（指定受信）、もう一度お試しください。",

@@ -24,7 +24,13 @@ def build_app(config: Config, clock: Clock | None = None, health: Health | None 
     """The web app over freshly built services; several server workers may each call it."""
     services = build_services(config, clock or Clock(), migrate=False)
     return create_app(
-        config, services.registrations, services.areas, services.links, services.clock, health
+        config,
+        services.registrations,
+        services.areas,
+        services.links,
+        services.clock,
+        health,
+        budget=services.budget,
     )
 
 

@@ -1,0 +1,110 @@
+"""The alert rules in-process: approval roles, release decisions, final states."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+
+from maild.alertfile import AlertDraft, parse_alert
+from maild.alerts import AlertActionError, Source
+from maild.clock import FakeClock
+from maild.models import Delivery, Subscriber, SubscriberArea
+from maild.services import Services, build_services
+from tests.configs import REPO, make_config
+
+SATURDAY = dt.datetime(2026, 12, 5, 1, 0, tzinfo=dt.UTC)  # 10:00 in Tokyo, closed
+DRAFT = AlertDraft("件名", ("aoba",), "other", False, None, None, "本文", "utf-8")
+
+
+def services(tmp_path: Path, **overrides: dict) -> Services:
+    return build_services(make_config(tmp_path, **overrides), FakeClock(SATURDAY))
+
+
+def add_subscribers(s: Services, count: int) -> None:
+    with s.db.transaction() as session:
+        for n in range(count):
+            subscriber = Subscriber(
+                address=f"u{n}@example.jp",
+                status="active",
+                category_mask=31,
+                link_key="k",
+                created_at=SATURDAY,
+                updated_at=SATURDAY,
+                bounce_score=0,
+            )
+            subscriber.areas = [SubscriberArea(area_id="aoba")]
+            session.add(subscriber)
+
+
+def test_held_alert_is_released_at_the_next_opening_and_only_once(tmp_path: Path) -> None:
+    s = services(tmp_path)
+    add_subscribers(s, 2)
+    alert_id = s.alerts.intake(DRAFT, Source("claim-1", "sato"))
+    shown = s.alerts.show(alert_id)
+    assert shown["status"] == "scheduled"
+    assert shown["release_at"] == "2026-12-07T08:30:00+09:00"
+    assert s.alerts.release(alert_id) is None  # not yet
+    assert isinstance(s.clock, FakeClock)
+    s.clock.set(dt.datetime(2026, 12, 6, 23, 30, tzinfo=dt.UTC))  # Monday 08:30 JST
+    assert s.alerts.release(alert_id) == 2
+    assert s.alerts.release(alert_id) is None  # exactly once
+    # The same spool claim processed again (a crash before the file moved): same alert.
+    assert s.alerts.intake(DRAFT, Source("claim-1", "sato")) == alert_id
+
+
+def test_approval_roles(tmp_path: Path) -> None:
+    s = services(tmp_path, approval={"required": True, "approvers": ["kacho"]})
+    alert_id = s.alerts.intake(DRAFT, Source(None, "sato"))
+    assert s.alerts.show(alert_id)["status"] == "pending_approval"
+    with pytest.raises(AlertActionError, match="not an approver"):
+        s.alerts.approve(alert_id, "sato")
+    with pytest.raises(AlertActionError, match="not an approver"):
+        s.alerts.send_now(alert_id, "sato")
+    with pytest.raises(AlertActionError, match="neither an approver nor the requester"):
+        s.alerts.cancel(alert_id, "suzuki")
+    s.alerts.approve(alert_id, "kacho")
+    assert s.alerts.show(alert_id)["approved_by"] == "kacho"
+    s.alerts.send_now(alert_id, "kacho")
+    assert s.alerts.show(alert_id)["release_at"] == "2026-12-05T10:00:00+09:00"
+
+    own = s.alerts.intake(DRAFT, Source(None, "sato"))
+    s.alerts.cancel(own, "sato")  # a requester may withdraw their own alert
+    assert s.alerts.show(own)["status"] == "cancelled"
+    audit = s.alerts.show(own)["audit"]
+    assert [e["action"] for e in audit] == ["submitted", "cancelled"]
+    assert audit[1]["user"] == "sato" and audit[1]["at"].endswith("+09:00")
+
+
+def test_an_alert_nobody_received_is_failed(tmp_path: Path) -> None:
+    s = services(tmp_path)
+    add_subscribers(s, 2)
+    urgent = AlertDraft("件名", ("aoba",), "other", True, None, None, "本文", "utf-8")
+    alert_id = s.alerts.intake(urgent, Source(None, "sato"))
+    assert s.alerts.release(alert_id) == 2
+    with s.db.transaction() as session:
+        session.execute(update(Delivery).values(status="failed"))
+        assert s.alerts.finish_if_done(session, alert_id, s.clock.now())
+    assert s.alerts.show(alert_id)["status"] == "failed"
+
+
+def test_operator_guide_examples_are_valid_alert_files() -> None:
+    """Every example file in the operator's guide parses (they are what operators copy)."""
+    from zoneinfo import ZoneInfo
+
+    from maild.areas import AreaMap
+
+    areas = AreaMap.load(REPO / "config" / "areas.toml")
+    guide = (REPO / "docs" / "operator-guide.ja.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```text\n((?:Subject|件名)[:：].*?)```", guide, flags=re.DOTALL)
+    assert len(blocks) >= 5
+    for block in blocks:
+        draft = parse_alert(
+            block.encode(),
+            resolve_area=lambda text: areas.resolve(text).id,
+            tz=ZoneInfo("Asia/Tokyo"),
+        )
+        assert draft.body
