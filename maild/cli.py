@@ -48,8 +48,18 @@ def _cmd_serve(config: Config, args: argparse.Namespace) -> int:
     from maild.serve import StartupError, serve
 
     try:
-        serve(config)
+        serve(config, args.log_level)
     except StartupError as e:
+        raise CommandError(str(e)) from None
+    return 0
+
+
+def _cmd_deliver(config: Config, args: argparse.Namespace) -> int:
+    from maild.workers import run_worker
+
+    try:
+        run_worker(config)
+    except SchemaError as e:
         raise CommandError(str(e)) from None
     return 0
 
@@ -431,6 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     add("serve", _cmd_serve, "run the daemon (SMTP, web, delivery); migrates the database")
+    add("deliver", _cmd_deliver, "a delivery worker process (started by serve)")
 
     submit = add("submit", _cmd_submit, "check alert files and place them in the spool")
     submit.add_argument("files", nargs="+", metavar="FILE")

@@ -76,6 +76,7 @@ class RelayConfig:
     connections: int = 8
     max_per_second: float = 0
     verify_tls: bool = True
+    workers: int = 1  # delivery processes besides the daemon itself
 
     @property
     def scheme(self) -> str:
@@ -360,6 +361,7 @@ def _read_relay(r: _Reader) -> RelayConfig:
         password_file=password_file,
         connections=r.integer("connections", d.connections, 1, 256),
         max_per_second=r.number("max_per_second", d.max_per_second, 0),
+        workers=r.integer("workers", d.workers, 0, 64),
         verify_tls=r.get("verify_tls", bool, d.verify_tls),
     )
 

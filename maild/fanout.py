@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import secrets
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
@@ -93,6 +94,7 @@ class FanoutSender:
         self.verp = verp
         self.clock = clock
         self._templates: dict[tuple[int, Charset], AlertTemplate | LegacyCharsetError] = {}
+        self._gate = asyncio.Semaphore(config.relay.connections)
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._paused_until: dt.datetime | None = None
@@ -111,8 +113,6 @@ class FanoutSender:
 
     async def run(self, stopping: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()
-        # This process is the only sender: claims left by a crashed run are free again.
-        await asyncio.to_thread(self.release_claims)
         while not stopping.is_set():
             self._wake.clear()
             try:
@@ -128,6 +128,8 @@ class FanoutSender:
                 pass
 
     def release_claims(self) -> None:
+        """At the daemon's start, before any worker runs: claims left by a crashed run
+        (whose workers died with it) are free again at once, not after their lease."""
         with self.db.transaction() as session:
             session.execute(
                 update(Delivery)
@@ -169,8 +171,14 @@ class FanoutSender:
             )
 
     async def _send(self, row: _Row, templates: _Templates, cancelled: set[int]) -> _Result:
-        if row.alert_id in cancelled:
-            return _Result(row, None, skipped=True)
+        # Only as many messages wait for the relay as it has connections, so a cancel
+        # noticed mid-batch stops the rest instead of a queue of hundreds.
+        async with self._gate:
+            if row.alert_id in cancelled:
+                return _Result(row, None, skipped=True)
+            return await self._send_one(row, templates)
+
+    async def _send_one(self, row: _Row, templates: _Templates) -> _Result:
         if row.address is None:
             gone = PermanentFailure(None, "subscriber no longer active", stage="compose")
             return _Result(row, gone)
@@ -197,7 +205,31 @@ class FanoutSender:
         return _Result(row, None)
 
     def _claim(self, now: dt.datetime) -> list[_Row]:
+        """Take up to BATCH due rows in ONE statement, so that several workers (processes
+        here, machines on PostgreSQL later) never take the same row."""
+        claim = secrets.token_hex(16)
+        due = (
+            select(Delivery.id)
+            .join(Alert, Alert.id == Delivery.alert_id)
+            .where(
+                Alert.status == SENDING,
+                Delivery.status.in_((DELIVERY_QUEUED, DELIVERY_DEFERRED)),
+                Delivery.next_attempt_at <= now,
+                (Delivery.claimed_until.is_(None)) | (Delivery.claimed_until < now),
+            )
+            .order_by(Alert.urgent.desc(), Delivery.alert_id, Delivery.id)
+            .limit(BATCH)
+            .with_for_update(skip_locked=True, of=Delivery)  # PostgreSQL; SQLite ignores it
+        )
         with self.db.transaction() as session:
+            taken = session.execute(
+                update(Delivery)
+                .where(Delivery.id.in_(due.scalar_subquery()))
+                .values(claimed_until=now + LEASE, claim=claim)
+                .execution_options(synchronize_session=False)
+            )
+            if not taken.rowcount:  # type: ignore[attr-defined]
+                return []
             found = session.execute(
                 select(
                     Delivery.id,
@@ -208,24 +240,10 @@ class FanoutSender:
                     Subscriber.link_key,
                     Subscriber.status,
                 )
-                .join(Alert, Alert.id == Delivery.alert_id)
                 .outerjoin(Subscriber, Subscriber.id == Delivery.subscriber_id)
-                .where(
-                    Alert.status == SENDING,
-                    Delivery.status.in_((DELIVERY_QUEUED, DELIVERY_DEFERRED)),
-                    Delivery.next_attempt_at <= now,
-                    (Delivery.claimed_until.is_(None)) | (Delivery.claimed_until < now),
-                )
-                .order_by(Alert.urgent.desc(), Delivery.alert_id, Delivery.id)
-                .limit(BATCH)
+                .where(Delivery.claim == claim)
+                .order_by(Delivery.id)
             ).all()
-            if not found:
-                return []
-            session.execute(
-                update(Delivery)
-                .where(Delivery.id.in_([r[0] for r in found]))
-                .values(claimed_until=now + LEASE)
-            )
         return [
             _Row(
                 delivery_id=r[0],
@@ -290,7 +308,13 @@ class FanoutSender:
                 if self.alerts.finish_if_done(session, alert_id, now):
                     for charset in (UTF8, ISO_2022_JP):
                         self._templates.pop((alert_id, charset), None)
-                    log.info("alert %d finished", alert_id)
+                    counts = self.alerts.delivery_counts(session, [alert_id]).get(alert_id, {})
+                    log.info(
+                        "alert %d finished: %d sent, %d failed",
+                        alert_id,
+                        counts.get(DELIVERY_SENT, 0),
+                        counts.get(DELIVERY_FAILED, 0),
+                    )
         if outage:
             # The relay is down: pause the whole fan-out instead of failing row after row.
             self._outage_attempts += 1

@@ -149,6 +149,9 @@ class Delivery(Base):
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     # Set while a worker holds the row; a claim older than its lease is free again.
     claimed_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Which claim (one batch of one worker) holds the row: set by the single UPDATE that
+    # claims, so concurrent workers can never take the same row.
+    claim: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 

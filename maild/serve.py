@@ -43,6 +43,7 @@ from maild.smtp_inbound import InboundHandler, InboundServer
 from maild.spool import FileMeta, SpoolWatcher, ensure_layout
 from maild.watchdog import watchdog
 from maild.web.app import WebApp, create_app, database_health
+from maild.workers import fanout_relay_config, start_workers, stop_workers
 
 log = logging.getLogger("maild")
 
@@ -61,6 +62,7 @@ class Daemon:
     config: Config
     clock: Clock = field(default_factory=clock_from_environment)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    log_level: str = "INFO"
     _reload_task: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
@@ -84,7 +86,8 @@ class Daemon:
             signer,
         )
         alert_relay = signing(
-            metrics.timed(open_relay(config.relay, config.smtp.hostname), "alert"), signer
+            metrics.timed(open_relay(fanout_relay_config(config), config.smtp.hostname), "alert"),
+            signer,
         )
         sender = OutboxSender(services.db, outbox_relay, self.clock, OUTBOX_CONNECTIONS)
         services.registrations.wake_outbox = sender.wake
@@ -96,6 +99,7 @@ class Daemon:
             services.links,
             services.verp,
             self.clock,
+            bounces=services.bounces,
         )
         scheduler = ReleaseScheduler(
             services.db, services.alerts, self.clock, lambda alert_id: fanout.wake()
@@ -142,6 +146,8 @@ class Daemon:
             return report
 
         app, web, web_thread = self._start_web(services, health, metrics.render)
+        await asyncio.to_thread(fanout.release_claims)  # before any worker claims
+        workers = start_workers(config, config.relay.workers, self.log_level)
         reloader = Reloader(services, handler, app, fanout)
 
         def status() -> str:  # for systemctl status; in-memory figures only, no database
@@ -175,6 +181,7 @@ class Daemon:
             log.info("stopping: draining SMTP sessions (up to %.0f s)", SMTP_DRAIN_SECONDS)
             await inbound.close(SMTP_DRAIN_SECONDS)
             self.stopping.set()
+            await stop_workers(workers, SMTP_DRAIN_SECONDS)
             await asyncio.gather(*tasks, return_exceptions=True)
             scheduler.shutdown()
             await _close_web(web, web_thread)
@@ -242,5 +249,5 @@ def _relay_label(config: Config) -> str:
     return f"{config.relay.scheme}://{config.relay.host}:{config.relay.port}"
 
 
-def serve(config: Config) -> None:
-    asyncio.run(Daemon(config).run())
+def serve(config: Config, log_level: str = "INFO") -> None:
+    asyncio.run(Daemon(config, log_level=log_level).run())
