@@ -287,15 +287,17 @@ class Alerts:
 
     def finish_if_done(self, session: Session, alert_id: int, now: dt.datetime) -> bool:
         """Mark a sending alert sent once no delivery is left to try."""
+        # "Is any left?", not "how many?": called after every batch, it must not count
+        # a million rows each time.
         left = session.scalar(
-            select(func.count())
-            .select_from(Delivery)
+            select(Delivery.id)
             .where(
                 Delivery.alert_id == alert_id,
                 Delivery.status.in_((DELIVERY_QUEUED, DELIVERY_DEFERRED)),
             )
+            .limit(1)
         )
-        if left:
+        if left is not None:
             return False
         delivered = session.scalar(
             select(func.count())

@@ -208,27 +208,37 @@ class FanoutSender:
         """Take up to BATCH due rows in ONE statement, so that several workers (processes
         here, machines on PostgreSQL later) never take the same row."""
         claim = secrets.token_hex(16)
-        due = (
-            select(Delivery.id)
-            .join(Alert, Alert.id == Delivery.alert_id)
-            .where(
-                Alert.status == SENDING,
-                Delivery.status.in_((DELIVERY_QUEUED, DELIVERY_DEFERRED)),
-                Delivery.next_attempt_at <= now,
-                (Delivery.claimed_until.is_(None)) | (Delivery.claimed_until < now),
-            )
-            .order_by(Alert.urgent.desc(), Delivery.alert_id, Delivery.id)
-            .limit(BATCH)
-            .with_for_update(skip_locked=True, of=Delivery)  # PostgreSQL; SQLite ignores it
-        )
         with self.db.transaction() as session:
-            taken = session.execute(
-                update(Delivery)
-                .where(Delivery.id.in_(due.scalar_subquery()))
-                .values(claimed_until=now + LEASE, claim=claim)
-                .execution_options(synchronize_session=False)
-            )
-            if not taken.rowcount:  # type: ignore[attr-defined]
+            sending = session.scalars(
+                select(Alert.id)
+                .where(Alert.status == SENDING)
+                .order_by(Alert.urgent.desc(), Alert.id)
+            ).all()
+            wanted = BATCH
+            for alert_id in sending:  # urgent alerts first
+                # One alert at a time and no ORDER BY, so the (alert, status, time) index
+                # finds the rows and the scan stops at the limit, however long the list.
+                due = (
+                    select(Delivery.id)
+                    .where(
+                        Delivery.alert_id == alert_id,
+                        Delivery.status.in_((DELIVERY_QUEUED, DELIVERY_DEFERRED)),
+                        Delivery.next_attempt_at <= now,
+                        (Delivery.claimed_until.is_(None)) | (Delivery.claimed_until < now),
+                    )
+                    .limit(wanted)
+                    .with_for_update(skip_locked=True)  # PostgreSQL; SQLite ignores it
+                )
+                taken = session.execute(
+                    update(Delivery)
+                    .where(Delivery.id.in_(due.scalar_subquery()))
+                    .values(claimed_until=now + LEASE, claim=claim)
+                    .execution_options(synchronize_session=False)
+                )
+                wanted -= taken.rowcount  # type: ignore[attr-defined]
+                if wanted <= 0:
+                    break
+            if wanted == BATCH:
                 return []
             found = session.execute(
                 select(
