@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from markupsafe import Markup
 from sqlalchemy import text as sql_text
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, MapAdapter, RequestRedirect, Rule
@@ -65,6 +66,7 @@ TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 
 CSRF_COOKIE = "maild_csrf"
+PICKER_CACHE_SIZE = 512
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus text format
 CSRF_FIELD = "csrf"
 _COOKIE_VALUE = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
@@ -305,6 +307,7 @@ class WebApp:
         self.budget = budget or AnswerBudget(config.limits, clock)
         self.config = config
         self.metrics = metrics
+        self._picker_cache: dict[tuple[int, str, frozenset[str]], Markup] = {}
         self.registrations = registrations
         self.areas = areas
         self.links = links
@@ -633,6 +636,23 @@ class WebApp:
         # Browsers ask for it on every site; "no content" keeps their consoles and our logs quiet.
         return Response(status=204)
 
+    def _areas_html(self, lang: str, chosen: frozenset[str]) -> Markup:
+        """The area picker's HTML: 69 boxes are most of a form page's work, and the same for
+        everyone with the same choices (every new resident: none), so it is kept."""
+        key = (id(self.areas), lang, chosen)  # a reload brings a new AreaMap, a new key
+        html = self._picker_cache.get(key)
+        if html is None:
+            root, groups = area_picker(self.areas, chosen, lang)
+            html = Markup(
+                self.jinja.get_template("_areas.html").render(
+                    t=functools.partial(text, lang), root=root, groups=groups
+                )
+            )
+            if len(self._picker_cache) >= PICKER_CACHE_SIZE:
+                self._picker_cache.pop(next(iter(self._picker_cache)))
+            self._picker_cache[key] = html
+        return html
+
     def _form(
         self,
         page: _Page,
@@ -648,15 +668,13 @@ class WebApp:
             message = error.en if page.lang == "en" else error.ja
         elif error is not None:
             message = page.t("unknown_area")
-        root, groups = area_picker(self.areas, area_ids, page.lang)
         return page.render(
             f"{kind}.html",
             page.t(f"{kind}_title"),
             400 if error else 200,
             view=view,
             error=message,
-            root=root,
-            groups=groups,
+            areas_html=self._areas_html(page.lang, frozenset(area_ids)),
             categories=category_boxes(categories, page.lang),
             action=page.here(),
         )
