@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: run test lint format check-config clean
+.PHONY: run test lint format check-config bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format maild tests bench
 	$(BIN)/ruff check --fix maild tests bench
+
+## bench: the benchmark suite against Postfix's smtp-sink/smtp-source (bench/README.md)
+bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench
 
 check-config: $(STAMP)
 	$(BIN)/maild --config config/dev.toml check-config
