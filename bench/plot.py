@@ -65,7 +65,9 @@ def plot(results_path: Path, output: Path) -> Path:
             label=f"1.25 x peak at {int(sizes[0]):,}",
         )
     memory_axes.set_xscale("log")
-    memory_axes.set_ylim(bottom=0)
+    # Room for both limit lines above the points (1.25 x the smallest peak may pass 250 MB).
+    tops = [250.0, *data["peaks"], 1.25 * data["peaks"][0] if data["peaks"] else 0.0]
+    memory_axes.set_ylim(0, max(tops) * 1.1)
     memory_axes.set_xlabel("subscribers")
     memory_axes.set_ylabel("MB")
     memory_axes.set_title("Daemon peak RSS during the fan-out")

@@ -92,6 +92,10 @@ def make_engine(url: str, create: bool = True) -> Engine:
     engine = create_engine(
         url,
         hide_parameters=True,  # SQL errors would otherwise print addresses
+        # Enough connections for the web's threads, the loop's workers and the scheduler,
+        # so none is opened and closed per request.
+        pool_size=16,
+        max_overflow=16,
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
     )
 

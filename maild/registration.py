@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from maild import addresses, notices
@@ -91,6 +92,15 @@ class Registrations:
 
     def _request(self, address: str, in_reply_to: str | None, channel: str) -> str:
         address = addresses.normalize(address)
+        try:
+            return self._answer(address, in_reply_to, channel)
+        except IntegrityError:
+            # Two mails from one new address at once: the other transaction created the
+            # subscriber and queued the answer; this one is a repeat within 10 minutes.
+            log.info("%s request from %s: concurrent repeat", channel, addresses.mask(address))
+            return THROTTLED
+
+    def _answer(self, address: str, in_reply_to: str | None, channel: str) -> str:
         now = self.clock.now()
         with self.db.transaction() as session:
             subscriber = session.scalars(

@@ -315,6 +315,7 @@ class WebApp:
         self.health = health or database_health(registrations.db)
         self.secure_cookie = config.service.base_url.startswith("https://")
         self.jinja = Environment(
+            auto_reload=False,  # templates ship with the package; no stat() per render
             loader=FileSystemLoader(TEMPLATES),
             autoescape=True,
             undefined=StrictUndefined,
