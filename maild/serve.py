@@ -163,7 +163,7 @@ class Daemon:
             asyncio.create_task(spool.run(self.stopping), name="spool"),
             asyncio.create_task(watchdog(self.stopping, status), name="watchdog"),
         ]
-        self._install_signals(reloader)
+        self._install_signals(reloader, workers)
         log.info(
             "ready: smtp %s:%s, web http://%s:%s/, relay %s, spool %s",
             config.smtp.listen.host,
@@ -217,18 +217,21 @@ class Daemon:
         thread.start()
         return app, server, thread
 
-    def _install_signals(self, reloader: Reloader) -> None:
+    def _install_signals(self, reloader: Reloader, workers: list[Any]) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_stop_signal, signum)
-        loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal, reloader)
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal, reloader, workers)
 
-    def _on_reload_signal(self, reloader: Reloader) -> None:
+    def _on_reload_signal(self, reloader: Reloader, workers: list[Any]) -> None:
         log.info("received SIGHUP: reloading")
         systemd.notify("RELOADING=1")
 
         async def reload() -> None:
-            await reloader.reload()
+            if await reloader.reload():
+                for worker in workers:  # the delivery workers take the same files
+                    if worker.poll() is None:
+                        worker.send_signal(signal.SIGHUP)
             systemd.notify("READY=1")
 
         self._reload_task = asyncio.create_task(reload(), name="reload")

@@ -19,12 +19,13 @@ import signal
 import subprocess
 import sys
 
+from maild.areas import AreaFileError, AreaMap
 from maild.clock import clock_from_environment
-from maild.config import Config, RelayConfig
+from maild.config import Config, ConfigError, RelayConfig, load_config
 from maild.dkim import DkimSigner, signing
 from maild.fanout import FanoutSender
 from maild.relay import open_relay
-from maild.services import build_services
+from maild.services import Services, build_services
 
 log = logging.getLogger("maild.delivery")
 
@@ -65,8 +66,27 @@ def _die_with_parent() -> None:
         log.debug("PR_SET_PDEATHSIG unavailable")
 
 
+def _reload(services: Services, fanout: FanoutSender) -> None:
+    """The daemon forwards its SIGHUP: take the new config and area names for new batches.
+
+    The daemon has already checked the files and logged any problem; a worker that finds
+    them broken keeps what it has.
+    """
+    try:
+        config = load_config(services.config.path)
+        areas = AreaMap.load(config.areas.file)
+    except (ConfigError, AreaFileError, OSError) as e:
+        log.warning("delivery worker keeps its configuration: %s", e)
+        return
+    services.config, services.areas = config, areas
+    services.alerts.config, services.alerts.areas = config, areas
+    fanout.reconfigure(config)
+
+
 def run_worker(config: Config) -> None:
     _die_with_parent()
+    # A reload that arrives before the loop's handler is installed must not end us.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     asyncio.run(_work(config))
 
 
@@ -91,6 +111,7 @@ async def _work(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload, services, fanout)
     log.info("delivery worker ready")
     try:
         await fanout.run(stopping)
