@@ -24,6 +24,7 @@ from maild.areas import AreaMap
 from maild.config import Config, load_config
 from maild.spool import place_in_spool
 from maild.tokens import MANAGE, REGISTER, UNSUBSCRIBE, Links, VerpTokens, read_key
+from tests.configs import to_toml  # one TOML writer for tests and benchmarks
 
 REPO = Path(__file__).resolve().parent.parent
 AREAS_FILE = REPO / "config" / "areas.toml"
@@ -52,18 +53,6 @@ ALERT_BODY = (
     "ように話し合いましょう。\n"
     "〇不審な人物や車両を見かけたら、ためらわずに110番通報してください。\n"
 )
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str | Path):
-        return json.dumps(str(value), ensure_ascii=False)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} as TOML")
 
 
 @dataclass
@@ -112,13 +101,8 @@ class Workspace:
             "spool": {"dir": str(self.spool)},
             "areas": {"file": str(AREAS_FILE)},
         }
-        lines = []
-        for section, table in settings.items():
-            lines.append(f"[{section}]")
-            lines += [f"{key} = {_toml(value)}" for key, value in table.items()]
-            lines.append("")
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text("\n".join(lines), encoding="utf-8")
+        self.config_path.write_text(to_toml(settings), encoding="utf-8")
         self.maild("db", "upgrade")
         return self.config_path
 
