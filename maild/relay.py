@@ -8,10 +8,11 @@ recipient or message for good). Callers decide what a failure means.
 
 One recipient per message, many messages per connection (SPEC §10: docomo drops
 a whole session with too many recipients, and one bad recipient can fail the
-others). Recipients are written on the wire exactly as
-:func:`maild.addresses.smtp_path` gives them: aiosmtplib's ``mail``/``rcpt``
-run addresses through ``email.utils.parseaddr``, so MAIL and RCPT are sent as raw
-commands instead, keeping ``RCPT TO:<"taro..yamada"@docomo.ne.jp>`` intact.
+others). aiosmtplib opens each connection (TLS, EHLO, AUTH); the transactions
+then run over :class:`maild.smtp_wire.SmtpWire`, pipelined when the relay says
+PIPELINING. Recipients are written on the wire exactly as
+:func:`maild.addresses.smtp_path` gives them, keeping
+``RCPT TO:<"taro..yamada"@docomo.ne.jp>`` intact.
 
 ``maildir:PATH`` writes every message into a Maildir instead, so people trying
 maild out (``make run``) see each mail as a file.
@@ -36,6 +37,7 @@ import aiosmtplib
 
 from maild.addresses import mask, smtp_path
 from maild.config import ConfigError, RelayConfig
+from maild.smtp_wire import SmtpWire, WireClosed, WireError, data_payload
 
 log = logging.getLogger("maild.delivery")
 
@@ -44,6 +46,7 @@ Stage = Literal["connect", "mail", "rcpt", "data", "compose"]
 # SMTP reply codes (RFC 5321 §4.2.2, §4.2.3).
 OK = 250
 WILL_FORWARD = 251
+START_INPUT = 354
 SERVICE_NOT_AVAILABLE = 421
 # Authentication required / needs a stronger mechanism / encryption required (RFC 4954 §6,
 # RFC 3207 §4): the relay wants a login or TLS before it takes any mail.
@@ -156,9 +159,12 @@ class _Pacer:
 
 @dataclass
 class _Connection:
-    smtp: aiosmtplib.SMTP
+    wire: SmtpWire
     number: int
     last_used: float
+    pipelining: bool  # RFC 2920: MAIL, RCPT and DATA may go out in one write
+    size: bool  # RFC 1870: MAIL FROM may say SIZE=
+    eight_bit: bool  # RFC 6152: BODY=8BITMIME
     messages: int = 0
 
 
@@ -243,7 +249,7 @@ class SmtpRelay:
                 keep = e.stage != "connect" and await self._reset(conn)
                 raise
             finally:
-                if keep and not self._closed and conn.smtp.is_connected:
+                if keep and not self._closed and conn.wire.is_connected:
                     conn.last_used = time.monotonic()
                     self._idle.append(conn)
                 else:
@@ -254,10 +260,10 @@ class SmtpRelay:
         self._closed = True
         idle, self._idle = self._idle, []
         for conn in idle:
-            self._track_closing(conn.smtp.transport)
+            self._track_closing(conn.wire.transport)
             try:
-                await asyncio.wait_for(conn.smtp.quit(), timeout=5)
-            except (TimeoutError, aiosmtplib.SMTPException, OSError):
+                await asyncio.wait_for(conn.wire.command(b"QUIT"), timeout=5)
+            except (TimeoutError, WireClosed, WireError, OSError):
                 pass
             finally:
                 self._discard(conn)
@@ -286,15 +292,15 @@ class SmtpRelay:
         return await self._open(), False
 
     async def _usable(self, conn: _Connection) -> bool:
-        if not conn.smtp.is_connected:
+        if not conn.wire.is_connected:
             return False
         if time.monotonic() - conn.last_used < PROBE_IDLE_AFTER:
             return True
         try:
-            await conn.smtp.noop()
-        except (TimeoutError, aiosmtplib.SMTPException, OSError):
+            reply = await conn.wire.command(b"NOOP")
+        except (TimeoutError, WireClosed, WireError, OSError):
             return False
-        return conn.smtp.is_connected
+        return reply.code == OK and conn.wire.is_connected
 
     async def _open(self) -> _Connection:
         number = next(self._numbers)
@@ -332,12 +338,25 @@ class SmtpRelay:
         except BaseException:
             smtp.close()
             raise
+        transport = smtp.transport
+        if not isinstance(transport, asyncio.Transport) or transport.is_closing():
+            smtp.close()
+            raise TemporaryFailure(None, f"relay {self._where} closed the connection")
+        # aiosmtplib has opened and greeted; the transactions go over our own wire.
+        conn = _Connection(
+            SmtpWire(transport, self._timeout),
+            number,
+            time.monotonic(),
+            pipelining=smtp.supports_extension("pipelining"),
+            size=smtp.supports_extension("size"),
+            eight_bit=smtp.supports_extension("8bitmime"),
+        )
         log.debug("relay connection %d to %s opened", number, self._where)
-        return _Connection(smtp, number, time.monotonic())
+        return conn
 
     def _discard(self, conn: _Connection) -> None:
-        self._track_closing(conn.smtp.transport)
-        conn.smtp.close()
+        self._track_closing(conn.wire.transport)
+        conn.wire.close()
 
     def _track_closing(self, transport: asyncio.BaseTransport | None) -> None:
         """Remember a transport being closed, so close() can wait for it."""
@@ -347,49 +366,86 @@ class SmtpRelay:
 
     async def _reset(self, conn: _Connection) -> bool:
         """RSET after a refused transaction; True if the connection can be reused."""
-        if not conn.smtp.is_connected:
+        if not conn.wire.is_connected:
             return False
         try:
-            await conn.smtp.rset()
-        except (TimeoutError, aiosmtplib.SMTPException, OSError):
+            reply = await conn.wire.command(b"RSET")
+        except (TimeoutError, WireClosed, WireError, OSError):
             return False
-        return True
+        return reply.code == OK
 
     # --- one transaction ---
 
     async def _transaction(
         self, conn: _Connection, sender: bytes, rcpt: bytes, data: bytes
     ) -> None:
-        smtp = conn.smtp
-        params: list[bytes] = []
-        if smtp.supports_extension("size"):
-            params.append(b"SIZE=%d" % len(data))
-        if not data.isascii() and smtp.supports_extension("8bitmime"):
-            params.append(b"BODY=8BITMIME")
+        """MAIL, RCPT, DATA and the message: pipelined in two writes when the relay
+        allows it (RFC 2920), else one command at a time."""
+        wire = conn.wire
+        mail = b"MAIL FROM:" + sender
+        if conn.size:
+            mail += b" SIZE=%d" % len(data)
+        if conn.eight_bit and not data.isascii():
+            mail += b" BODY=8BITMIME"
+        commands = (mail + b"\r\n", b"RCPT TO:" + rcpt + b"\r\n", b"DATA\r\n")
+        payload = data_payload(data)
         try:
-            reply = await smtp.execute_command(b"MAIL", b"FROM:" + sender, *params)
-        except (aiosmtplib.SMTPException, OSError) as e:
-            raise _Stale(TemporaryFailure(None, _describe(e), stage="mail")) from None
+            if conn.pipelining:
+                await wire.write(b"".join(commands))
+            else:
+                await wire.write(commands[0])
+            reply = await wire.reply()
+        except (TimeoutError, WireClosed, WireError, OSError) as e:
+            raise _Stale(_broken(conn, e, "mail")) from None
         if reply.code == SERVICE_NOT_AVAILABLE:
-            raise _Stale(TemporaryFailure(reply.code, reply.message, stage="mail"))
+            wire.close()  # the server is closing it; pipelined replies may still be due
+            raise _Stale(TemporaryFailure(reply.code, reply.text, stage="mail"))
+        refused: DeliveryError | None = None
         if reply.code != OK:
-            raise failure(reply.code, reply.message, "mail")
+            refused = failure(reply.code, reply.text, "mail")
+            if not conn.pipelining:
+                raise refused
 
         try:
-            reply = await smtp.execute_command(b"RCPT", b"TO:" + rcpt)
-        except (aiosmtplib.SMTPException, OSError) as e:
-            raise TemporaryFailure(None, _describe(e), stage="rcpt") from None
-        if reply.code not in (OK, WILL_FORWARD):
-            raise failure(reply.code, reply.message, "rcpt")
+            if not conn.pipelining:
+                await wire.write(commands[1])
+            reply = await wire.reply()
+            if refused is None and reply.code not in (OK, WILL_FORWARD):
+                refused = failure(reply.code, reply.text, "rcpt")
+                if not conn.pipelining:
+                    raise refused
+            if not conn.pipelining:
+                await wire.write(commands[2])
+            reply = await wire.reply()
+            if reply.code == START_INPUT and refused is not None:
+                # Some servers take DATA although every recipient was refused
+                # (RFC 2920 §3.1): end it with an empty message.
+                await wire.write(b".\r\n")
+                await wire.reply()
+            if refused is not None:
+                raise refused
+            if reply.code != START_INPUT:
+                raise failure(reply.code, reply.text, "data")
+        except (TimeoutError, WireClosed, WireError, OSError) as e:
+            broken = _broken(conn, e, "rcpt")
+            raise (refused or broken) from None
 
         try:
-            await smtp.data(data)
-        except aiosmtplib.SMTPResponseException as e:
-            raise failure(e.code, e.message, "data") from None
-        except (aiosmtplib.SMTPException, OSError) as e:
+            await wire.write(payload)
+            reply = await wire.reply()
+        except (TimeoutError, WireClosed, WireError, OSError) as e:
             # The end of DATA may or may not have reached the relay: a later retry
             # can deliver twice, which is SMTP's usual trade (RFC 5321 §4.1.1.4).
-            raise TemporaryFailure(None, _describe(e), stage="data") from None
+            raise _broken(conn, e, "data") from None
+        if reply.code != OK:
+            raise failure(reply.code, reply.text, "data")
+
+
+def _broken(conn: _Connection, error: BaseException, stage: Stage) -> TemporaryFailure:
+    """No reply, or a garbled one: close the connection, since replies still under
+    way would answer the wrong commands, and say what went wrong."""
+    conn.wire.close()
+    return TemporaryFailure(None, _describe(error), stage=stage)
 
 
 def _closed(transport: asyncio.Transport) -> bool:

@@ -37,9 +37,11 @@ LEGACY_ON_WIRE = '"taro..test."@docomo.ne.jp'
 MESSAGE = b"Subject: test\r\nTo: someone\r\n\r\nhello\r\n.starts with a dot\r\n"
 
 
-@pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    with smtp_sink() as s:
+@pytest.fixture(params=[True, False], ids=["pipelining", "one-by-one"])
+def sink(request: pytest.FixtureRequest) -> Iterator[SmtpSink]:
+    """Every relay test runs against a relay that pipelines (RFC 2920) and one that
+    does not."""
+    with smtp_sink(pipelining=request.param) as s:
         yield s
 
 
@@ -84,6 +86,16 @@ def test_plain_send_delivers_envelope_and_bytes(sink: SmtpSink) -> None:
     assert received.tls is False
 
 
+def test_bare_line_ends_and_leading_dots_reach_the_relay_intact(sink: SmtpSink) -> None:
+    message = b".first line starts with a dot\nbare LF\rbare CR\r\n..two dots\r\nlast"
+    run(smtp_relay(sink.url), lambda relay: relay.send(SENDER, TARO, message))
+
+    [received] = sink.wait_for(1)
+    assert received.data == (
+        b".first line starts with a dot\r\nbare LF\r\nbare CR\r\n..two dots\r\nlast\r\n"
+    )
+
+
 def test_open_relay_picks_the_transport(tmp_path: Path) -> None:
     assert isinstance(open_relay(RelayConfig(url="smtp://127.0.0.1:2525"), HOSTNAME), SmtpRelay)
     maildir = open_relay(RelayConfig(url=f"maildir:{tmp_path}"), HOSTNAME)
@@ -124,6 +136,8 @@ def test_many_messages_share_one_connection(sink: SmtpSink) -> None:
     assert [r.rcpt_tos for r in received] == [(f"user{i}@docomo.ne.jp",) for i in range(5)]
     assert sink.connection_count == 1
     assert {r.connection for r in received} == {received[0].connection}
+    # MAIL, RCPT and DATA in one write when the relay allows it, never when it does not.
+    assert sink.pipelined == (5 if sink.pipelining else 0)
 
 
 def test_concurrent_sends_stay_within_the_pool(sink: SmtpSink) -> None:
