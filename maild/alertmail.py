@@ -22,10 +22,13 @@ from maild.addresses import domain_of
 from maild.alertfile import subject_with_area
 from maild.compose import (
     AUTO_GENERATED,
+    BASE64_CHUNK,
     CRLF,
     ISO_2022_JP,
     UTF8,
     Charset,
+    base64_lines,
+    canonical_utf8,
     encode_body,
     header_fields,
     render,
@@ -121,11 +124,19 @@ class AlertTemplate:
         )
         shared = [(name, value) for name, value in fields if name.lower() not in _PERSONAL]
         self._head = render(shared, b"")[:-2]  # without the blank line that ends the header
-        # ISO-2022-JP lines are encoded independently, so the shared lines can be
-        # encoded once; base64 runs across line ends, so UTF-8 is encoded per message.
-        self._body_head = (
-            encode_body(_shared_text(content), charset) if charset == ISO_2022_JP else b""
-        )
+        # The body before the recipient's URL is encoded once. ISO-2022-JP lines are
+        # encoded independently; base64 runs across line ends, so for UTF-8 the
+        # shared bytes are cut where a whole base64 line ends and only the rest is
+        # encoded per message, together with the URL.
+        text = _shared_text(content)
+        if charset == ISO_2022_JP:
+            self._body_head = encode_body(text, charset)
+            self._body_rest = b""
+        else:
+            canonical = canonical_utf8(text)
+            cut = len(canonical) - len(canonical) % BASE64_CHUNK
+            self._body_head = base64_lines(canonical[:cut])
+            self._body_rest = canonical[cut:]
 
     def personalise(self, personal: Personal) -> bytes:
         """The bytes of one recipient's message (SPEC §7): ASCII substitutions and the body."""
@@ -135,10 +146,10 @@ class AlertTemplate:
             f"{CRLF}List-Unsubscribe: <{personal.unsubscribe_url}>{CRLF}{CRLF}"
         ).encode("ascii")
         if self.charset == ISO_2022_JP:
-            body = self._body_head + encode_body(personal.manage_url, ISO_2022_JP)
+            tail = encode_body(personal.manage_url, ISO_2022_JP)
         else:
-            body = encode_body(body_text(self.content, personal.manage_url))
-        return self._head + personal_head + body
+            tail = base64_lines(self._body_rest + canonical_utf8(personal.manage_url))
+        return self._head + personal_head + self._body_head + tail
 
 
 def _header_address(address: str) -> str:

@@ -54,6 +54,7 @@ CRLF = "\r\n"
 MAX_LINE = 998  # RFC 5322 §2.1.1, without the CRLF
 FOLD_AT = 78  # RFC 5322 §2.1.1's "SHOULD"
 BASE64_LINE = 76  # RFC 2045 §6.8
+BASE64_CHUNK = BASE64_LINE // 4 * 3  # input bytes per base64 line: 57
 # ISO-2022-JP lines are cut this many characters at a time. A JIS X 0208
 # character is 2 bytes and every switch to or from ASCII adds a 3-byte escape,
 # so 300 characters are at most ~700 bytes in practice; each piece is measured anyway.
@@ -197,14 +198,31 @@ def encode_body(text: str, charset: Charset = UTF8) -> bytes:
     encoded on its own (so each ends in ASCII) and cut at character boundaries
     into pieces under 998 bytes; raises :class:`~maild.legacy.LegacyCharsetError`.
     """
+    if charset != ISO_2022_JP:
+        _check_charset(charset)
+        return base64_lines(canonical_utf8(text))
     lines = _LINE_BREAK.split(text)
     if lines and lines[-1] == "":
         lines.pop()
-    if charset == ISO_2022_JP:
-        return _encode_legacy_lines(lines, text)
-    _check_charset(charset)
-    canonical = "".join(line + CRLF for line in lines).encode("utf-8")
-    encoded = base64.b64encode(canonical)
+    return _encode_legacy_lines(lines, text)
+
+
+def canonical_utf8(text: str) -> bytes:
+    """``text`` as UTF-8 with CRLF line ends, ending in CRLF: what a UTF-8 body encodes."""
+    lines = _LINE_BREAK.split(text)
+    if lines and lines[-1] == "":
+        lines.pop()
+    return "".join(line + CRLF for line in lines).encode("utf-8")
+
+
+def base64_lines(data: bytes) -> bytes:
+    """``data`` in base64, 76 characters and CRLF a line (RFC 2045 §6.8).
+
+    Every :data:`BASE64_CHUNK` bytes of input make one whole line, so a long
+    shared beginning cut at a multiple of it can be encoded once and the rest
+    appended later (maild.alertmail does that per recipient).
+    """
+    encoded = base64.b64encode(data)
     return b"".join(
         encoded[i : i + BASE64_LINE] + b"\r\n" for i in range(0, len(encoded), BASE64_LINE)
     )

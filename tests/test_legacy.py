@@ -307,6 +307,22 @@ def test_alert_template_iso_2022_jp_with_personal_footer() -> None:
     assert body == expected
 
 
+@pytest.mark.parametrize("extra", range(0, 60, 7))
+def test_utf8_body_encoded_in_two_parts_equals_the_whole_encoded_at_once(extra: int) -> None:
+    # The shared part is base64-encoded once, cut where a whole line ends; the cut
+    # lands elsewhere for each body length, and the bytes must not change.
+    content = AlertContent(
+        alert_id=7,
+        subject="不審電話",
+        area_label="青葉区",
+        body="a" * extra + "不審な電話に注意\r\n髙橋さん宅で確認。\n",
+        sender=None if extra % 2 else "仙台北警察署",
+    )
+    data = template("utf-8", content).personalise(personal(3))
+    body = data.split(b"\r\n\r\n", 1)[1]
+    assert body == encode_body(body_text(content, personal(3).manage_url))
+
+
 def test_each_recipient_gets_their_own_footer_and_utf8_is_unchanged() -> None:
     legacy = template()
     first, second = (parse(legacy.personalise(personal(n))) for n in (1, 2))
