@@ -70,3 +70,26 @@ def test_old_keys_still_verify_after_rotation() -> None:
     assert rotated.check_subscriber_link(MANAGE, token) == (3, "k")
     with pytest.raises(LinkError):
         Links(b"n" * 64).check_subscriber_link(MANAGE, token)
+
+
+def test_links_match_stock_itsdangerous_both_ways() -> None:
+    # maild signs with shortcuts (key derived once, no zlib attempt); links already
+    # mailed out, and links made by plain itsdangerous, must keep working.
+    from itsdangerous import URLSafeSerializer, URLSafeTimedSerializer
+
+    from maild.tokens import VerpTokens
+
+    key = b"k" * 64
+    links = Links(key)
+    stock = URLSafeTimedSerializer([key], salt=f"maild.{MANAGE}")
+    assert stock.loads(links.subscriber_link(MANAGE, 7, "abc")) == [7, "abc"]
+    assert links.check_subscriber_link(MANAGE, stock.dumps([7, "abc"])) == (7, "abc")
+    # A compressible payload, which stock itsdangerous sends zlib-compressed.
+    compressed = stock.dumps([8, "0" * 200])
+    assert compressed.startswith(".")
+    assert links.check(MANAGE, compressed) == [8, "0" * 200]
+
+    verp = VerpTokens(key)
+    stock_verp = URLSafeSerializer([key], salt="maild.verp")
+    assert verp.make(42) == stock_verp.dumps(42)
+    assert verp.check(stock_verp.dumps(43)) == 43
