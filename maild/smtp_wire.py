@@ -125,10 +125,15 @@ class SmtpWire(asyncio.Protocol):
         if not self._replies:
             if self._lost:
                 raise WireClosed("connection lost")
-            self._waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            # A bare timer rather than asyncio.wait_for, which wraps every wait in a
+            # task of its own: this runs twice per message of a fan-out.
+            timer = loop.call_later(self.timeout, _expire, waiter)
             try:
-                await asyncio.wait_for(self._waiter, self.timeout)
+                await waiter
             finally:
+                timer.cancel()
                 self._waiter = None
         item = self._replies.popleft()
         if isinstance(item, BaseException):
@@ -142,7 +147,10 @@ class SmtpWire(asyncio.Protocol):
         return await self.reply()
 
     def close(self) -> None:
-        self.transport.close()
+        # Only once: a second close() of a TLS transport drops its SSL protocol, and
+        # the transport then fails on every later call.
+        if not self.transport.is_closing():
+            self.transport.close()
 
     def _push(self, item: Reply | BaseException) -> None:
         self._replies.append(item)
@@ -152,3 +160,8 @@ class SmtpWire(asyncio.Protocol):
     def _fail(self, error: WireError) -> None:
         self._push(error)
         self.transport.abort()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError("no reply from the relay in time"))
