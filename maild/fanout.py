@@ -94,7 +94,7 @@ class FanoutSender:
         self.verp = verp
         self.clock = clock
         self._templates: dict[tuple[int, Charset], AlertTemplate | LegacyCharsetError] = {}
-        self._gate = asyncio.Semaphore(config.relay.connections)
+        self._lanes = config.relay.connections
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._paused_until: dt.datetime | None = None
@@ -148,9 +148,22 @@ class FanoutSender:
         keys = {(r.alert_id, charset_for(self.config, r.address or "")) for r in rows}
         templates = await asyncio.to_thread(self._templates_for, keys)
         cancelled: set[int] = set()
+        results: list[_Result] = []
+        pending = iter(rows)  # shared by the lanes: each row is taken by exactly one
+
+        async def lane() -> None:
+            # One lane per relay connection rather than one task per row: only as many
+            # messages wait for the relay as it has connections, so a cancel noticed
+            # mid-batch stops the rest instead of a queue of hundreds.
+            for row in pending:
+                if row.alert_id in cancelled:
+                    results.append(_Result(row, None, skipped=True))
+                else:
+                    results.append(await self._send_one(row, templates))
+
         watcher = asyncio.create_task(self._watch_cancel({r.alert_id for r in rows}, cancelled))
         try:
-            results = await asyncio.gather(*(self._send(row, templates, cancelled) for row in rows))
+            await asyncio.gather(*(lane() for _ in range(min(self._lanes, len(rows)))))
         finally:
             watcher.cancel()
         await asyncio.to_thread(self._record, results, self.clock.now())
@@ -169,14 +182,6 @@ class FanoutSender:
                     select(Alert.id).where(Alert.id.in_(alert_ids), Alert.status != SENDING)
                 )
             )
-
-    async def _send(self, row: _Row, templates: _Templates, cancelled: set[int]) -> _Result:
-        # Only as many messages wait for the relay as it has connections, so a cancel
-        # noticed mid-batch stops the rest instead of a queue of hundreds.
-        async with self._gate:
-            if row.alert_id in cancelled:
-                return _Result(row, None, skipped=True)
-            return await self._send_one(row, templates)
 
     async def _send_one(self, row: _Row, templates: _Templates) -> _Result:
         if row.address is None:

@@ -9,6 +9,7 @@ links do not expire (SPEC §8, issue 2). Time comes from the injected clock.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import secrets
 from collections.abc import Sequence
@@ -80,6 +81,14 @@ class _KeyOnce(Signer):
         return key
 
 
+class _CompactJson:
+    """itsdangerous's compact JSON, with its encoder made once: json.dumps builds a
+    new encoder on every call that passes options."""
+
+    dumps = staticmethod(json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode)
+    loads = staticmethod(json.loads)
+
+
 class _KeepSigner(URLSafeSerializer):
     """Keeps its signing signer: itsdangerous makes (and derives the key of) a new one per
     ``dumps`` (70 µs → 16 µs a link), a sixth of a fan-out's CPU when every message
@@ -117,7 +126,9 @@ class Links:
         # itsdangerous signs with the last key and verifies with any (rotation).
         keys = [*old_keys, key]
         self._serializers = {
-            purpose: _Serializer(keys, salt=f"maild.{purpose}", signer=ClockSigner)
+            purpose: _Serializer(
+                keys, salt=f"maild.{purpose}", serializer=_CompactJson, signer=ClockSigner
+            )
             for purpose in PURPOSES
         }
 
@@ -166,7 +177,9 @@ class VerpTokens:
     """
 
     def __init__(self, key: bytes, old_keys: Sequence[bytes] = ()) -> None:
-        self._serializer = _KeepSigner([*old_keys, key], salt="maild.verp", signer=_KeyOnce)
+        self._serializer = _KeepSigner(
+            [*old_keys, key], salt="maild.verp", serializer=_CompactJson, signer=_KeyOnce
+        )
 
     def make(self, subscriber_id: int) -> str:
         token = self._serializer.dumps(subscriber_id)
