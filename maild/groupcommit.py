@@ -46,6 +46,11 @@ class GroupCommit(Generic[Request, Result]):
         self.groups = 0  # groups written (or failed): for tests and metrics
         self.written = 0  # requests in those groups
 
+    @property
+    def queued(self) -> int:
+        """Requests waiting for the group being written (if any) to finish."""
+        return len(self._queue)
+
     async def submit(self, request: Request) -> Result:
         """Queue ``request``; its result once its group is committed (or the exception)."""
         loop = asyncio.get_running_loop()

@@ -57,6 +57,9 @@ def enqueue(
     return mail
 
 
+_INSERT = insert(OutboxMail)
+
+
 def queued(
     *, purpose: str, envelope_from: str, recipient: str, data: bytes, now: dt.datetime
 ) -> dict[str, Any]:
@@ -76,7 +79,7 @@ def queued(
 def enqueue_many(connection: Connection, rows: Sequence[dict[str, Any]]) -> None:
     """Queue :func:`queued` rows with one executemany, inside the caller's transaction."""
     if rows:
-        connection.execute(insert(OutboxMail), list(rows))
+        connection.execute(_INSERT, list(rows))
 
 
 def retry_delay(attempts: int) -> dt.timedelta:

@@ -68,15 +68,20 @@ class Request:
 
 
 # What answering reads of a subscriber, what it may change, and what a new one is born with.
-_ANSWER_COLUMNS = (
-    Subscriber.id,
-    Subscriber.address,
-    Subscriber.status,
-    Subscriber.link_key,
-    Subscriber.updated_at,
-    Subscriber.last_answer_at,
-    Subscriber.bounce_score,
-    Subscriber.last_bounce_at,
+# The statements are built once: building them was a fair part of answering a group.
+_SELECT_FOR_ANSWER = (
+    select(
+        Subscriber.id,
+        Subscriber.address,
+        Subscriber.status,
+        Subscriber.link_key,
+        Subscriber.updated_at,
+        Subscriber.last_answer_at,
+        Subscriber.bounce_score,
+        Subscriber.last_bounce_at,
+    )
+    .where(Subscriber.address.in_(bindparam("addresses", expanding=True)))
+    .with_for_update()
 )
 _ANSWER_STATE = ("status", "updated_at", "last_answer_at", "bounce_score", "last_bounce_at")
 _NEW_COLUMNS = (
@@ -89,6 +94,7 @@ _NEW_COLUMNS = (
     "last_answer_at",
     "bounce_score",
 )
+_INSERT_NEW = insert(Subscriber).returning(Subscriber.id, Subscriber.address)
 _UPDATE_ANSWERED = update(Subscriber).where(Subscriber.id == bindparam("b_id"))
 
 
@@ -148,19 +154,19 @@ class Registrations:
         on disk (:meth:`Database.durable_transaction`); when it raises (a database
         failure), nothing of any of them was kept.
         """
-        results: list[str | InvalidAddress] = []
-        valid: list[tuple[int, str, Request]] = []
+        valid: list[tuple[str, Request]] = []
+        invalid: dict[int, InvalidAddress] = {}
         for index, request in enumerate(requests):
             try:
-                valid.append((index, addresses.normalize(request.address), request))
-                results.append(THROTTLED)  # replaced below
+                valid.append((addresses.normalize(request.address), request))
             except InvalidAddress as e:
-                results.append(e)
-        if not valid:
-            return results
+                invalid[index] = e
+        outcomes: list[str] = []
         for attempt in range(1, RACE_ATTEMPTS + 1):
+            if not valid:
+                break
             try:
-                outcomes = self._answer_group([(address, r) for _, address, r in valid])
+                outcomes = self._answer_group(valid)
                 break
             except IntegrityError:
                 # PostgreSQL: another transaction created one of these subscribers between
@@ -169,19 +175,16 @@ class Registrations:
                 if attempt == RACE_ATTEMPTS:
                     raise
                 log.info("registration requests met a concurrent one; trying again")
-        for (index, _, _), outcome in zip(valid, outcomes, strict=True):
-            results[index] = outcome
         if any(o != THROTTLED for o in outcomes):
             self.wake_outbox()
-        return results
+        answered = iter(outcomes)
+        return [invalid[i] if i in invalid else next(answered) for i in range(len(requests))]
 
     def _answer_group(self, requests: list[tuple[str, Request]]) -> list[str]:
         now = self.clock.now()
         with self.db.durable_transaction() as connection:
             found = connection.execute(
-                select(*_ANSWER_COLUMNS)
-                .where(Subscriber.address.in_({address for address, _ in requests}))
-                .with_for_update()
+                _SELECT_FOR_ANSWER, {"addresses": list({address for address, _ in requests})}
             ).all()
             # Plain, session-less Subscriber objects: the rules below (revive) work on them,
             # and the changes are written with one statement per kind.
@@ -222,7 +225,7 @@ class Registrations:
                 answers.append((subscriber, request, outcome))
             if new:
                 ids = connection.execute(
-                    insert(Subscriber).returning(Subscriber.id, Subscriber.address),
+                    _INSERT_NEW,
                     [{c: getattr(s, c) for c in _NEW_COLUMNS} for s in new],
                 ).all()
                 for subscriber_id, address in ids:

@@ -138,7 +138,7 @@ class InboundHandler:
         self.verp = verp
         self.bounces = bounces
         self.budget = budget or AnswerBudget(config.limits, clock or registrations.clock)
-        self._answers: GroupCommit[Request, str] = GroupCommit(
+        self.answers: GroupCommit[Request, str] = GroupCommit(
             lambda requests: self.registrations.answer_many(requests)
         )
         self.reconfigure(config)
@@ -265,7 +265,7 @@ class InboundHandler:
         sent = False
         try:
             # Committed (with the answers of the other sessions waiting now) before the 250.
-            outcome = await self._answers.submit(Request(address, autoreply.message_id(message)))
+            outcome = await self.answers.submit(Request(address, autoreply.message_id(message)))
             sent = outcome in (SENT_REGISTER, SENT_MANAGE)
         except InvalidAddress:
             log.info("mail from %s (peer %s) not answered: invalid sender", mask(address), peer)
