@@ -469,6 +469,8 @@ class InboundServer:
         self._counted: dict[_Session, str] = {}  # admitted sessions of untrusted peers
         self._per_ip: collections.Counter[str] = collections.Counter()
         self._changed = asyncio.Event()  # a session ended a transaction or went away
+        # The answer writer waits a moment for sessions in mid-transaction (group commit).
+        handler.answers.siblings = self.transactions
 
     @property
     def session_count(self) -> int:
@@ -543,6 +545,10 @@ class InboundServer:
         while self._sessions:
             self._changed.clear()
             await self._changed.wait()
+
+    def transactions(self) -> int:
+        """Sessions between MAIL and the end of DATA (or RSET)."""
+        return sum(1 for s in self._sessions if s.in_transaction)
 
     def sessions_from(self, ip: str) -> int:
         """Sessions from ``ip`` (an IPv6 peer: its /64) counted against ``sessions_per_ip``."""
