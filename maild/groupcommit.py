@@ -27,8 +27,8 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
-Request = TypeVar("Request")
-Result = TypeVar("Result")
+RequestT = TypeVar("RequestT")
+ResultT = TypeVar("ResultT")
 
 MAX_GROUP = 100  # requests per transaction: bounds how long it holds the write lock
 # Wait before writing a group while more callers are under way (see above). Long enough
@@ -36,7 +36,7 @@ MAX_GROUP = 100  # requests per transaction: bounds how long it holds the write 
 DELAY = 0.002
 
 
-class GroupCommit(Generic[Request, Result]):
+class GroupCommit(Generic[RequestT, ResultT]):
     """Runs ``write(group)`` in a thread for the requests queued meanwhile, one group at a time.
 
     ``write`` returns one result per request, in order; a result that is an
@@ -46,7 +46,7 @@ class GroupCommit(Generic[Request, Result]):
 
     def __init__(
         self,
-        write: Callable[[list[Request]], Sequence[Result | Exception]],
+        write: Callable[[list[RequestT]], Sequence[ResultT | Exception]],
         max_group: int = MAX_GROUP,
         delay: float = DELAY,
         siblings: Callable[[], int] | None = None,
@@ -56,7 +56,7 @@ class GroupCommit(Generic[Request, Result]):
         self.delay = delay
         # Callers under way, queued ones included; None: unknown, never wait.
         self.siblings = siblings
-        self._queue: list[tuple[Request, asyncio.Future[Result]]] = []
+        self._queue: list[tuple[RequestT, asyncio.Future[ResultT]]] = []
         self._writer: asyncio.Task[None] | None = None
         self.groups = 0  # groups written (or failed): for tests and metrics
         self.written = 0  # requests in those groups
@@ -66,10 +66,10 @@ class GroupCommit(Generic[Request, Result]):
         """Requests waiting for the group being written (if any) to finish."""
         return len(self._queue)
 
-    async def submit(self, request: Request) -> Result:
+    async def submit(self, request: RequestT) -> ResultT:
         """Queue ``request``; its result once its group is committed (or the exception)."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Result] = loop.create_future()
+        future: asyncio.Future[ResultT] = loop.create_future()
         self._queue.append((request, future))
         if self._writer is None:
             self._writer = loop.create_task(self._write_all(), name="group-commit")
@@ -81,7 +81,7 @@ class GroupCommit(Generic[Request, Result]):
         return self.siblings() > len(self._queue)
 
     async def _write_all(self) -> None:
-        group: list[tuple[Request, asyncio.Future[Result]]] = []
+        group: list[tuple[RequestT, asyncio.Future[ResultT]]] = []
         try:
             while self._queue:
                 if self._more_coming():

@@ -147,3 +147,32 @@ def test_a_wrong_number_of_results_fails_the_group() -> None:
             await commit.submit("a")
 
     asyncio.run(scenario())
+
+
+def test_a_lone_request_is_written_at_once_whatever_the_delay() -> None:
+    writer = Writer()
+    writer.release.set()
+
+    async def scenario() -> None:
+        commit: GroupCommit[str, str] = GroupCommit(writer, delay=3600, siblings=lambda: 1)
+        assert await asyncio.wait_for(commit.submit("a"), TIMEOUT) == "A"
+
+    asyncio.run(scenario())
+
+
+def test_the_writer_waits_for_callers_under_way() -> None:
+    writer = Writer()
+    writer.release.set()
+
+    async def scenario() -> None:
+        # Three sessions in mid-transaction, one request queued: worth waiting for the rest.
+        commit: GroupCommit[str, str] = GroupCommit(writer, delay=0.05, siblings=lambda: 3)
+        first = asyncio.create_task(commit.submit("a"))
+        for _ in range(3):
+            await asyncio.sleep(0)  # the writer has started, and is waiting
+        assert writer.groups == []
+        rest = [asyncio.create_task(commit.submit(r)) for r in ("b", "c")]
+        assert await asyncio.gather(first, *rest) == ["A", "B", "C"]
+        assert writer.groups == [["a", "b", "c"]]
+
+    asyncio.run(scenario())
