@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import re
 from collections.abc import Sequence
 from email.header import Header
@@ -285,9 +286,13 @@ def _text(name: str, text: str, charset: Charset = UTF8) -> str:
     return _encoded_words(name, text, charset)
 
 
+@functools.lru_cache(maxsize=256)
 def _encoded_words(name: str, text: str, charset: Charset) -> str:
     """RFC 2047 encoded words; ``email.header.Header`` splits them so that each
-    ISO-2022-JP word starts and ends in ASCII (RFC 1468), as decoders expect."""
+    ISO-2022-JP word starts and ends in ASCII (RFC 1468), as decoders expect.
+
+    Cached: the From name and a notice's Subject are the same in every mail, and
+    encoding them was half the work of composing a registration answer."""
     return Header(text, charset, header_name=name).encode(linesep=CRLF)
 
 

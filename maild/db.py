@@ -4,6 +4,23 @@ SQLite runs in WAL mode with a busy timeout so that the web thread, the
 daemon's loop and the command line can write at the same time without
 "database is locked"; the file is created 0600 because it holds residents'
 addresses (operating rules §7(1)). PostgreSQL works through the same URL key.
+
+Two durability levels on SQLite (``PRAGMA synchronous``, per connection):
+
+- ordinary sessions (:meth:`Database.transaction`) commit with ``NORMAL``. In WAL
+  mode that never corrupts the database and survives a crash of maild itself;
+  only a power cut or kernel crash can undo the last few commits. What they
+  write can be done again without anyone outside having been promised it: a
+  fan-out's bookkeeping (at worst a mail goes out twice), a page's form, a
+  bounce score. Fsyncing each of them would cost a disk flush per batch of a
+  fan-out for nothing.
+- :meth:`Database.durable_transaction` commits with ``FULL`` (the WAL is
+  fsynced before the commit returns) and takes the write lock at ``BEGIN``
+  (``BEGIN IMMEDIATE``), so what it reads is still true when it writes. It is
+  for a commit after which we promise something to another machine: a
+  registration answer queued before the SMTP ``250`` that makes the sending MTA
+  delete its copy (RFC 5321 §4.1.1.4). Its callers commit many answers at
+  once, so the flush is paid once per group, not per mail.
 """
 
 from __future__ import annotations
@@ -19,13 +36,16 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import DateTime, Engine, create_engine, event
+from sqlalchemy import Connection, DateTime, Engine, create_engine, event
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 15000
+# Connections of the durable engine: the SMTP answer writer and the web's /signup threads.
+DURABLE_POOL_SIZE = 4
+IN_MEMORY = (None, "", ":memory:")  # SQLite database names that are no file
 
 
 class Base(DeclarativeBase):
@@ -67,11 +87,13 @@ class SchemaError(Exception):
     """The database is missing or older than this maild; the message says what to run."""
 
 
-def make_engine(url: str, create: bool = True) -> Engine:
+def make_engine(url: str, create: bool = True, durable: bool = False) -> Engine:
     """An engine for ``url``; for SQLite the file is created 0600 and put in WAL mode.
 
     ``create=False`` (the operators' commands) refuses to create a missing SQLite file,
     which would otherwise belong to whoever ran the command instead of the service.
+    ``durable=True``: SQLite commits with ``synchronous=FULL`` and begins with ``BEGIN
+    IMMEDIATE`` (see the module's docstring); other databases are durable already.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
@@ -94,19 +116,34 @@ def make_engine(url: str, create: bool = True) -> Engine:
         hide_parameters=True,  # SQL errors would otherwise print addresses
         # Enough connections for the web's threads, the loop's workers and the scheduler,
         # so none is opened and closed per request.
-        pool_size=16,
+        pool_size=DURABLE_POOL_SIZE if durable else 16,
         max_overflow=16,
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
     )
+    # NORMAL unless durable: why that is enough for ordinary commits, see the docstring.
+    synchronous = "FULL" if durable else "NORMAL"
 
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
+        if durable:
+            # pysqlite would BEGIN (DEFERRED) only before the first write, so a SELECT
+            # and the UPDATE that depends on it could see different data; begin
+            # ourselves instead (SQLAlchemy's pysqlite "serializable isolation" recipe).
+            dbapi_connection.isolation_level = None
+
+    if durable:
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(connection: Connection) -> None:
+            # The write lock from the start: waits (busy_timeout) for another writer
+            # rather than failing with a stale snapshot later.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
@@ -118,12 +155,26 @@ class Database:
         self.url = url
         self.engine = make_engine(url, create)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite files only: a second, small pool whose commits are flushed to disk.
+        parsed = make_url(url)
+        in_file = parsed.get_backend_name() == "sqlite" and parsed.database not in IN_MEMORY
+        self._durable = make_engine(url, create, durable=True) if in_file else self.engine
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """A session inside ``begin()``: committed on success, rolled back on error, closed."""
         with self._sessions() as session, session.begin():
             yield session
+
+    @contextmanager
+    def durable_transaction(self) -> Iterator[Connection]:
+        """A Core connection in a write transaction that is on disk once it has committed.
+
+        For commits that precede a promise to another machine (an SMTP ``250``); see
+        the module's docstring. Rolled back on error.
+        """
+        with self._durable.begin() as connection:
+            yield connection
 
     def upgrade(self) -> None:
         upgrade(self.url, self.engine)
@@ -141,6 +192,7 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        self._durable.dispose()
 
 
 def alembic_config(url: str) -> AlembicConfig:

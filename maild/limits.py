@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import functools
 import ipaddress
 import math
 import threading
@@ -70,8 +71,12 @@ class Charge:
     at: dt.datetime
 
 
+@functools.lru_cache(maxsize=1024)
 def _address(ip: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """``ip`` parsed, an IPv4-mapped IPv6 address (a dual-stack listener's) as IPv4."""
+    """``ip`` parsed, an IPv4-mapped IPv6 address (a dual-stack listener's) as IPv4.
+
+    Cached: every session and every answer asks about its peer, and mail comes from a
+    few carrier MTAs over and over."""
     if ip is None:
         return None
     try:

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from maild import addresses, notices
+from maild.addresses import InvalidAddress
 from maild.alertmail import charset_for
 from maild.areas import CATEGORIES, AreaMap, categories_from_mask, mask_from_categories
 from maild.bounces import revive
@@ -27,13 +29,19 @@ from maild.compose import compose
 from maild.config import Config
 from maild.db import Database
 from maild.models import ACTIVE, PENDING, SUSPENDED, Subscriber, SubscriberArea
-from maild.outbox import enqueue
+from maild.outbox import enqueue, enqueue_many, queued
 from maild.subscribers import erase
 from maild.tokens import MANAGE, REGISTER, UNSUBSCRIBE, LinkError, Links, new_link_key
 
 log = logging.getLogger("maild.registration")
 
 ANSWER_INTERVAL = dt.timedelta(minutes=10)
+# Tries of a group of requests that met a concurrent one creating the same subscriber.
+RACE_ATTEMPTS = 3
+
+# Where a request came from (Request.channel; also in log lines).
+MAIL = "mail"  # a blank mail to the registration address
+WEB = "web"  # the /signup form
 
 # Outcomes of a registration request (also metric labels).
 SENT_REGISTER = "register"
@@ -48,6 +56,46 @@ class ChoiceError(ValueError):
         super().__init__(en)
         self.ja = ja
         self.en = en
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request for a registration answer: a blank mail, or the /signup form."""
+
+    address: str  # the envelope sender, or what was typed in
+    in_reply_to: str | None = None  # the blank mail's Message-ID, answered in In-Reply-To
+    channel: str = MAIL
+
+
+# What answering reads of a subscriber, what it may change, and what a new one is born with.
+# The statements are built once: building them was a fair part of answering a group.
+_SELECT_FOR_ANSWER = (
+    select(
+        Subscriber.id,
+        Subscriber.address,
+        Subscriber.status,
+        Subscriber.link_key,
+        Subscriber.updated_at,
+        Subscriber.last_answer_at,
+        Subscriber.bounce_score,
+        Subscriber.last_bounce_at,
+    )
+    .where(Subscriber.address.in_(bindparam("addresses", expanding=True)))
+    .with_for_update()
+)
+_ANSWER_STATE = ("status", "updated_at", "last_answer_at", "bounce_score", "last_bounce_at")
+_NEW_COLUMNS = (
+    "address",
+    "status",
+    "category_mask",
+    "link_key",
+    "created_at",
+    "updated_at",
+    "last_answer_at",
+    "bounce_score",
+)
+_INSERT_NEW = insert(Subscriber).returning(Subscriber.id, Subscriber.address)
+_UPDATE_ANSWERED = update(Subscriber).where(Subscriber.id == bindparam("b_id"))
 
 
 @dataclass(frozen=True)
@@ -84,65 +132,139 @@ class Registrations:
 
     def answer_blank_mail(self, address: str, message_id: str | None = None) -> str:
         """Answer a resident's blank mail; returns the outcome (register/manage/throttled)."""
-        return self._request(address, in_reply_to=message_id, channel="mail")
+        return self._one(Request(address, message_id, MAIL))
 
     def request_signup(self, address: str) -> str:
         """The PC flow: same mails, no In-Reply-To. Raises InvalidAddress for bad input."""
-        return self._request(address, in_reply_to=None, channel="web")
+        return self._one(Request(address, None, WEB))
 
-    def _request(self, address: str, in_reply_to: str | None, channel: str) -> str:
-        address = addresses.normalize(address)
-        try:
-            return self._answer(address, in_reply_to, channel)
-        except IntegrityError:
-            # Two mails from one new address at once: the other transaction created the
-            # subscriber and queued the answer; this one is a repeat within 10 minutes.
-            log.info("%s request from %s: concurrent repeat", channel, addresses.mask(address))
-            return THROTTLED
+    def _one(self, request: Request) -> str:
+        [result] = self.answer_many([request])
+        if isinstance(result, InvalidAddress):
+            raise result
+        return result
 
-    def _answer(self, address: str, in_reply_to: str | None, channel: str) -> str:
+    def answer_many(self, requests: Sequence[Request]) -> list[str | InvalidAddress]:
+        """Answer ``requests`` in ONE durable transaction (a group commit; blocking).
+
+        Each result is the request's outcome (register/manage/throttled), or the
+        :class:`InvalidAddress` its address raised. Requests are taken in order, so
+        a second request for an address later in the same group is throttled as it
+        would be had it come later. When this returns, every answer is committed and
+        on disk (:meth:`Database.durable_transaction`); when it raises (a database
+        failure), nothing of any of them was kept.
+        """
+        valid: list[tuple[str, Request]] = []
+        invalid: dict[int, InvalidAddress] = {}
+        for index, request in enumerate(requests):
+            try:
+                valid.append((addresses.normalize(request.address), request))
+            except InvalidAddress as e:
+                invalid[index] = e
+        outcomes: list[str] = []
+        for attempt in range(1, RACE_ATTEMPTS + 1):
+            if not valid:
+                break
+            try:
+                outcomes = self._answer_group(valid)
+                break
+            except IntegrityError:
+                # PostgreSQL: another transaction created one of these subscribers between
+                # our SELECT and INSERT (SQLite takes the write lock first and never gets
+                # here). Once more: the subscriber is found, and its request is a repeat.
+                if attempt == RACE_ATTEMPTS:
+                    raise
+                log.info("registration requests met a concurrent one; trying again")
+        if any(o != THROTTLED for o in outcomes):
+            self.wake_outbox()
+        answered = iter(outcomes)
+        return [invalid[i] if i in invalid else next(answered) for i in range(len(requests))]
+
+    def _answer_group(self, requests: list[tuple[str, Request]]) -> list[str]:
         now = self.clock.now()
-        with self.db.transaction() as session:
-            subscriber = session.scalars(
-                select(Subscriber).where(Subscriber.address == address).with_for_update()
-            ).one_or_none()
-            if subscriber is None:
-                subscriber = Subscriber(
-                    address=address,
-                    status=PENDING,
-                    category_mask=0,
-                    link_key=new_link_key(),
-                    created_at=now,
-                    updated_at=now,
-                    bounce_score=0,
+        with self.db.durable_transaction() as connection:
+            found = connection.execute(
+                _SELECT_FOR_ANSWER, {"addresses": list({address for address, _ in requests})}
+            ).all()
+            # Plain, session-less Subscriber objects: the rules below (revive) work on them,
+            # and the changes are written with one statement per kind.
+            known = {row.address: Subscriber(**row._mapping) for row in found}
+            before = {s.address: _answer_state(s) for s in known.values()}
+            new: list[Subscriber] = []
+            answers: list[tuple[Subscriber, Request, str]] = []
+            outcomes: list[str] = []
+            for address, request in requests:
+                subscriber = known.get(address)
+                if subscriber is None:
+                    subscriber = Subscriber(
+                        address=address,
+                        status=PENDING,
+                        category_mask=0,
+                        link_key=new_link_key(),
+                        created_at=now,
+                        updated_at=now,
+                        bounce_score=0,
+                    )
+                    known[address] = subscriber
+                    new.append(subscriber)
+                else:
+                    if request.channel == MAIL:
+                        # A blank mail proves the address works again (a web form does not:
+                        # anyone can type an address there).
+                        revive(subscriber, now)
+                    if (
+                        subscriber.last_answer_at
+                        and now - subscriber.last_answer_at < ANSWER_INTERVAL
+                    ):
+                        _log_request(request, address, THROTTLED)
+                        outcomes.append(THROTTLED)
+                        continue
+                subscriber.last_answer_at = now
+                outcome = SENT_REGISTER if subscriber.status == PENDING else SENT_MANAGE
+                outcomes.append(outcome)
+                answers.append((subscriber, request, outcome))
+            if new:
+                ids = connection.execute(
+                    _INSERT_NEW,
+                    [{c: getattr(s, c) for c in _NEW_COLUMNS} for s in new],
+                ).all()
+                for subscriber_id, address in ids:
+                    known[address].id = subscriber_id
+            changed = [s for a, s in known.items() if a in before and _answer_state(s) != before[a]]
+            if changed:
+                connection.execute(
+                    _UPDATE_ANSWERED,
+                    [{"b_id": s.id, **{c: getattr(s, c) for c in _ANSWER_STATE}} for s in changed],
                 )
-                session.add(subscriber)
-                session.flush()
-            else:
-                if channel == "mail":
-                    # A blank mail proves the address works again (a web form does not:
-                    # anyone can type an address there).
-                    revive(subscriber, now)
-                if subscriber.last_answer_at and now - subscriber.last_answer_at < ANSWER_INTERVAL:
-                    log.info("%s request from %s: throttled", channel, addresses.mask(address))
-                    return THROTTLED
-            subscriber.last_answer_at = now
-            if subscriber.status == PENDING:
-                token = self.links.subscriber_link(REGISTER, subscriber.id, subscriber.link_key)
-                subject, body = notices.register_notice(
-                    self.config.service.name, self.url("register", token)
-                )
-                outcome = SENT_REGISTER
-            else:
-                subject, body = notices.manage_notice(
-                    self.config.service.name, self.manage_url(subscriber)
-                )
-                outcome = SENT_MANAGE
-            auto = "auto-replied" if channel == "mail" else "auto-generated"
-            self._enqueue(session, subscriber.address, subject, body, outcome, auto, in_reply_to)
-        log.info("%s request from %s: %s mail queued", channel, addresses.mask(address), outcome)
-        self.wake_outbox()
-        return outcome
+            rows = []
+            for subscriber, request, outcome in answers:
+                rows.append(self._answer_row(subscriber, request, outcome, now))
+                _log_request(request, subscriber.address, outcome)
+            enqueue_many(connection, rows)
+        return outcomes
+
+    def _answer_row(
+        self, subscriber: Subscriber, request: Request, outcome: str, now: dt.datetime
+    ) -> dict[str, Any]:
+        """The outbox row of one answer: the register link, or the manage link."""
+        if outcome == SENT_REGISTER:
+            token = self.links.subscriber_link(REGISTER, subscriber.id, subscriber.link_key)
+            subject, body = notices.register_notice(
+                self.config.service.name, self.url("register", token)
+            )
+        else:
+            subject, body = notices.manage_notice(
+                self.config.service.name, self.manage_url(subscriber)
+            )
+        auto = "auto-replied" if request.channel == MAIL else "auto-generated"
+        data = self._compose(subscriber.address, subject, body, auto, request.in_reply_to, now)
+        return queued(
+            purpose=outcome,
+            envelope_from=self.config.smtp.bounce_address,
+            recipient=subscriber.address,
+            data=data,
+            now=now,
+        )
 
     # --- the register form -----------------------------------------------------
 
@@ -279,24 +401,46 @@ class Registrations:
         auto_submitted: str = "auto-generated",
         in_reply_to: str | None = None,
     ) -> None:
-        mail = self.config.mail
-        data = compose(
-            from_address=mail.from_address,
-            from_name=mail.from_name,
-            to=recipient,
-            subject=mail.subject_prefix + subject,
-            body=body,
-            date=self.clock.now().astimezone(self.config.service.tz),
-            message_id_domain=self.config.smtp.hostname,
-            auto_submitted=auto_submitted,
-            in_reply_to=in_reply_to,
-            charset=charset_for(self.config, recipient),
-        )
+        now = self.clock.now()
         enqueue(
             session,
             purpose=purpose,
             envelope_from=self.config.smtp.bounce_address,
             recipient=recipient,
-            data=data,
-            now=self.clock.now(),
+            data=self._compose(recipient, subject, body, auto_submitted, in_reply_to, now),
+            now=now,
         )
+
+    def _compose(
+        self,
+        recipient: str,
+        subject: str,
+        body: str,
+        auto_submitted: str,
+        in_reply_to: str | None,
+        now: dt.datetime,
+    ) -> bytes:
+        mail = self.config.mail
+        return compose(
+            from_address=mail.from_address,
+            from_name=mail.from_name,
+            to=recipient,
+            subject=mail.subject_prefix + subject,
+            body=body,
+            date=now.astimezone(self.config.service.tz),
+            message_id_domain=self.config.smtp.hostname,
+            auto_submitted=auto_submitted,
+            in_reply_to=in_reply_to,
+            charset=charset_for(self.config, recipient),
+        )
+
+
+def _answer_state(subscriber: Subscriber) -> tuple[object, ...]:
+    return tuple(getattr(subscriber, c) for c in _ANSWER_STATE)
+
+
+def _log_request(request: Request, address: str, outcome: str) -> None:
+    # The SMTP listener logs every mail's outcome itself; /signup has only this line.
+    level = logging.DEBUG if request.channel == MAIL else logging.INFO
+    if log.isEnabledFor(level):
+        log.log(level, "%s request from %s: %s", request.channel, addresses.mask(address), outcome)

@@ -51,8 +51,9 @@ from maild.addresses import InvalidAddress, mask, mask_token, normalize
 from maild.bounces import Bounces, Classification, classify
 from maild.clock import Clock
 from maild.config import Config, ListenAddress, SmtpConfig
+from maild.groupcommit import GroupCommit
 from maild.limits import AnswerBudget, OverBudget, is_trusted, peer_key
-from maild.registration import SENT_MANAGE, SENT_REGISTER, Registrations
+from maild.registration import SENT_MANAGE, SENT_REGISTER, Registrations, Request
 from maild.tokens import LinkError, VerpTokens
 
 log = logging.getLogger("maild.smtp")
@@ -137,6 +138,9 @@ class InboundHandler:
         self.verp = verp
         self.bounces = bounces
         self.budget = budget or AnswerBudget(config.limits, clock or registrations.clock)
+        self.answers: GroupCommit[Request, str] = GroupCommit(
+            lambda requests: self.registrations.answer_many(requests)
+        )
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -260,9 +264,8 @@ class InboundHandler:
             return f"{DEFERRED}:{e.reason}"
         sent = False
         try:
-            outcome = await asyncio.to_thread(
-                self.registrations.answer_blank_mail, address, autoreply.message_id(message)
-            )
+            # Committed (with the answers of the other sessions waiting now) before the 250.
+            outcome = await self.answers.submit(Request(address, autoreply.message_id(message)))
             sent = outcome in (SENT_REGISTER, SENT_MANAGE)
         except InvalidAddress:
             log.info("mail from %s (peer %s) not answered: invalid sender", mask(address), peer)
@@ -466,6 +469,8 @@ class InboundServer:
         self._counted: dict[_Session, str] = {}  # admitted sessions of untrusted peers
         self._per_ip: collections.Counter[str] = collections.Counter()
         self._changed = asyncio.Event()  # a session ended a transaction or went away
+        # The answer writer waits a moment for sessions in mid-transaction (group commit).
+        handler.answers.siblings = self.transactions
 
     @property
     def session_count(self) -> int:
@@ -540,6 +545,10 @@ class InboundServer:
         while self._sessions:
             self._changed.clear()
             await self._changed.wait()
+
+    def transactions(self) -> int:
+        """Sessions between MAIL and the end of DATA (or RSET)."""
+        return sum(1 for s in self._sessions if s.in_transaction)
 
     def sessions_from(self, ip: str) -> int:
         """Sessions from ``ip`` (an IPv6 peer: its /64) counted against ``sessions_per_ip``."""

@@ -14,6 +14,7 @@ import email.policy
 import logging
 import re
 import socket
+import sqlite3
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -295,6 +296,45 @@ def test_five_blank_mails_within_a_minute_get_one_answer(tmp_path: Path) -> None
         h.clock.advance(minutes=10)
         assert await h.send("<taro@docomo.ne.jp>") == [250, 250, 250]
         assert len(h.rows()) == 2
+
+    run(tmp_path, scenario)
+
+
+def test_concurrent_blank_mails_get_their_250_only_once_committed_together(
+    tmp_path: Path,
+) -> None:
+    async def scenario(h: Harness) -> None:
+        database = h.db.engine.url.database
+        assert database is not None
+        # Another writer holds SQLite's write lock: no answer can be committed meanwhile.
+        blocker = sqlite3.connect(database, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        answers = h.server.handler.answers
+        clients = [await h.client() for _ in range(5)]
+        senders = ["a@docomo.ne.jp"] + ["same@docomo.ne.jp"] * 3 + ["b@ezweb.ne.jp"]
+        for client, sender in zip(clients, senders, strict=True):
+            assert (await client.command(f"MAIL FROM:<{sender}>"))[0] == 250
+            assert (await client.command(f"RCPT TO:<{REGISTRATION}>"))[0] == 250
+        replies = [asyncio.create_task(clients[0].data(BLANK))]
+        assert await eventually(lambda: answers.groups == 1)  # waiting for the lock
+        replies += [asyncio.create_task(c.data(BLANK)) for c in clients[1:]]
+        assert await eventually(lambda: answers.queued == 4)
+        assert not any(r.done() for r in replies)  # no 250 before the commit
+        assert h.rows() == []
+        blocker.rollback()
+        blocker.close()
+        assert [(await r)[0] for r in replies] == [250] * 5
+        # The four that waited went in one transaction; three mails from one new address
+        # at once got one answer and no error.
+        assert (answers.groups, answers.written) == (2, 5)
+        assert sorted(r.recipient for r in h.rows()) == [
+            "a@docomo.ne.jp",
+            "b@ezweb.ne.jp",
+            "same@docomo.ne.jp",
+        ]
+        assert sorted(h.outcomes) == ["register"] * 3 + ["throttled"] * 2
+        for client in clients:
+            await client.close()
 
     run(tmp_path, scenario)
 
