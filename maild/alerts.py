@@ -98,7 +98,8 @@ class Alerts:
         now = self.clock.now()
         approval = self.config.approval
         waits = needs_approval(self.config, source.requester)
-        with self.db.transaction() as session:
+        # Durable: the spool moves the file out of incoming/ once this has committed.
+        with self.db.durable_session() as session:
             if source.claim_name is not None:
                 existing = session.scalar(
                     select(Alert.id).where(Alert.source_file == source.claim_name)

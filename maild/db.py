@@ -167,6 +167,14 @@ class Database:
             yield session
 
     @contextmanager
+    def durable_session(self) -> Iterator[Session]:
+        """Like :meth:`transaction`, on disk once committed: for the alert taken from a
+        spool file that is then moved out of ``incoming/`` (a power cut must not
+        undo the alert after its file was put away)."""
+        with Session(self._durable, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    @contextmanager
     def durable_transaction(self) -> Iterator[Connection]:
         """A Core connection in a write transaction that is on disk once it has committed.
 

@@ -134,5 +134,7 @@ def test_answers_are_written_with_a_flush_to_disk(tmp_path: Path) -> None:
     services = build_services(make_config(tmp_path), FakeClock())
     with services.db.durable_transaction() as connection:
         assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2
+    with services.db.durable_session() as session:  # alerts taken from the spool
+        assert session.execute(text("PRAGMA synchronous")).scalar() == 2
     with services.db.engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
