@@ -43,7 +43,7 @@ from maild.smtp_inbound import InboundHandler, InboundServer
 from maild.spool import FileMeta, SpoolWatcher, ensure_layout
 from maild.watchdog import watchdog
 from maild.web.app import WebApp, create_app, database_health
-from maild.workers import fanout_relay_config, start_workers, stop_workers
+from maild.workers import WorkerPool, fanout_relay_config
 
 log = logging.getLogger("maild")
 
@@ -147,7 +147,8 @@ class Daemon:
 
         app, web, web_thread = self._start_web(services, health, metrics.render)
         await asyncio.to_thread(fanout.release_claims)  # before any worker claims
-        workers = start_workers(config, config.relay.workers, self.log_level)
+        workers = WorkerPool(config, config.relay.workers, self.log_level)
+        workers.start()
         reloader = Reloader(services, handler, app, fanout)
 
         def status() -> str:  # for systemctl status; in-memory figures only, no database
@@ -162,6 +163,7 @@ class Daemon:
             asyncio.create_task(scheduler.run(self.stopping), name="scheduler"),
             asyncio.create_task(spool.run(self.stopping), name="spool"),
             asyncio.create_task(watchdog(self.stopping, status), name="watchdog"),
+            asyncio.create_task(workers.supervise(self.stopping), name="workers"),
         ]
         self._install_signals(reloader, workers)
         log.info(
@@ -181,7 +183,7 @@ class Daemon:
             log.info("stopping: draining SMTP sessions (up to %.0f s)", SMTP_DRAIN_SECONDS)
             await inbound.close(SMTP_DRAIN_SECONDS)
             self.stopping.set()
-            await stop_workers(workers, SMTP_DRAIN_SECONDS)
+            await workers.stop(SMTP_DRAIN_SECONDS)
             await asyncio.gather(*tasks, return_exceptions=True)
             scheduler.shutdown()
             await _close_web(web, web_thread)
@@ -217,21 +219,19 @@ class Daemon:
         thread.start()
         return app, server, thread
 
-    def _install_signals(self, reloader: Reloader, workers: list[Any]) -> None:
+    def _install_signals(self, reloader: Reloader, workers: WorkerPool) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_stop_signal, signum)
         loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal, reloader, workers)
 
-    def _on_reload_signal(self, reloader: Reloader, workers: list[Any]) -> None:
+    def _on_reload_signal(self, reloader: Reloader, workers: WorkerPool) -> None:
         log.info("received SIGHUP: reloading")
         systemd.notify("RELOADING=1")
 
         async def reload() -> None:
             if await reloader.reload():
-                for worker in workers:  # the delivery workers take the same files
-                    if worker.poll() is None:
-                        worker.send_signal(signal.SIGHUP)
+                workers.signal(signal.SIGHUP)  # the delivery workers take the same files
             systemd.notify("READY=1")
 
         self._reload_task = asyncio.create_task(reload(), name="reload")

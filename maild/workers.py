@@ -6,7 +6,8 @@ work, so ``maild serve`` starts ``[relay] workers`` extra processes
 nothing but the database: each claims its batches with one UPDATE
 (``FanoutSender._claim``), the same way several machines will share one
 PostgreSQL database. A worker dies with its parent (PR_SET_PDEATHSIG), so a
-crashed daemon leaves no orphan sending on.
+crashed daemon leaves no orphan sending on; a worker that dies on its own is
+started again by the daemon (its claimed rows are free again after their lease).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 import signal
 import subprocess
 import sys
+import time
 
 from maild.areas import AreaFileError, AreaMap
 from maild.clock import clock_from_environment
@@ -39,23 +41,82 @@ def fanout_relay_config(config: Config) -> RelayConfig:
     return dataclasses.replace(config.relay, max_per_second=share)
 
 
-def start_workers(config: Config, count: int, log_level: str) -> list[subprocess.Popen[bytes]]:
-    command = [
-        sys.executable, "-m", "maild", "--config", str(config.path),
-        "--log-level", log_level, "deliver",
-    ]  # fmt: skip
-    return [subprocess.Popen(command) for _ in range(count)]
+# A worker that died is started again after this long, doubling while it keeps dying
+# within STABLE_AFTER of its start (a worker that cannot start must not spin).
+RESTART_DELAY = 1.0
+RESTART_DELAY_MAX = 60.0
+STABLE_AFTER = 60.0
+SUPERVISE_EVERY = 0.5
 
 
-async def stop_workers(workers: list[subprocess.Popen[bytes]], timeout: float) -> None:
-    for worker in workers:
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-    for worker in workers:
-        try:
-            await asyncio.to_thread(worker.wait, timeout)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+class WorkerPool:
+    """The ``maild deliver`` children of one daemon: started, watched, restarted, stopped."""
+
+    def __init__(self, config: Config, count: int, log_level: str) -> None:
+        self.command = [
+            sys.executable, "-m", "maild", "--config", str(config.path),
+            "--log-level", log_level, "deliver",
+        ]  # fmt: skip
+        self.count = count
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self._started: list[float] = []
+        self._delays: list[float] = []
+        self.restarts = 0
+
+    def start(self) -> None:
+        now = time.monotonic()
+        self.processes = [subprocess.Popen(self.command) for _ in range(self.count)]
+        self._started = [now] * self.count
+        self._delays = [RESTART_DELAY] * self.count
+
+    def signal(self, signum: int) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signum)
+
+    async def supervise(self, stopping: asyncio.Event) -> None:
+        """Start a worker again when it dies on its own (until the daemon stops)."""
+        due: dict[int, float] = {}  # slot -> when to start it again
+        while not stopping.is_set():
+            now = time.monotonic()
+            for slot, process in enumerate(self.processes):
+                code = process.poll()
+                if code is None or stopping.is_set():
+                    continue
+                if slot not in due:
+                    if now - self._started[slot] >= STABLE_AFTER:
+                        self._delays[slot] = RESTART_DELAY
+                    log.warning(
+                        "delivery worker %d (pid %d) exited with %s; starting another in %.0f s",
+                        slot + 1,
+                        process.pid,
+                        _exit_text(code),
+                        self._delays[slot],
+                    )
+                    due[slot] = now + self._delays[slot]
+                    self._delays[slot] = min(self._delays[slot] * 2, RESTART_DELAY_MAX)
+                elif now >= due[slot]:
+                    del due[slot]
+                    self.processes[slot] = subprocess.Popen(self.command)
+                    self._started[slot] = now
+                    self.restarts += 1
+                    log.info("delivery worker %d started again", slot + 1)
+            try:
+                await asyncio.wait_for(stopping.wait(), SUPERVISE_EVERY)
+            except TimeoutError:
+                pass
+
+    async def stop(self, timeout: float) -> None:
+        self.signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                await asyncio.to_thread(process.wait, timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _exit_text(code: int) -> str:
+    return f"signal {signal.Signals(-code).name}" if code < 0 else f"status {code}"
 
 
 def _die_with_parent() -> None:

@@ -660,3 +660,43 @@ def test_metrics_move_after_a_registration_and_an_alert(
     assert value(after, "maild_relay_reply_seconds_count") == 2
     assert "maild_outbox_depth" in after
     assert maild.stop() == 0
+
+
+def _delivery_workers(daemon_pid: int) -> list[int]:
+    """The pids of ``maild deliver`` children of the daemon."""
+    children: list[int] = []
+    for task in Path(f"/proc/{daemon_pid}/task").iterdir():
+        children += [int(pid) for pid in (task / "children").read_text().split()]
+    return [
+        pid
+        for pid in children
+        if b"deliver" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    ]
+
+
+def test_a_delivery_worker_that_dies_is_started_again(
+    prepared: Callable[..., Path],
+    daemon: Callable[..., DaemonProcess],
+    sink: SmtpSink,
+    clock: Clock,
+    tmp_path: Path,
+) -> None:
+    import signal
+
+    config = prepared([("a@example.jp", "aoba", "")])
+    maild = daemon(config, clock.env)
+    assert maild.process is not None
+    (worker,) = _delivery_workers(maild.process.pid)  # [relay] workers = 1 by default
+
+    os.kill(worker, signal.SIGKILL)
+    wait_for_log(maild, "delivery worker 1 started again")
+    assert "exited with signal SIGKILL" in maild.log()
+    (again,) = _delivery_workers(maild.process.pid)
+    assert again != worker
+
+    # The daemon carried on, and alerts still go out.
+    drop(tmp_path / "spool", "after-restart.txt", alert_text("青葉区"))
+    (alert,) = wait_for_alerts(config, clock.env, 1)
+    wait_status(config, clock.env, alert["id"], "sent")
+    assert maild.stop() == 0
+    assert not Path(f"/proc/{again}").exists()  # stopped and reaped with the daemon
