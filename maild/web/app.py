@@ -87,6 +87,8 @@ CONTENT_SECURITY_POLICY = (
 _TOKEN_PATH = re.compile(r"^(.*/(?:register|manage|unsubscribe)/)([^/]+)")
 
 Health = Callable[[], Mapping[str, Any]]
+# A kept piece of form HTML: (which piece, the area map's id or 0, language, ticked boxes).
+_PieceKey = tuple[str, int, str, frozenset[str]]
 
 
 class _Request(Request):
@@ -307,7 +309,7 @@ class WebApp:
         self.budget = budget or AnswerBudget(config.limits, clock)
         self.config = config
         self.metrics = metrics
-        self._picker_cache: dict[tuple[int, str, frozenset[str]], Markup] = {}
+        self._pieces: dict[_PieceKey, Markup] = {}
         self.registrations = registrations
         self.areas = areas
         self.links = links
@@ -637,21 +639,36 @@ class WebApp:
         # Browsers ask for it on every site; "no content" keeps their consoles and our logs quiet.
         return Response(status=204)
 
+    # The area picker and the category boxes are most of a form page's work, and the same
+    # for everyone with the same choices (every new resident: none, and all categories), so
+    # their HTML is kept per language and choice.
+
     def _areas_html(self, lang: str, chosen: frozenset[str]) -> Markup:
-        """The area picker's HTML: 69 boxes are most of a form page's work, and the same for
-        everyone with the same choices (every new resident: none), so it is kept."""
-        key = (id(self.areas), lang, chosen)  # a reload brings a new AreaMap, a new key
-        html = self._picker_cache.get(key)
+        key = ("areas", id(self.areas), lang, chosen)  # a reload brings a new AreaMap, a new key
+        html = self._pieces.get(key)
         if html is None:
             root, groups = area_picker(self.areas, chosen, lang)
-            html = Markup(
-                self.jinja.get_template("_areas.html").render(
-                    t=functools.partial(text, lang), root=root, groups=groups
-                )
+            html = self._keep(
+                key, self._render_piece("_areas.html", lang, root=root, groups=groups)
             )
-            if len(self._picker_cache) >= PICKER_CACHE_SIZE:
-                self._picker_cache.pop(next(iter(self._picker_cache)))
-            self._picker_cache[key] = html
+        return html
+
+    def _categories_html(self, lang: str, chosen: frozenset[str]) -> Markup:
+        key = ("categories", 0, lang, chosen)
+        html = self._pieces.get(key)
+        if html is None:
+            boxes = category_boxes(chosen, lang)
+            html = self._keep(key, self._render_piece("_categories.html", lang, boxes=boxes))
+        return html
+
+    def _render_piece(self, template: str, lang: str, **context: Any) -> Markup:
+        t = functools.partial(text, lang)
+        return Markup(self.jinja.get_template(template).render(t=t, **context))
+
+    def _keep(self, key: _PieceKey, html: Markup) -> Markup:
+        if len(self._pieces) >= PICKER_CACHE_SIZE:
+            self._pieces.pop(next(iter(self._pieces)))
+        self._pieces[key] = html
         return html
 
     def _form(
@@ -676,7 +693,7 @@ class WebApp:
             view=view,
             error=message,
             areas_html=self._areas_html(page.lang, frozenset(area_ids)),
-            categories=category_boxes(categories, page.lang),
+            categories_html=self._categories_html(page.lang, frozenset(categories)),
             action=page.here(),
         )
 
