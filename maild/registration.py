@@ -35,18 +35,9 @@ log = logging.getLogger("maild.registration")
 
 ANSWER_INTERVAL = dt.timedelta(minutes=10)
 
-# Built once: SQLAlchemy then finds their compiled form in its cache by a memoised key.
-_SUBSCRIBER_ROW = select(
-    Subscriber.id,
-    Subscriber.address,
-    Subscriber.status,
-    Subscriber.link_key,
-    Subscriber.category_mask,
-).where(Subscriber.id == bindparam("id"))
-_AREA_IDS = (
-    select(SubscriberArea.area_id)
-    .where(SubscriberArea.subscriber_id == bindparam("id"))
-    .order_by(SubscriberArea.area_id)
+# Built once, so that SQLAlchemy finds its compiled form by a memoised cache key.
+_PENDING_ROW = select(Subscriber.address, Subscriber.status, Subscriber.link_key).where(
+    Subscriber.id == bindparam("id")
 )
 
 # Outcomes of a registration request (also metric labels).
@@ -75,6 +66,18 @@ class SubscriberView:
     categories: tuple[str, ...]
     manage_token: str
     unsubscribe_token: str
+
+
+@dataclass(frozen=True)
+class PendingView:
+    """What the register form shows about a pending subscriber: never the full address.
+
+    A pending subscriber has no choices yet, and no manage or unsubscribe links: those
+    come with the completion mail.
+    """
+
+    id: int
+    masked_address: str
 
 
 class Registrations:
@@ -160,30 +163,19 @@ class Registrations:
 
     # --- the register form -----------------------------------------------------
 
-    def view_register(self, token: str) -> SubscriberView:
+    def view_register(self, token: str) -> PendingView:
         """The form's view of a pending subscriber: the page every new resident opens.
 
-        One Core query for the columns the page needs and no lock (it changes nothing):
+        One Core query for the columns the page needs, and no lock (it changes nothing):
         loading the ORM object with its selectin-loaded areas was most of the page's time.
         The refusals are :meth:`_by_link`'s (``used`` for a gone or completed subscriber).
         """
         subscriber_id, link_key = self.links.check_subscriber_link(REGISTER, token)
         with self.db.engine.connect() as connection:
-            row = connection.execute(_SUBSCRIBER_ROW, {"id": subscriber_id}).one_or_none()
-            if row is None or row.link_key != link_key or row.status != PENDING:
-                raise LinkError("used")
-            area_ids: tuple[str, ...] = ()
-            if row.category_mask:  # choices already saved (not for a pending subscriber today)
-                area_ids = tuple(connection.scalars(_AREA_IDS, {"id": subscriber_id}))
-        return SubscriberView(
-            id=row.id,
-            masked_address=addresses.mask(row.address),
-            status=row.status,
-            area_ids=area_ids,
-            categories=categories_from_mask(row.category_mask),
-            manage_token=self.links.subscriber_link(MANAGE, row.id, row.link_key),
-            unsubscribe_token=self.links.subscriber_link(UNSUBSCRIBE, row.id, row.link_key),
-        )
+            row = connection.execute(_PENDING_ROW, {"id": subscriber_id}).one_or_none()
+        if row is None or row.link_key != link_key or row.status != PENDING:
+            raise LinkError("used")
+        return PendingView(id=subscriber_id, masked_address=addresses.mask(row.address))
 
     def complete_register(
         self, token: str, area_ids: Iterable[str], categories: Iterable[str]

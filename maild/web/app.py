@@ -50,6 +50,7 @@ from maild.registration import (
     SENT_MANAGE,
     SENT_REGISTER,
     ChoiceError,
+    PendingView,
     Registrations,
     SubscriberView,
 )
@@ -675,7 +676,7 @@ class WebApp:
         self,
         page: _Page,
         kind: str,
-        view: SubscriberView,
+        view: SubscriberView | PendingView,
         area_ids: Iterable[str],
         categories: Iterable[str],
         error: Exception | None = None,
