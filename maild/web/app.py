@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
-from markupsafe import Markup
+from markupsafe import Markup, escape
 from sqlalchemy import text as sql_text
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, MapAdapter, RequestRedirect, Rule
@@ -68,6 +68,7 @@ STATIC = HERE / "static"
 
 CSRF_COOKIE = "maild_csrf"
 PICKER_CACHE_SIZE = 512
+KEPT_PAGES = 128  # form pages kept with holes (WebApp._form): every new resident's is one
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus text format
 CSRF_FIELD = "csrf"
 _COOKIE_VALUE = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
@@ -203,6 +204,59 @@ class Block:
     mailto: bool = False
 
 
+# --- kept pages: rendered once with holes where each request's values go ---------------
+
+# Private-use characters mark a hole; no text or template of ours holds them.
+_HOLE = re.compile("\ue000([a-z]+)\ue001")
+
+
+def _hole(name: str) -> str:
+    return f"\ue000{name}\ue001"
+
+
+@dataclass(frozen=True)
+class _KeptPage:
+    """A page rendered with holes: ``parts`` is text, hole name, text, …, text."""
+
+    parts: tuple[str, ...]
+    # What it was rendered from: holding them keeps the ids in its key from being reused.
+    sources: tuple[object, ...]
+
+    @classmethod
+    def of(cls, html: str, *sources: object) -> _KeptPage:
+        return cls(tuple(_HOLE.split(html)), sources)
+
+    def fill(self, values: Mapping[str, Callable[[], str]]) -> str:
+        """The page with each hole's value escaped, as the template would have it."""
+        parts = self.parts
+        out = [parts[0]]
+        for i in range(1, len(parts), 2):
+            out.append(escape(values[parts[i]]()))
+            out.append(parts[i + 1])
+        return "".join(out)
+
+
+@dataclass(frozen=True)
+class _HoleView:
+    masked_address: str = _hole("address")
+
+
+class _HolePage:
+    """Stands in for a :class:`_Page` while a page is kept: its per-request values are holes."""
+
+    def __init__(self, page: _Page) -> None:
+        self._page = page
+
+    def csrf(self) -> str:
+        return _hole("csrf")
+
+    def switch_url(self) -> str:
+        return _hole("switch")
+
+    def static_url(self, filename: str) -> str:
+        return self._page.static_url(filename)  # the same for every request with this key
+
+
 # --- one request --------------------------------------------------------------------------
 
 
@@ -261,15 +315,23 @@ class _Page:
         return isinstance(payload, str) and hmac.compare_digest(payload.encode(), cookie.encode())
 
     def render(self, template: str, title: str, status: int = 200, **context: Any) -> Response:
-        html = self.app.jinja.get_template(template).render(
-            page=self,
+        return self.response(self.html(template, title, status, page=self, **context), status)
+
+    def html(self, template: str, title: str, status: int, **context: Any) -> str:
+        return self.app.jinja.get_template(template).render(
             lang=self.lang,
             t=functools.partial(text, self.lang),
             title=title,
             service=self.app.config.service.name,
-            switch=bool(self.endpoint) and status < 400 and self.request.method == "GET",
+            switch=self.switch(status),
             **context,
         )
+
+    def switch(self, status: int) -> bool:
+        """Whether the page links to itself in the other language."""
+        return bool(self.endpoint) and status < 400 and self.request.method == "GET"
+
+    def response(self, html: str, status: int) -> Response:
         response = Response(html, status=status, mimetype="text/html")
         if self._set_cookie:
             response.set_cookie(
@@ -311,6 +373,7 @@ class WebApp:
         self.config = config
         self.metrics = metrics
         self._pieces: dict[_PieceKey, Markup] = {}
+        self._pages: dict[tuple[Any, ...], _KeptPage] = {}
         self.registrations = registrations
         self.areas = areas
         self.links = links
@@ -681,22 +744,59 @@ class WebApp:
         categories: Iterable[str],
         error: Exception | None = None,
     ) -> Response:
-        """The register or manage form, pre-filled; with ``error`` a 400 that keeps the choices."""
-        message = ""
-        if isinstance(error, ChoiceError):
-            message = error.en if page.lang == "en" else error.ja
-        elif error is not None:
-            message = page.t("unknown_area")
-        return page.render(
-            f"{kind}.html",
-            page.t(f"{kind}_title"),
-            400 if error else 200,
-            view=view,
-            error=message,
-            areas_html=self._areas_html(page.lang, frozenset(area_ids)),
-            categories_html=self._categories_html(page.lang, frozenset(categories)),
-            action=page.here(),
+        """The register or manage form, pre-filled; with ``error`` a 400 that keeps the choices.
+
+        Without an error the page is the same for everyone with the same choices but for a
+        few values (the CSRF field, the token in the URLs, the masked address), so it is
+        rendered once with holes for them (:class:`_KeptPage`) and filled per request.
+        """
+        template, title = f"{kind}.html", page.t(f"{kind}_title")
+        areas, chosen = frozenset(area_ids), frozenset(categories)
+        context = {
+            "areas_html": self._areas_html(page.lang, areas),
+            "categories_html": self._categories_html(page.lang, chosen),
+        }
+        if error is not None:
+            if isinstance(error, ChoiceError):
+                message = error.en if page.lang == "en" else error.ja
+            else:
+                message = page.t("unknown_area")
+            return page.render(
+                template, title, 400, view=view, error=message, action=page.here(), **context
+            )
+        key = (
+            kind,
+            page.lang,
+            page.request.script_root,
+            page.switch(200),
+            areas,
+            chosen,
+            id(self.config),  # a reload brings new ones, new keys (the page holds the old)
+            id(self.areas),
         )
+        kept = self._pages.get(key)
+        if kept is None:
+            html = page.html(
+                template,
+                title,
+                200,
+                page=_HolePage(page),
+                view=_HoleView(),
+                error="",
+                action=_hole("action"),
+                **context,
+            )
+            kept = _KeptPage.of(html, self.config, self.areas)
+            if len(self._pages) >= KEPT_PAGES:
+                self._pages.pop(next(iter(self._pages)))
+            self._pages[key] = kept
+        holes: dict[str, Callable[[], str]] = {
+            "csrf": page.csrf,
+            "switch": page.switch_url,
+            "action": page.here,
+            "address": lambda: view.masked_address,
+        }
+        return page.response(kept.fill(holes), 200)
 
 
 def create_app(
