@@ -15,7 +15,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
+from itsdangerous import (
+    BadSignature,
+    Serializer,
+    SignatureExpired,
+    URLSafeSerializer,
+    URLSafeTimedSerializer,
+)
+from itsdangerous.encoding import base64_encode
 from itsdangerous.timed import TimestampSigner
 
 from maild.clock import Clock
@@ -79,6 +86,16 @@ class _Serializer(_KeepSigner, URLSafeTimedSerializer):
     pass
 
 
+class _Uncompressed(_Serializer):
+    """For CSRF values: a random cookie value never gets shorter compressed, so the zlib
+    attempt is skipped. It is not free on the web's threads: zlib lets go of the GIL, and
+    under load each such hand-over costs a form page tens of µs. Compressed tokens still
+    load (itsdangerous reads both)."""
+
+    def dump_payload(self, obj: Any) -> bytes:
+        return base64_encode(Serializer.dump_payload(self, obj))
+
+
 class Links:
     """Makes and checks the signed tokens in URLs and forms."""
 
@@ -93,7 +110,9 @@ class Links:
         # itsdangerous signs with the last key and verifies with any (rotation).
         keys = [*old_keys, key]
         self._serializers = {
-            purpose: _Serializer(keys, salt=f"maild.{purpose}", signer=ClockSigner)
+            purpose: (_Uncompressed if purpose == CSRF else _Serializer)(
+                keys, salt=f"maild.{purpose}", signer=ClockSigner
+            )
             for purpose in PURPOSES
         }
 
