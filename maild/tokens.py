@@ -9,6 +9,7 @@ links do not expire (SPEC §8, issue 2). Time comes from the injected clock.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import secrets
 from collections.abc import Sequence
@@ -104,6 +105,10 @@ class Links:
         clock_ = self.clock
 
         class ClockSigner(TimestampSigner):
+            # SHA-1 as itsdangerous's default, given as OpenSSL's own constructor: hmac then
+            # takes its C path instead of building the HMAC in Python (its lazy wrapper).
+            default_digest_method = staticmethod(hashlib.sha1)
+
             def get_timestamp(self) -> int:
                 return clock_.timestamp()
 
