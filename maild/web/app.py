@@ -237,24 +237,25 @@ def _hole(name: str) -> str:
 
 @dataclass(frozen=True)
 class _KeptPage:
-    """A page rendered with holes: ``parts`` is text, hole name, text, …, text."""
+    """A page rendered with holes, kept encoded: text, hole, text, …, hole, text."""
 
-    parts: tuple[str, ...]
+    texts: tuple[bytes, ...]  # one more than holes
+    holes: tuple[str, ...]
     # What it was rendered from: holding them keeps the ids in its key from being reused.
     sources: tuple[object, ...]
 
     @classmethod
     def of(cls, html: str, *sources: object) -> _KeptPage:
-        return cls(tuple(_HOLE.split(html)), sources)
+        split = _HOLE.split(html)
+        return cls(tuple(t.encode() for t in split[::2]), tuple(split[1::2]), sources)
 
-    def fill(self, values: Mapping[str, Callable[[], str]]) -> str:
+    def fill(self, values: Mapping[str, Callable[[], str]]) -> bytes:
         """The page with each hole's value escaped, as the template would have it."""
-        parts = self.parts
-        out = [parts[0]]
-        for i in range(1, len(parts), 2):
-            out.append(escape(values[parts[i]]()))
-            out.append(parts[i + 1])
-        return "".join(out)
+        out = [self.texts[0]]
+        for hole, after in zip(self.holes, self.texts[1:], strict=True):
+            out.append(escape(values[hole]()).encode())
+            out.append(after)
+        return b"".join(out)
 
 
 @dataclass(frozen=True)
@@ -294,6 +295,7 @@ class _Page:
         cookie = request.cookies.get(CSRF_COOKIE, "")
         self._cookie = cookie if _COOKIE_VALUE.fullmatch(cookie) else None
         self._set_cookie = False
+        self._path: str | None = None
 
     def t(self, key: str, **values: object) -> str:
         return text(self.lang, key, **values)
@@ -308,10 +310,11 @@ class _Page:
 
     def here(self, lang: str | None = None) -> str:
         """This page's URL (matched routes only), in ``lang`` or the current language."""
-        values = dict(self.args)
-        if (lang or self.lang) != DEFAULT_LANG:
-            values["lang"] = lang or self.lang
-        return self.adapter.build(self.endpoint, values)
+        if self._path is None:  # built once: a form page wants it twice (action, switch)
+            self._path = self.adapter.build(self.endpoint, self.args)
+        lang = lang or self.lang
+        # What build() appends for a value that is no route variable, for our two languages.
+        return self._path if lang == DEFAULT_LANG else f"{self._path}?lang={lang}"
 
     def switch_url(self) -> str:
         return self.here("ja" if self.lang == "en" else "en")
@@ -352,7 +355,7 @@ class _Page:
         """Whether the page links to itself in the other language."""
         return bool(self.endpoint) and status < 400 and self.request.method == "GET"
 
-    def response(self, html: str, status: int) -> Response:
+    def response(self, html: str | bytes, status: int) -> Response:
         response = Response(html, status=status, mimetype="text/html")
         if self._set_cookie:
             response.set_cookie(
