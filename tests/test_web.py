@@ -23,7 +23,7 @@ from maild.models import ACTIVE, PENDING, OutboxMail, Subscriber
 from maild.services import Services, build_services
 from maild.tokens import CSRF
 from maild.web import wsgi
-from maild.web.app import WebApp, create_app, health_status, safe_path
+from maild.web.app import WebApp, _CookieValues, create_app, health_status, safe_path
 from tests.configs import make_config, write_config
 
 CSRF_FIELD = re.compile(r'name="csrf" value="([^"]+)"')
@@ -504,6 +504,13 @@ def test_cookie_and_security_headers(tmp_path: Path) -> None:
     html = token_page.text
     assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in html
     assert "<script" not in html and not re.search(r"\son[a-z]+=", html)
+
+
+def test_new_csrf_cookies_are_random_url_safe_values_across_batches() -> None:
+    new_cookie = _CookieValues(batch=3)
+    values = [new_cookie() for _ in range(10)]  # three batches and a bit
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{43}", v) for v in values)  # token_urlsafe(32)
+    assert len(set(values)) == 10
 
 
 def test_plain_http_cookie_is_not_secure(web: Web) -> None:
