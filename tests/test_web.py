@@ -23,7 +23,14 @@ from maild.models import ACTIVE, PENDING, OutboxMail, Subscriber
 from maild.services import Services, build_services
 from maild.tokens import CSRF
 from maild.web import wsgi
-from maild.web.app import WebApp, _CookieValues, create_app, health_status, safe_path
+from maild.web.app import (
+    WebApp,
+    _CookieValues,
+    _keep,
+    create_app,
+    health_status,
+    safe_path,
+)
 from tests.configs import make_config, write_config
 
 CSRF_FIELD = re.compile(r'name="csrf" value="([^"]+)"')
@@ -504,6 +511,13 @@ def test_cookie_and_security_headers(tmp_path: Path) -> None:
     html = token_page.text
     assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in html
     assert "<script" not in html and not re.search(r"\son[a-z]+=", html)
+
+
+def test_kept_pieces_are_bounded_oldest_out() -> None:
+    kept: dict[str, int] = {}
+    for i, key in enumerate("abcd"):
+        assert _keep(kept, key, i, size=2) == i
+    assert kept == {"c": 2, "d": 3}
 
 
 def test_new_csrf_cookies_are_random_url_safe_values_across_batches() -> None:

@@ -32,7 +32,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup, escape
@@ -92,6 +92,8 @@ CONTENT_SECURITY_POLICY = (
 _TOKEN_PATH = re.compile(r"^(.*/(?:register|manage|unsubscribe)/)([^/]+)")
 
 Health = Callable[[], Mapping[str, Any]]
+K = TypeVar("K")
+V = TypeVar("V")
 # A kept piece of form HTML: (which piece, the area map's id or 0, language, ticked boxes).
 _PieceKey = tuple[str, int, str, frozenset[str]]
 
@@ -223,6 +225,21 @@ class _CookieValues:
             pool = secrets.token_bytes(self._size)
         local.pool = pool[COOKIE_BYTES:]
         return base64.urlsafe_b64encode(pool[:COOKIE_BYTES]).rstrip(b"=").decode("ascii")
+
+
+def _keep(kept: dict[K, V], key: K, value: V, size: int) -> V:
+    """Put ``value`` in ``kept``, first dropping its oldest entry if it holds ``size``.
+
+    The web's threads do this at the same time: two may pick the same entry to drop, or
+    the dict may change under the picking, and either is no error.
+    """
+    if len(kept) >= size:
+        try:
+            del kept[next(iter(kept))]
+        except (KeyError, RuntimeError, StopIteration):
+            pass
+    kept[key] = value
+    return value
 
 
 # --- kept pages: rendered once with holes where each request's values go ---------------
@@ -759,10 +776,7 @@ class WebApp:
         return Markup(self.jinja.get_template(template).render(t=t, **context))
 
     def _keep(self, key: _PieceKey, html: Markup) -> Markup:
-        if len(self._pieces) >= PICKER_CACHE_SIZE:
-            self._pieces.pop(next(iter(self._pieces)))
-        self._pieces[key] = html
-        return html
+        return _keep(self._pieces, key, html, PICKER_CACHE_SIZE)
 
     def _form(
         self,
@@ -817,10 +831,7 @@ class WebApp:
                 action=_hole("action"),
                 **context,
             )
-            kept = _KeptPage.of(html, self.config, self.areas)
-            if len(self._pages) >= KEPT_PAGES:
-                self._pages.pop(next(iter(self._pages)))
-            self._pages[key] = kept
+            kept = _keep(self._pages, key, _KeptPage.of(html, self.config, self.areas), KEPT_PAGES)
         holes: dict[str, Callable[[], str]] = {
             "csrf": page.csrf,
             "switch": page.switch_url,
