@@ -9,6 +9,7 @@ links do not expire (SPEC §8, issue 2). Time comes from the injected clock.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import secrets
@@ -72,6 +73,10 @@ def read_key(path: Path) -> bytes:
 
 class _KeyOnce(Signer):
     """Derives each key once: itsdangerous derives it again for every signature."""
+
+    # SHA-1 as itsdangerous's default, given as OpenSSL's own constructor: hmac then
+    # takes its C path instead of building the HMAC in Python (its lazy wrapper).
+    default_digest_method = staticmethod(hashlib.sha1)
 
     def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
         cache: dict[str | bytes | None, bytes] = self.__dict__.setdefault("_derived", {})

@@ -7,9 +7,12 @@ import stat
 from pathlib import Path
 
 import pytest
+from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
 from maild.clock import FakeClock
 from maild.tokens import (
+    CSRF,
+    CSRF_MAX_AGE,
     MANAGE,
     REGISTER,
     UNSUBSCRIBE,
@@ -93,3 +96,39 @@ def test_links_match_stock_itsdangerous_both_ways() -> None:
     stock_verp = URLSafeSerializer([key], salt="maild.verp")
     assert verp.make(42) == stock_verp.dumps(42)
     assert verp.check(stock_verp.dumps(43)) == 43
+
+
+def itsdangerous_serializer(salt: str, clock: FakeClock) -> URLSafeTimedSerializer:
+    """itsdangerous as it comes (lazy SHA-1, compression tried), on the same clock."""
+
+    class AtClock(TimestampSigner):
+        def get_timestamp(self) -> int:
+            return clock.timestamp()
+
+    return URLSafeTimedSerializer([b"k" * 64], salt=salt, signer=AtClock)
+
+
+# --- the forms' CSRF tokens ---------------------------------------------------------------
+
+
+def test_csrf_tokens_are_itsdangerous_tokens_uncompressed_and_old_ones_still_load() -> None:
+    clock = FakeClock()
+    links = Links(b"k" * 64, clock=clock)
+    plain = itsdangerous_serializer("maild.csrf", clock)
+    random_cookie = "q3Vd8_RmT0aZk-1YbNw2Xc5LhPj7Ue4Gs9Ko6If0Eiw"
+    assert links.make(CSRF, random_cookie) == plain.dumps(random_cookie)  # the same bytes
+    repetitive = "A" * 43  # a cookie the client chose: itsdangerous would compress it
+    compressed = plain.dumps(repetitive)
+    assert compressed.startswith(".")
+    assert not links.make(CSRF, repetitive).startswith(".")
+    for token in (compressed, links.make(CSRF, repetitive)):
+        assert links.check(CSRF, token, CSRF_MAX_AGE) == repetitive
+
+
+def test_links_are_the_same_bytes_as_itsdangerous_makes() -> None:
+    """The HMAC goes through OpenSSL's constructor; the tokens are the ones mails carry."""
+    clock = FakeClock()
+    links = Links(b"k" * 64, clock=clock)
+    plain = itsdangerous_serializer("maild.manage", clock)
+    assert links.subscriber_link(MANAGE, 7, "abc") == plain.dumps([7, "abc"])
+    assert links.check_subscriber_link(MANAGE, plain.dumps([8, "def"])) == (8, "def")

@@ -23,7 +23,14 @@ from maild.models import ACTIVE, PENDING, OutboxMail, Subscriber
 from maild.services import Services, build_services
 from maild.tokens import CSRF
 from maild.web import wsgi
-from maild.web.app import WebApp, create_app, health_status, safe_path
+from maild.web.app import (
+    WebApp,
+    _CookieValues,
+    _keep,
+    create_app,
+    health_status,
+    safe_path,
+)
 from tests.configs import make_config, write_config
 
 CSRF_FIELD = re.compile(r'name="csrf" value="([^"]+)"')
@@ -341,6 +348,67 @@ def test_unsubscribe_and_manage_links_do_not_mix(web: Web) -> None:
     assert web.subscriber("nana@example.jp") is not None
 
 
+# --- the kept form pages ------------------------------------------------------------------
+
+A_COOKIE = "maild_csrf=q3Vd8_RmT0aZk-1YbNw2Xc5LhPj7Ue4Gs9Ko6If0Eiw"
+
+
+def without_csrf(response: TestResponse) -> tuple[int, list[tuple[str, str]], str]:
+    """Status, headers and page with the per-request random parts (new cookie) blanked."""
+    headers = [
+        (k, re.sub(r"maild_csrf=[^;]+", "maild_csrf=*", v) if k == "Set-Cookie" else v)
+        for k, v in response.headers.items()
+    ]
+    return response.status_code, headers, CSRF_FIELD.sub('name="csrf" value="*"', response.text)
+
+
+@pytest.mark.parametrize("root", ["", "/maild"])
+def test_kept_form_pages_are_the_pages_rendered_whole(tmp_path: Path, root: str) -> None:
+    """The register and manage forms come from a page rendered once with holes; byte for
+    byte they are what the templates render for each request, the first time and kept."""
+    web = make_web(tmp_path)
+    services = web.services
+    whole = create_app(
+        web.app.config, services.registrations, services.areas, services.links, web.clock
+    )
+    whole.keep_pages = False
+    register = web.pending("&kept@example.jp")  # shown masked: "&***@…", to be escaped
+    manage, _ = web.active("kept2@example.jp", ("aoba", "st-sendai-kita"), ("other",))
+    kept_client = Client(web.app, use_cookies=False)
+    whole_client = Client(whole, use_cookies=False)
+    base = f"http://localhost{root}/"
+    paths = [f"/register/{register}", f"/manage/{manage}"]
+    for path in [*paths, *(f"{p}?lang=en" for p in paths)]:
+        for headers in ({"Cookie": A_COOKIE}, {}):
+            expected = whole_client.get(path, base_url=base, headers=headers)
+            assert expected.status_code == 200
+            assert f'action="{root}/' in expected.text
+            assert "/register/" not in path or "&amp;***@example.jp" in expected.text
+            for _ in range(2):
+                kept = kept_client.get(path, base_url=base, headers=headers)
+                if headers:
+                    assert kept.data == expected.data
+                    assert kept.headers == expected.headers
+                else:
+                    assert without_csrf(kept) == without_csrf(expected)
+                    assert CSRF_FIELD.search(kept.text)  # a fresh one, with a new cookie
+                    assert "maild_csrf=" in kept.headers["Set-Cookie"]
+    assert len(web.app._pages) == 4  # register and manage, ja and en
+
+
+def test_register_form_refuses_links_of_erased_and_revoked_subscribers(web: Web) -> None:
+    erased, revoked = web.pending("gone@example.jp"), web.pending("revoked@example.jp")
+    with web.services.db.transaction() as session:
+        session.execute(text("DELETE FROM subscribers WHERE address = 'gone@example.jp'"))
+        session.execute(
+            text("UPDATE subscribers SET link_key = 'new' WHERE address = 'revoked@example.jp'")
+        )
+    for token in (erased, revoked):
+        page = web.client.get(f"/register/{token}")
+        assert page.status_code == 410
+        assert "すでに使われています" in page.text
+
+
 # --- bad links change nothing ---------------------------------------------------------------
 
 
@@ -443,6 +511,20 @@ def test_cookie_and_security_headers(tmp_path: Path) -> None:
     html = token_page.text
     assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in html
     assert "<script" not in html and not re.search(r"\son[a-z]+=", html)
+
+
+def test_kept_pieces_are_bounded_oldest_out() -> None:
+    kept: dict[str, int] = {}
+    for i, key in enumerate("abcd"):
+        assert _keep(kept, key, i, size=2) == i
+    assert kept == {"c": 2, "d": 3}
+
+
+def test_new_csrf_cookies_are_random_url_safe_values_across_batches() -> None:
+    new_cookie = _CookieValues(batch=3)
+    values = [new_cookie() for _ in range(10)]  # three batches and a bit
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{43}", v) for v in values)  # token_urlsafe(32)
+    assert len(set(values)) == 10
 
 
 def test_plain_http_cookie_is_not_secure(web: Web) -> None:

@@ -20,6 +20,7 @@ is not read: anyone can send it.
 
 from __future__ import annotations
 
+import base64
 import functools
 import hmac
 import json
@@ -27,13 +28,14 @@ import logging
 import math
 import re
 import secrets
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
-from markupsafe import Markup
+from markupsafe import Markup, escape
 from sqlalchemy import text as sql_text
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, MapAdapter, RequestRedirect, Rule
@@ -50,6 +52,7 @@ from maild.registration import (
     SENT_MANAGE,
     SENT_REGISTER,
     ChoiceError,
+    PendingView,
     Registrations,
     SubscriberView,
 )
@@ -67,9 +70,11 @@ STATIC = HERE / "static"
 
 CSRF_COOKIE = "maild_csrf"
 PICKER_CACHE_SIZE = 512
+KEPT_PAGES = 128  # form pages kept with holes (WebApp._form): every new resident's is one
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus text format
 CSRF_FIELD = "csrf"
-_COOKIE_VALUE = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
+COOKIE_BYTES = 32
+_COOKIE_VALUE = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(COOKIE_BYTES)
 
 # RFC 8058 §3.1: the body a mail client POSTs for one-click unsubscription.
 ONE_CLICK_KEY = "List-Unsubscribe"
@@ -87,6 +92,10 @@ CONTENT_SECURITY_POLICY = (
 _TOKEN_PATH = re.compile(r"^(.*/(?:register|manage|unsubscribe)/)([^/]+)")
 
 Health = Callable[[], Mapping[str, Any]]
+K = TypeVar("K")
+V = TypeVar("V")
+# A kept piece of form HTML: (which piece, the area map's id or 0, language, ticked boxes).
+_PieceKey = tuple[str, int, str, frozenset[str]]
 
 
 class _Request(Request):
@@ -200,6 +209,93 @@ class Block:
     mailto: bool = False
 
 
+class _CookieValues:
+    """New CSRF cookie values, made as ``secrets.token_urlsafe(32)`` makes them, from random
+    bytes fetched for many at a time per thread: each ``os.urandom`` lets go of the GIL, and
+    under load each such hand-over between the web's threads costs a page tens of µs."""
+
+    def __init__(self, batch: int = 64) -> None:
+        self._size = COOKIE_BYTES * batch
+        self._local = threading.local()
+
+    def __call__(self) -> str:
+        local = self._local
+        pool: bytes = getattr(local, "pool", b"")
+        if not pool:
+            pool = secrets.token_bytes(self._size)
+        local.pool = pool[COOKIE_BYTES:]
+        return base64.urlsafe_b64encode(pool[:COOKIE_BYTES]).rstrip(b"=").decode("ascii")
+
+
+def _keep(kept: dict[K, V], key: K, value: V, size: int) -> V:
+    """Put ``value`` in ``kept``, first dropping its oldest entry if it holds ``size``.
+
+    The web's threads do this at the same time: two may pick the same entry to drop, or
+    the dict may change under the picking, and either is no error.
+    """
+    if len(kept) >= size:
+        try:
+            del kept[next(iter(kept))]
+        except (KeyError, RuntimeError, StopIteration):
+            pass
+    kept[key] = value
+    return value
+
+
+# --- kept pages: rendered once with holes where each request's values go ---------------
+
+# Private-use characters mark a hole; no text or template of ours holds them.
+_HOLE = re.compile("\ue000([a-z]+)\ue001")
+
+
+def _hole(name: str) -> str:
+    return f"\ue000{name}\ue001"
+
+
+@dataclass(frozen=True)
+class _KeptPage:
+    """A page rendered with holes, kept encoded: text, hole, text, …, hole, text."""
+
+    texts: tuple[bytes, ...]  # one more than holes
+    holes: tuple[str, ...]
+    # What it was rendered from: holding them keeps the ids in its key from being reused.
+    sources: tuple[object, ...]
+
+    @classmethod
+    def of(cls, html: str, *sources: object) -> _KeptPage:
+        split = _HOLE.split(html)
+        return cls(tuple(t.encode() for t in split[::2]), tuple(split[1::2]), sources)
+
+    def fill(self, values: Mapping[str, Callable[[], str]]) -> bytes:
+        """The page with each hole's value escaped, as the template would have it."""
+        out = [self.texts[0]]
+        for hole, after in zip(self.holes, self.texts[1:], strict=True):
+            out.append(escape(values[hole]()).encode())
+            out.append(after)
+        return b"".join(out)
+
+
+@dataclass(frozen=True)
+class _HoleView:
+    masked_address: str = _hole("address")
+
+
+class _HolePage:
+    """Stands in for a :class:`_Page` while a page is kept: its per-request values are holes."""
+
+    def __init__(self, page: _Page) -> None:
+        self._page = page
+
+    def csrf(self) -> str:
+        return _hole("csrf")
+
+    def switch_url(self) -> str:
+        return _hole("switch")
+
+    def static_url(self, filename: str) -> str:
+        return self._page.static_url(filename)  # the same for every request with this key
+
+
 # --- one request --------------------------------------------------------------------------
 
 
@@ -216,6 +312,7 @@ class _Page:
         cookie = request.cookies.get(CSRF_COOKIE, "")
         self._cookie = cookie if _COOKIE_VALUE.fullmatch(cookie) else None
         self._set_cookie = False
+        self._path: str | None = None
 
     def t(self, key: str, **values: object) -> str:
         return text(self.lang, key, **values)
@@ -230,10 +327,11 @@ class _Page:
 
     def here(self, lang: str | None = None) -> str:
         """This page's URL (matched routes only), in ``lang`` or the current language."""
-        values = dict(self.args)
-        if (lang or self.lang) != DEFAULT_LANG:
-            values["lang"] = lang or self.lang
-        return self.adapter.build(self.endpoint, values)
+        if self._path is None:  # built once: a form page wants it twice (action, switch)
+            self._path = self.adapter.build(self.endpoint, self.args)
+        lang = lang or self.lang
+        # What build() appends for a value that is no route variable, for our two languages.
+        return self._path if lang == DEFAULT_LANG else f"{self._path}?lang={lang}"
 
     def switch_url(self) -> str:
         return self.here("ja" if self.lang == "en" else "en")
@@ -241,7 +339,7 @@ class _Page:
     def csrf(self) -> str:
         """The hidden field's value: the cookie's value, signed and timed (double submit)."""
         if self._cookie is None:
-            self._cookie = secrets.token_urlsafe(32)
+            self._cookie = self.app.new_cookie()
             self._set_cookie = True
         return self.app.links.make(CSRF, self._cookie)
 
@@ -258,15 +356,23 @@ class _Page:
         return isinstance(payload, str) and hmac.compare_digest(payload.encode(), cookie.encode())
 
     def render(self, template: str, title: str, status: int = 200, **context: Any) -> Response:
-        html = self.app.jinja.get_template(template).render(
-            page=self,
+        return self.response(self.html(template, title, status, page=self, **context), status)
+
+    def html(self, template: str, title: str, status: int, **context: Any) -> str:
+        return self.app.jinja.get_template(template).render(
             lang=self.lang,
             t=functools.partial(text, self.lang),
             title=title,
             service=self.app.config.service.name,
-            switch=bool(self.endpoint) and status < 400 and self.request.method == "GET",
+            switch=self.switch(status),
             **context,
         )
+
+    def switch(self, status: int) -> bool:
+        """Whether the page links to itself in the other language."""
+        return bool(self.endpoint) and status < 400 and self.request.method == "GET"
+
+    def response(self, html: str | bytes, status: int) -> Response:
         response = Response(html, status=status, mimetype="text/html")
         if self._set_cookie:
             response.set_cookie(
@@ -291,6 +397,10 @@ class _Page:
 class WebApp:
     """The WSGI application: routes, views, and the one ``try`` at the request boundary."""
 
+    # Form pages rendered once with holes and filled per request (see _form); off, every
+    # page is rendered whole (the tests compare the two).
+    keep_pages = True
+
     def __init__(
         self,
         config: Config,
@@ -307,7 +417,9 @@ class WebApp:
         self.budget = budget or AnswerBudget(config.limits, clock)
         self.config = config
         self.metrics = metrics
-        self._picker_cache: dict[tuple[int, str, frozenset[str]], Markup] = {}
+        self._pieces: dict[_PieceKey, Markup] = {}
+        self._pages: dict[tuple[Any, ...], _KeptPage] = {}
+        self.new_cookie = _CookieValues()
         self.registrations = registrations
         self.areas = areas
         self.links = links
@@ -637,48 +749,96 @@ class WebApp:
         # Browsers ask for it on every site; "no content" keeps their consoles and our logs quiet.
         return Response(status=204)
 
+    # The area picker and the category boxes are most of a form page's work, and the same
+    # for everyone with the same choices (every new resident: none, and all categories), so
+    # their HTML is kept per language and choice.
+
     def _areas_html(self, lang: str, chosen: frozenset[str]) -> Markup:
-        """The area picker's HTML: 69 boxes are most of a form page's work, and the same for
-        everyone with the same choices (every new resident: none), so it is kept."""
-        key = (id(self.areas), lang, chosen)  # a reload brings a new AreaMap, a new key
-        html = self._picker_cache.get(key)
+        key = ("areas", id(self.areas), lang, chosen)  # a reload brings a new AreaMap, a new key
+        html = self._pieces.get(key)
         if html is None:
             root, groups = area_picker(self.areas, chosen, lang)
-            html = Markup(
-                self.jinja.get_template("_areas.html").render(
-                    t=functools.partial(text, lang), root=root, groups=groups
-                )
+            html = self._keep(
+                key, self._render_piece("_areas.html", lang, root=root, groups=groups)
             )
-            if len(self._picker_cache) >= PICKER_CACHE_SIZE:
-                self._picker_cache.pop(next(iter(self._picker_cache)))
-            self._picker_cache[key] = html
         return html
+
+    def _categories_html(self, lang: str, chosen: frozenset[str]) -> Markup:
+        key = ("categories", 0, lang, chosen)
+        html = self._pieces.get(key)
+        if html is None:
+            boxes = category_boxes(chosen, lang)
+            html = self._keep(key, self._render_piece("_categories.html", lang, boxes=boxes))
+        return html
+
+    def _render_piece(self, template: str, lang: str, **context: Any) -> Markup:
+        t = functools.partial(text, lang)
+        return Markup(self.jinja.get_template(template).render(t=t, **context))
+
+    def _keep(self, key: _PieceKey, html: Markup) -> Markup:
+        return _keep(self._pieces, key, html, PICKER_CACHE_SIZE)
 
     def _form(
         self,
         page: _Page,
         kind: str,
-        view: SubscriberView,
+        view: SubscriberView | PendingView,
         area_ids: Iterable[str],
         categories: Iterable[str],
         error: Exception | None = None,
     ) -> Response:
-        """The register or manage form, pre-filled; with ``error`` a 400 that keeps the choices."""
-        message = ""
-        if isinstance(error, ChoiceError):
-            message = error.en if page.lang == "en" else error.ja
-        elif error is not None:
-            message = page.t("unknown_area")
-        return page.render(
-            f"{kind}.html",
-            page.t(f"{kind}_title"),
-            400 if error else 200,
-            view=view,
-            error=message,
-            areas_html=self._areas_html(page.lang, frozenset(area_ids)),
-            categories=category_boxes(categories, page.lang),
-            action=page.here(),
+        """The register or manage form, pre-filled; with ``error`` a 400 that keeps the choices.
+
+        Without an error the page is the same for everyone with the same choices but for a
+        few values (the CSRF field, the token in the URLs, the masked address), so it is
+        rendered once with holes for them (:class:`_KeptPage`) and filled per request.
+        """
+        template, title = f"{kind}.html", page.t(f"{kind}_title")
+        areas, chosen = frozenset(area_ids), frozenset(categories)
+        context = {
+            "areas_html": self._areas_html(page.lang, areas),
+            "categories_html": self._categories_html(page.lang, chosen),
+        }
+        if error is not None or not self.keep_pages:
+            message = ""
+            if isinstance(error, ChoiceError):
+                message = error.en if page.lang == "en" else error.ja
+            elif error is not None:
+                message = page.t("unknown_area")
+            status = 400 if error else 200
+            return page.render(
+                template, title, status, view=view, error=message, action=page.here(), **context
+            )
+        key = (
+            kind,
+            page.lang,
+            page.request.script_root,
+            page.switch(200),
+            areas,
+            chosen,
+            id(self.config),  # a reload brings new ones, new keys (the page holds the old)
+            id(self.areas),
         )
+        kept = self._pages.get(key)
+        if kept is None:
+            html = page.html(
+                template,
+                title,
+                200,
+                page=_HolePage(page),
+                view=_HoleView(),
+                error="",
+                action=_hole("action"),
+                **context,
+            )
+            kept = _keep(self._pages, key, _KeptPage.of(html, self.config, self.areas), KEPT_PAGES)
+        holes: dict[str, Callable[[], str]] = {
+            "csrf": page.csrf,
+            "switch": page.switch_url,
+            "action": page.here,
+            "address": lambda: view.masked_address,
+        }
+        return page.response(kept.fill(holes), 200)
 
 
 def create_app(
