@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from tests.daemon import DaemonFailed, DaemonProcess
+
 REPO = Path(__file__).resolve().parent.parent
-READY = re.compile(r"ready: smtp (\S+):(\d+), web http://(\S+):(\d+)/")
 _MESG = re.compile(rb"mesg=(\d+)")
 POLL_SECONDS = 0.005
 STOP_WAIT = 15.0
@@ -326,15 +327,12 @@ class RssSampler:
             self.peak_kib = max(self.peak_kib, self.tree.rss_kib())
 
 
-class Daemon:
-    """``maild serve`` as a subprocess, logging to a file; ready when it says so."""
+class Daemon(DaemonProcess):
+    """``maild serve`` as a subprocess, logging to a file (the tests' own starter), as a
+    context manager that notes the code it runs and stops it afterwards."""
 
     def __init__(self, config: Path, log: Path) -> None:
-        self.config = config
-        self.log = log
-        self.process: subprocess.Popen[bytes] | None = None
-        self.smtp_port = 0
-        self.web_port = 0
+        super().__init__(config, log)
         self.code = ""
 
     @property
@@ -344,27 +342,11 @@ class Daemon:
 
     def __enter__(self) -> Daemon:
         self.code = code_state()
-        offset = self.log.stat().st_size if self.log.exists() else 0
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "maild", "--config", str(self.config), "serve"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            text = self.log.read_bytes()[offset:].decode("utf-8", "replace")
-            match = READY.search(text)
-            if match:
-                self.smtp_port = int(match.group(2))
-                self.web_port = int(match.group(4))
-                return self
-            if self.process.poll() is not None:
-                raise BenchError(f"maild serve exited with {self.process.returncode}:\n{text}")
-            time.sleep(0.05)
-        stop(self.process)
-        raise BenchError("maild serve was not ready within 60 s")
+        try:
+            self.start(timeout=60)
+        except DaemonFailed as e:
+            raise BenchError(str(e)) from None
+        return self
 
     def __exit__(
         self,
