@@ -94,7 +94,6 @@ class FanoutSender:
         self.verp = verp
         self.clock = clock
         self._templates: dict[tuple[int, Charset], AlertTemplate | LegacyCharsetError] = {}
-        self._lanes = config.relay.connections
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._paused_until: dt.datetime | None = None
@@ -163,7 +162,9 @@ class FanoutSender:
 
         watcher = asyncio.create_task(self._watch_cancel({r.alert_id for r in rows}, cancelled))
         try:
-            await asyncio.gather(*(lane() for _ in range(min(self._lanes, len(rows)))))
+            await asyncio.gather(
+                *(lane() for _ in range(min(self.config.relay.connections, len(rows))))
+            )
         finally:
             watcher.cancel()
         await asyncio.to_thread(self._record, results, self.clock.now())
