@@ -314,6 +314,20 @@ def test_unsubscribe_get_changes_nothing_and_post_cancels(web: Web) -> None:
     assert web.subscriber("shiro@example.jp") is None
 
 
+def test_head_is_answered_as_get_without_the_body(web: Web) -> None:
+    # Link checkers and mail previews ask HEAD first: no CSRF refusal, nothing changed.
+    token = web.pending("hanako@docomo.ne.jp")
+    manage, unsubscribe = web.active("jiro@example.jp")
+    for path in (f"/register/{token}", f"/manage/{manage}", f"/unsubscribe/{unsubscribe}"):
+        head = web.client.head(path)
+        assert (head.status_code, head.data) == (200, b""), path
+        assert head.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert web.client.head("/signup").status_code == 200
+    subscriber = web.subscriber("jiro@example.jp")
+    assert subscriber is not None and subscriber.status == ACTIVE
+    assert web.client.get(f"/register/{token}").status_code == 200  # still pending
+
+
 def test_one_click_unsubscribe_needs_no_cookie_or_csrf(web: Web) -> None:
     _, unsubscribe = web.active("goro@example.jp")
     mail_client = Client(web.app, use_cookies=False)  # as Gmail's servers POST it (RFC 8058)

@@ -368,9 +368,14 @@ class _Page:
             **context,
         )
 
+    @property
+    def reading(self) -> bool:
+        """GET, or HEAD (which Werkzeug routes as GET and answers without the body)."""
+        return self.request.method in ("GET", "HEAD")
+
     def switch(self, status: int) -> bool:
         """Whether the page links to itself in the other language."""
-        return bool(self.endpoint) and status < 400 and self.request.method == "GET"
+        return bool(self.endpoint) and status < 400 and self.reading
 
     def response(self, html: str | bytes, status: int) -> Response:
         response = Response(html, status=status, mimetype="text/html")
@@ -575,7 +580,7 @@ class WebApp:
     def on_signup(self, page: _Page) -> Response:
         title = page.t("signup_title")
         registration = self.config.smtp.registration_address
-        if page.request.method == "GET":
+        if page.reading:
             return page.render(
                 "signup.html", title, address="", error="", registration=registration
             )
@@ -639,7 +644,7 @@ class WebApp:
             view = self.registrations.view_register(token)
         except LinkError as e:
             return self._link_problem(page, REGISTER, token, e)
-        if page.request.method == "GET":
+        if page.reading:
             return self._form(page, "register", view, (), [c.id for c in CATEGORIES])
         if not page.csrf_ok():
             return self._csrf_failed(page)
@@ -666,7 +671,7 @@ class WebApp:
             view = self.registrations.view_manage(token)
         except LinkError as e:
             return self._link_problem(page, MANAGE, token, e)
-        if page.request.method == "GET":
+        if page.reading:
             return self._form(page, "manage", view, view.area_ids, view.categories)
         if not page.csrf_ok():
             return self._csrf_failed(page)
@@ -701,7 +706,7 @@ class WebApp:
             return self._one_click(page, token)
         try:
             view = self.registrations.view_manage(token, UNSUBSCRIBE)
-            if request.method == "GET":
+            if page.reading:
                 return page.render(
                     "unsubscribe.html",
                     page.t("unsubscribe_title"),
