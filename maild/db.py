@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import sqlite3
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -164,6 +166,7 @@ class Database:
         in_file = parsed.get_backend_name() == "sqlite" and parsed.database not in IN_MEMORY
         self._durable = make_engine(url, create, durable=True) if in_file else self.engine
         self._plain: dict[AnySelect, _PlainQuery] = {}
+        self._readers = _ThreadReaders(Path(parsed.database or "")) if in_file else None
 
     def plain_row(self, statement: AnySelect, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         """The first row of a read-only ``statement`` of plain columns, from the driver itself.
@@ -173,11 +176,21 @@ class Database:
         go in and come out as the driver has them, so only integer and string columns and
         parameters are allowed (checked when it is compiled), and ``params`` are named by
         the statement's ``bindparam`` names.
+
+        On SQLite each thread reads through a connection of its own (:class:`_ThreadReaders`);
+        elsewhere through the pool.
         """
         query = self._plain.get(statement)
         if query is None:
             query = self._plain[statement] = _PlainQuery.of(statement, self.engine.dialect)
         bound = dict(params) if query.order is None else tuple(params[k] for k in query.order)
+        if self._readers is not None:
+            rows = self._readers.connection().execute(query.sql, bound)
+            try:
+                row = rows.fetchone()
+            finally:
+                rows.close()  # ends the read transaction even if more rows matched
+            return None if row is None else tuple(row)
         connection = self.engine.raw_connection()  # from the pool, back to it (rolled back)
         try:
             cursor = connection.cursor()
@@ -231,6 +244,48 @@ class Database:
     def dispose(self) -> None:
         self.engine.dispose()
         self._durable.dispose()
+        if self._readers is not None:
+            self._readers.close()
+
+
+class _ThreadReaders:
+    """One read-only SQLite connection per thread, for :meth:`Database.plain_row`.
+
+    Checking a connection out of SQLAlchemy's pool and back in (with its rollback) cost
+    the register page twice its query, and its lock is one more place where the web's
+    threads wait for each other. Each connection is in autocommit mode, so a query is
+    its own read transaction and no snapshot outlives it (WAL checkpoints are not held
+    back); ``query_only`` makes a write through it an error.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: list[sqlite3.Connection] = []
+        self._generation = 0  # close() starts a new one: a thread's old connection is shut
+
+    def connection(self) -> sqlite3.Connection:
+        local = self._local
+        if getattr(local, "generation", -1) != self._generation:
+            connection = sqlite3.connect(
+                self._path,
+                timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,
+                check_same_thread=False,  # close() runs in another thread
+            )
+            connection.execute("PRAGMA query_only=ON")
+            with self._lock:
+                self._open.append(connection)
+                local.generation, local.connection = self._generation, connection
+        return local.connection  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        with self._lock:
+            self._generation += 1
+            connections, self._open = self._open, []
+        for connection in connections:
+            connection.close()
 
 
 @dataclass(frozen=True)
