@@ -1,8 +1,8 @@
 """The web reference: a trivial WSGI app served by waitress with maild's own settings.
 
-maild serves its pages with ``waitress.create_server(app, threads=8, ident="maild")``
-in a thread of the daemon; this app answers every request with a fixed small page,
-so the difference to ``GET /register/TOKEN`` is maild's own work per request.
+maild serves its pages with :func:`maild.web.server.web_server` in a thread of the
+daemon; this app, served by the same function, answers every request with a fixed
+small page, so the difference to ``GET /register/TOKEN`` is maild's own work per request.
 
     python -m bench.trivial_wsgi PORT
 """
@@ -13,10 +13,9 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from waitress.server import create_server
+from maild.web.server import web_server
 
 PAGE = b"<!doctype html><title>ok</title><p>ok</p>\n"
-THREADS = 8  # maild.serve: create_server(..., threads=8, ident="maild")
 
 
 def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -27,7 +26,7 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
 
 
 def main(argv: list[str]) -> None:
-    server = create_server(app, host="127.0.0.1", port=int(argv[0]), threads=THREADS, ident="maild")
+    server = web_server(app, "127.0.0.1", int(argv[0]))
     server.run()  # until SIGTERM, whose default action ends the process
 
 

@@ -23,8 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from waitress.server import create_server
-
 from maild import systemd
 from maild.alertfile import AlertDraft
 from maild.alerts import Source
@@ -43,6 +41,7 @@ from maild.smtp_inbound import InboundHandler, InboundServer
 from maild.spool import FileMeta, SpoolWatcher, ensure_layout
 from maild.watchdog import watchdog
 from maild.web.app import WebApp, create_app, database_health
+from maild.web.server import web_server
 from maild.workers import WorkerPool, fanout_relay_config
 
 log = logging.getLogger("maild")
@@ -210,9 +209,7 @@ class Daemon:
         )
         listen = self.config.web.listen
         try:
-            server = create_server(
-                app, host=listen.host, port=listen.port, threads=8, ident="maild"
-            )
+            server = web_server(app, listen.host, listen.port)
         except OSError as e:
             raise StartupError(f"cannot listen for the web on {listen}: {e}") from e
         thread = threading.Thread(target=server.run, name="web", daemon=True)

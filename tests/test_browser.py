@@ -29,12 +29,12 @@ from playwright.sync_api import (
     sync_playwright,
 )
 from sqlalchemy import select
-from waitress.server import create_server
 
 from maild.clock import FakeClock
 from maild.models import OutboxMail, Subscriber
 from maild.services import Services, build_services
 from maild.web.app import create_app
+from maild.web.server import web_server
 from tests.configs import make_config
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -87,7 +87,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
     clock = FakeClock()
     services = build_services(config, clock)
     app = create_app(config, services.registrations, services.areas, services.links, clock)
-    server: Any = create_server(app, host="127.0.0.1", port=0, threads=4, ident="maild-test")
+    server: Any = web_server(app, "127.0.0.1", 0)
     thread = threading.Thread(target=server.run, name="web", daemon=True)
     thread.start()
     try:
