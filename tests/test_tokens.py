@@ -345,6 +345,22 @@ def test_links_check_subscriber_link_gives_what_stock_itsdangerous_gives(purpose
         assert got == (kind, value), token
 
 
+def test_our_tokens_take_the_fast_path() -> None:
+    """Not a behaviour, but the point of it: the usual token skips itsdangerous."""
+    from maild.tokens import _MISS
+
+    clock = FakeClock()
+    links = Links(NEW_KEY, old_keys=[OLD_KEY], clock=clock)
+    old = Links(OLD_KEY, clock=clock)
+    for purpose in PURPOSES:
+        fast = links._tokens[purpose]
+        for payload in PAYLOADS:
+            for token in (links.make(purpose, payload), old.make(purpose, payload)):
+                assert fast._verified(token, 3600) == payload
+        compressed = stock([NEW_KEY], f"maild.{purpose}", clock).dumps(PAYLOADS[-1])
+        assert fast._verified(compressed, 3600) is _MISS
+
+
 @pytest.mark.parametrize(
     "start",
     [
