@@ -88,6 +88,15 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
     "base-uri 'none'; frame-ancestors 'none'"
 )
+# Sent with every answer, after its own headers; none of our answers sets one of these itself.
+SECURITY_HEADERS = (
+    ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
+    ("X-Frame-Options", "DENY"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),  # tokens are in our URLs
+)
+# Every answer but a static file (which keeps send_file's Cache-Control) is not to be stored.
+NOT_STORED = (*SECURITY_HEADERS, ("Cache-Control", "no-store"))
 
 _TOKEN_PATH = re.compile(r"^(.*/(?:register|manage|unsubscribe)/)([^/]+)")
 
@@ -475,10 +484,19 @@ class WebApp:
         self.budget.reconfigure(config.limits)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
-        response = self.respond(_Request(environ))
-        return response(environ, start_response)
+        response, endpoint = self.respond(_Request(environ))
+        # The security headers are the same on every answer: added to the list handed to the
+        # server rather than set on each Response (Headers.set checks and scans, and
+        # Response.__call__ copies and checks every header again).
+        extra = SECURITY_HEADERS if endpoint == "static" else NOT_STORED
 
-    def respond(self, request: _Request) -> Response:
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            return start_response(status, [*headers, *extra], exc_info)
+
+        return response(environ, start)
+
+    def respond(self, request: _Request) -> tuple[Response, str]:
+        """The answer to ``request`` and the endpoint it matched (``""`` if none)."""
         page = _Page(self, request, self.url_map.bind_to_environ(request.environ))
         try:
             page.endpoint, page.args = page.adapter.match()
@@ -491,17 +509,7 @@ class WebApp:
             # STYLE §6: catch once, here. The path is masked; the traceback names no token.
             log.exception("%s %s failed", request.method, safe_path(request.path))
             response = self._server_error(page)
-        return self._harden(response, page.endpoint)
-
-    def _harden(self, response: Response, endpoint: str) -> Response:
-        headers = response.headers
-        headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
-        headers["X-Frame-Options"] = "DENY"
-        headers["X-Content-Type-Options"] = "nosniff"
-        headers["Referrer-Policy"] = "no-referrer"  # tokens are in our URLs
-        if endpoint != "static":
-            headers["Cache-Control"] = "no-store"
-        return response
+        return response, page.endpoint
 
     def _http_error(self, page: _Page, e: HTTPException) -> Response:
         code = e.code or 500
