@@ -37,9 +37,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup, escape
 from sqlalchemy import text as sql_text
+from werkzeug.datastructures import ImmutableMultiDict
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.http import parse_cookie
 from werkzeug.routing import Map, MapAdapter, RequestRedirect, Rule
-from werkzeug.utils import redirect, send_from_directory
+from werkzeug.utils import cached_property, redirect, send_from_directory
 from werkzeug.wrappers import Request, Response
 
 from maild.addresses import InvalidAddress, mask_token, normalize
@@ -112,6 +114,12 @@ class _Request(Request):
     max_content_length = 64 * 1024
     max_form_memory_size = 64 * 1024
     max_form_parts = 500
+
+    @cached_property
+    def cookies(self) -> ImmutableMultiDict[str, str]:
+        # What Werkzeug's own gives, without walking the whole environ for "Cookie" headers:
+        # a WSGI server hands them all over in the one HTTP_COOKIE (PEP 3333).
+        return parse_cookie(self.environ, cls=self.dict_storage_class)  # type: ignore[return-value]
 
 
 # --- the area picker and the category boxes: pure ---------------------------------------
