@@ -323,7 +323,9 @@ class _Page:
         self.app = app
         self.request = request
         self.adapter = adapter
-        self.lang = pick_lang(request.args.get("lang"))
+        # Most requests have no query (links in mails): no need to parse one.
+        query = request.environ.get("QUERY_STRING")
+        self.lang = pick_lang(request.args.get("lang")) if query else DEFAULT_LANG
         self.endpoint = ""
         self.args: Mapping[str, Any] = {}
         cookie = request.cookies.get(CSRF_COOKIE, "")
