@@ -43,6 +43,7 @@ from werkzeug.http import parse_cookie
 from werkzeug.routing import Map, MapAdapter, RequestRedirect, Rule
 from werkzeug.utils import cached_property, redirect, send_from_directory
 from werkzeug.wrappers import Request, Response
+from werkzeug.wsgi import get_path_info
 
 from maild.addresses import InvalidAddress, mask_token, normalize
 from maild.areas import CATEGORIES, Area, AreaMap, UnknownArea
@@ -73,6 +74,7 @@ STATIC = HERE / "static"
 CSRF_COOKIE = "maild_csrf"
 PICKER_CACHE_SIZE = 512
 KEPT_PAGES = 128  # form pages kept with holes (WebApp._form): every new resident's is one
+KEPT_ADAPTERS = 16  # URL map bindings kept per host, script root and scheme (WebApp._adapter)
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus text format
 CSRF_FIELD = "csrf"
 COOKIE_BYTES = 32
@@ -443,6 +445,7 @@ class WebApp:
         self.metrics = metrics
         self._pieces: dict[_PieceKey, Markup] = {}
         self._pages: dict[tuple[Any, ...], _KeptPage] = {}
+        self._adapters: dict[tuple[Any, ...], MapAdapter] = {}
         self.new_cookie = _CookieValues()
         self.registrations = registrations
         self.areas = areas
@@ -507,9 +510,16 @@ class WebApp:
 
     def respond(self, request: _Request) -> tuple[Response, str]:
         """The answer to ``request`` and the endpoint it matched (``""`` if none)."""
-        page = _Page(self, request, self.url_map.bind_to_environ(request.environ))
+        environ = request.environ
+        page = _Page(self, request, self._adapter(environ))
         try:
-            page.endpoint, page.args = page.adapter.match()
+            # The adapter may have been bound for another request: this one's path, method
+            # and query, as bind_to_environ reads them.
+            page.endpoint, page.args = page.adapter.match(
+                get_path_info(environ) if "PATH_INFO" in environ else "/",
+                environ["REQUEST_METHOD"],
+                query_args=request.query_string.decode(errors="replace"),
+            )
             response = self._views[page.endpoint](page, **page.args)
         except RequestRedirect as e:
             response = redirect(e.new_url, e.code)
@@ -520,6 +530,30 @@ class WebApp:
             log.exception("%s %s failed", request.method, safe_path(request.path))
             response = self._server_error(page)
         return response, page.endpoint
+
+    def _adapter(self, environ: WSGIEnvironment) -> MapAdapter:
+        """The URL map bound to ``environ``'s host, script root and scheme.
+
+        Binding checks and IDNA-encodes the host each time, the same for every request
+        from the same place, so the adapter is kept per value of everything else
+        ``bind_to_environ`` reads; the caller passes path, method and query to ``match``.
+        An adapter only reads its fields, so the web's threads can share one.
+        """
+        get = environ.get
+        key = (
+            get("HTTP_HOST"),
+            get("SERVER_NAME"),
+            get("SERVER_PORT"),
+            environ["wsgi.url_scheme"],
+            get("SCRIPT_NAME"),
+            get("HTTP_CONNECTION"),  # with HTTP_UPGRADE: a WebSocket request, scheme ws(s)
+            get("HTTP_UPGRADE"),
+        )
+        adapter = self._adapters.get(key)
+        if adapter is None:
+            adapter = self.url_map.bind_to_environ(environ)
+            _keep(self._adapters, key, adapter, KEPT_ADAPTERS)
+        return adapter
 
     def _http_error(self, page: _Page, e: HTTPException) -> Response:
         code = e.code or 500
