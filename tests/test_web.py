@@ -629,6 +629,10 @@ def test_stylesheet_is_served(web: Web) -> None:
         assert css.status_code == 200
         assert css.headers["Content-Type"].startswith("text/css")
         assert "label.check" in css.text
+        # Kept by browsers for an hour (not "no-store"), with the same security headers.
+        assert css.headers.getlist("Cache-Control") == ["public, max-age=3600"]
+        assert css.headers["X-Content-Type-Options"] == "nosniff"
+        assert "default-src 'none'" in css.headers["Content-Security-Policy"]
     finally:
         css.close()  # as a WSGI server does: the file is closed
     assert web.client.get("/static/../app.py").status_code == 404
