@@ -536,8 +536,10 @@ class WebApp:
 
         Binding checks and IDNA-encodes the host each time, the same for every request
         from the same place, so the adapter is kept per value of everything else
-        ``bind_to_environ`` reads; the caller passes path, method and query to ``match``.
-        An adapter only reads its fields, so the web's threads can share one.
+        ``bind_to_environ`` reads. It also holds the first such request's path, method and
+        query: ``respond`` passes its own to ``match``, and ``build`` does not read them
+        (with one rule per endpoint the method it tries first changes nothing). An
+        adapter only reads its fields, so the web's threads can share one.
         """
         get = environ.get
         key = (
