@@ -399,7 +399,9 @@ class _Page:
         return bool(self.endpoint) and status < 400 and self.reading
 
     def response(self, html: str | bytes, status: int) -> Response:
-        response = Response(html, status=status, mimetype="text/html")
+        # The page is in one piece already: handed to the server as it is, not through
+        # Werkzeug's encoding generator and ClosingIterator (no file, nothing to close).
+        response = Response(html, status=status, mimetype="text/html", direct_passthrough=True)
         if self._set_cookie:
             response.set_cookie(
                 CSRF_COOKIE,
