@@ -24,6 +24,7 @@ from maild.services import Services, build_services
 from maild.tokens import CSRF
 from maild.web import wsgi
 from maild.web.app import (
+    CONTENT_SECURITY_POLICY,
     WebApp,
     _CookieValues,
     _keep,
@@ -410,6 +411,83 @@ def test_kept_form_pages_are_the_pages_rendered_whole(tmp_path: Path, root: str)
     assert len(web.app._pages) == 4  # register and manage, ja and en
 
 
+@pytest.mark.parametrize("root", ["", "/maild"])
+def test_pages_do_not_depend_on_the_requests_before_them(tmp_path: Path, root: str) -> None:
+    """An app that has answered all sorts of requests (other hosts, roots, languages,
+    methods: what it keeps per host and root, and kept pages) answers each page as a new
+    app does; the headers are these, in this order, and the URLs in a page are Werkzeug's."""
+    web = make_web(tmp_path)
+    services = web.services
+    register = web.pending("&kept@example.jp")
+    manage, unsubscribe = web.active("kept2@example.jp", ("aoba",), ("other",))
+    routes = {
+        "signup": ("/signup", {}),
+        "register": (f"/register/{register}", {"token": register}),
+        "manage": (f"/manage/{manage}", {"token": manage}),
+        "unsubscribe": (f"/unsubscribe/{unsubscribe}", {"token": unsubscribe}),
+    }
+    requests = [
+        (endpoint, lang, headers)
+        for endpoint in routes
+        for lang in ("ja", "en")
+        for headers in ({"Cookie": A_COOKIE}, {})
+    ]
+
+    def path(endpoint: str, lang: str) -> str:
+        return routes[endpoint][0] + ("?lang=en" if lang == "en" else "")
+
+    def get(app: WebApp, endpoint: str, lang: str, headers: dict[str, str]) -> TestResponse:
+        client = Client(app, use_cookies=False)
+        return client.get(
+            path(endpoint, lang), base_url=f"http://localhost{root}/", headers=headers
+        )
+
+    used = Client(web.app, use_cookies=False)
+    for host, other_root in [("localhost", ""), ("example.jp:8080", "/other"), ("[::1]", root)]:
+        for endpoint, lang, headers in requests:
+            for method in ("GET", "HEAD", "POST"):
+                base = f"http://{host}{other_root}/"
+                used.open(path(endpoint, lang), method=method, base_url=base, headers=headers)
+    urls = web.app.url_map.bind("localhost", root or "/")
+    for endpoint, lang, headers in requests:
+        new_app = create_app(
+            web.app.config, services.registrations, services.areas, services.links, web.clock
+        )
+        expected = get(new_app, endpoint, lang, headers)
+        answer = get(web.app, endpoint, lang, headers)
+        assert without_csrf(answer) == without_csrf(expected)
+        cookie = (
+            []
+            if headers
+            else [("Set-Cookie", f"maild_csrf=*; HttpOnly; Path={root}/; SameSite=Lax")]
+        )
+        assert without_csrf(answer)[:2] == (
+            200,
+            [
+                ("Content-Type", "text/html; charset=utf-8"),
+                ("Content-Length", str(len(answer.data))),
+                *cookie,
+                ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
+                ("X-Frame-Options", "DENY"),
+                ("X-Content-Type-Options", "nosniff"),
+                ("Referrer-Policy", "no-referrer"),
+                ("Cache-Control", "no-store"),
+            ],
+        )
+        values, in_lang = routes[endpoint][1], ({"lang": "en"} if lang == "en" else {})
+        page = {  # the form's action and the language switch
+            urls.build(endpoint, {**values, **in_lang}),
+            urls.build(endpoint, {**values, **({} if in_lang else {"lang": "en"})}),
+        }
+        static = urls.build("static", {"filename": "maild.css"})
+        others = {
+            "mailto:entry@mail.example.jp",
+            urls.build("manage", {"token": manage, **in_lang}),
+        }
+        links = set(re.findall(r'(?:href|action)="([^"]*)"', answer.text))
+        assert {static, *page} <= links <= {static, *page, *others}
+
+
 def test_register_form_refuses_links_of_erased_and_revoked_subscribers(web: Web) -> None:
     erased, revoked = web.pending("gone@example.jp"), web.pending("revoked@example.jp")
     with web.services.db.transaction() as session:
@@ -551,6 +629,10 @@ def test_stylesheet_is_served(web: Web) -> None:
         assert css.status_code == 200
         assert css.headers["Content-Type"].startswith("text/css")
         assert "label.check" in css.text
+        # Kept by browsers for an hour (not "no-store"), with the same security headers.
+        assert css.headers.getlist("Cache-Control") == ["public, max-age=3600"]
+        assert css.headers["X-Content-Type-Options"] == "nosniff"
+        assert "default-src 'none'" in css.headers["Content-Security-Policy"]
     finally:
         css.close()  # as a WSGI server does: the file is closed
     assert web.client.get("/static/../app.py").status_code == 404

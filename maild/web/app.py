@@ -37,10 +37,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup, escape
 from sqlalchemy import text as sql_text
+from werkzeug.datastructures import ImmutableMultiDict
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.http import parse_cookie
 from werkzeug.routing import Map, MapAdapter, RequestRedirect, Rule
-from werkzeug.utils import redirect, send_from_directory
+from werkzeug.utils import cached_property, redirect, send_from_directory
 from werkzeug.wrappers import Request, Response
+from werkzeug.wsgi import get_path_info
 
 from maild.addresses import InvalidAddress, mask_token, normalize
 from maild.areas import CATEGORIES, Area, AreaMap, UnknownArea
@@ -71,6 +74,7 @@ STATIC = HERE / "static"
 CSRF_COOKIE = "maild_csrf"
 PICKER_CACHE_SIZE = 512
 KEPT_PAGES = 128  # form pages kept with holes (WebApp._form): every new resident's is one
+KEPT_ADAPTERS = 16  # URL map bindings kept per host, script root and scheme (WebApp._adapter)
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus text format
 CSRF_FIELD = "csrf"
 COOKIE_BYTES = 32
@@ -88,6 +92,15 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
     "base-uri 'none'; frame-ancestors 'none'"
 )
+# Sent with every answer, after its own headers; none of our answers sets one of these itself.
+SECURITY_HEADERS = (
+    ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
+    ("X-Frame-Options", "DENY"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),  # tokens are in our URLs
+)
+# Every answer but a static file (which keeps send_file's Cache-Control) is not to be stored.
+NOT_STORED = (*SECURITY_HEADERS, ("Cache-Control", "no-store"))
 
 _TOKEN_PATH = re.compile(r"^(.*/(?:register|manage|unsubscribe)/)([^/]+)")
 
@@ -103,6 +116,12 @@ class _Request(Request):
     max_content_length = 64 * 1024
     max_form_memory_size = 64 * 1024
     max_form_parts = 500
+
+    @cached_property
+    def cookies(self) -> ImmutableMultiDict[str, str]:
+        # What Werkzeug's own gives, without walking the whole environ for "Cookie" headers:
+        # a WSGI server hands them all over in the one HTTP_COOKIE (PEP 3333).
+        return parse_cookie(self.environ, cls=self.dict_storage_class)  # type: ignore[return-value]
 
 
 # --- the area picker and the category boxes: pure ---------------------------------------
@@ -306,7 +325,9 @@ class _Page:
         self.app = app
         self.request = request
         self.adapter = adapter
-        self.lang = pick_lang(request.args.get("lang"))
+        # Most requests have no query (links in mails): no need to parse one.
+        query = request.environ.get("QUERY_STRING")
+        self.lang = pick_lang(request.args.get("lang")) if query else DEFAULT_LANG
         self.endpoint = ""
         self.args: Mapping[str, Any] = {}
         cookie = request.cookies.get(CSRF_COOKIE, "")
@@ -378,7 +399,9 @@ class _Page:
         return bool(self.endpoint) and status < 400 and self.reading
 
     def response(self, html: str | bytes, status: int) -> Response:
-        response = Response(html, status=status, mimetype="text/html")
+        # The page is in one piece already: handed to the server as it is, not through
+        # Werkzeug's encoding generator and ClosingIterator (no file, nothing to close).
+        response = Response(html, status=status, mimetype="text/html", direct_passthrough=True)
         if self._set_cookie:
             response.set_cookie(
                 CSRF_COOKIE,
@@ -424,6 +447,7 @@ class WebApp:
         self.metrics = metrics
         self._pieces: dict[_PieceKey, Markup] = {}
         self._pages: dict[tuple[Any, ...], _KeptPage] = {}
+        self._adapters: dict[tuple[Any, ...], MapAdapter] = {}
         self.new_cookie = _CookieValues()
         self.registrations = registrations
         self.areas = areas
@@ -475,13 +499,29 @@ class WebApp:
         self.budget.reconfigure(config.limits)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
-        response = self.respond(_Request(environ))
-        return response(environ, start_response)
+        response, endpoint = self.respond(_Request(environ))
+        # The security headers are the same on every answer: added to the list handed to the
+        # server rather than set on each Response (Headers.set checks and scans, and
+        # Response.__call__ copies and checks every header again).
+        extra = SECURITY_HEADERS if endpoint == "static" else NOT_STORED
 
-    def respond(self, request: _Request) -> Response:
-        page = _Page(self, request, self.url_map.bind_to_environ(request.environ))
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            return start_response(status, [*headers, *extra], exc_info)
+
+        return response(environ, start)
+
+    def respond(self, request: _Request) -> tuple[Response, str]:
+        """The answer to ``request`` and the endpoint it matched (``""`` if none)."""
+        environ = request.environ
+        page = _Page(self, request, self._adapter(environ))
         try:
-            page.endpoint, page.args = page.adapter.match()
+            # The adapter may have been bound for another request: this one's path, method
+            # and query, as bind_to_environ reads them.
+            page.endpoint, page.args = page.adapter.match(
+                get_path_info(environ) if "PATH_INFO" in environ else "/",
+                environ["REQUEST_METHOD"],
+                query_args=request.query_string.decode(errors="replace"),
+            )
             response = self._views[page.endpoint](page, **page.args)
         except RequestRedirect as e:
             response = redirect(e.new_url, e.code)
@@ -491,17 +531,33 @@ class WebApp:
             # STYLE §6: catch once, here. The path is masked; the traceback names no token.
             log.exception("%s %s failed", request.method, safe_path(request.path))
             response = self._server_error(page)
-        return self._harden(response, page.endpoint)
+        return response, page.endpoint
 
-    def _harden(self, response: Response, endpoint: str) -> Response:
-        headers = response.headers
-        headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
-        headers["X-Frame-Options"] = "DENY"
-        headers["X-Content-Type-Options"] = "nosniff"
-        headers["Referrer-Policy"] = "no-referrer"  # tokens are in our URLs
-        if endpoint != "static":
-            headers["Cache-Control"] = "no-store"
-        return response
+    def _adapter(self, environ: WSGIEnvironment) -> MapAdapter:
+        """The URL map bound to ``environ``'s host, script root and scheme.
+
+        Binding checks and IDNA-encodes the host each time, the same for every request
+        from the same place, so the adapter is kept per value of everything else
+        ``bind_to_environ`` reads. It also holds the first such request's path, method and
+        query: ``respond`` passes its own to ``match``, and ``build`` does not read them
+        (with one rule per endpoint the method it tries first changes nothing). An
+        adapter only reads its fields, so the web's threads can share one.
+        """
+        get = environ.get
+        key = (
+            get("HTTP_HOST"),
+            get("SERVER_NAME"),
+            get("SERVER_PORT"),
+            environ["wsgi.url_scheme"],
+            get("SCRIPT_NAME"),
+            get("HTTP_CONNECTION"),  # with HTTP_UPGRADE: a WebSocket request, scheme ws(s)
+            get("HTTP_UPGRADE"),
+        )
+        adapter = self._adapters.get(key)
+        if adapter is None:
+            adapter = self.url_map.bind_to_environ(environ)
+            _keep(self._adapters, key, adapter, KEPT_ADAPTERS)
+        return adapter
 
     def _http_error(self, page: _Page, e: HTTPException) -> Response:
         code = e.code or 500
