@@ -545,6 +545,19 @@ def test_unknown_route_gets_a_404_page(web: Web) -> None:
     assert web.client.delete("/signup").status_code == 405
 
 
+def test_a_host_header_that_is_no_host_name_gets_a_400_and_one_masked_line(
+    web: Web, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = web.pending("hanako@docomo.ne.jp")
+    with caplog.at_level(logging.INFO, logger="maild.web"):
+        answer = web.client.get(f"/register/{token}", headers={"Host": "a..b"})
+    assert answer.status_code == 400
+    assert answer.text.startswith("リクエストを読み取れませんでした。")
+    assert answer.headers["X-Content-Type-Options"] == "nosniff"
+    assert "refused" in caplog.text and token[:6] in caplog.text
+    assert token not in caplog.text
+
+
 # --- CSRF -----------------------------------------------------------------------------------
 
 

@@ -72,6 +72,7 @@ TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 
 CSRF_COOKIE = "maild_csrf"
+BAD_REQUEST_TEXT = "リクエストを読み取れませんでした。\nThe request could not be read.\n"
 PICKER_CACHE_SIZE = 512
 KEPT_PAGES = 128  # form pages kept with holes (WebApp._form): every new resident's is one
 KEPT_ADAPTERS = 16  # URL map bindings kept per host, script root and scheme (WebApp._adapter)
@@ -499,7 +500,15 @@ class WebApp:
         self.budget.reconfigure(config.limits)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
-        response, endpoint = self.respond(_Request(environ))
+        try:
+            response, endpoint = self.respond(_Request(environ))
+        except Exception as e:
+            # A request no page can be made for: a Host header that is no host name (the
+            # routes cannot be bound to it) or the like. The client's doing, so a 400 and
+            # one line, not waitress's 500 and a traceback.
+            path = safe_path(str(environ.get("PATH_INFO", "")))
+            log.info("%s %s refused: %r", environ.get("REQUEST_METHOD"), path, type(e).__name__)
+            response, endpoint = Response(BAD_REQUEST_TEXT, 400, mimetype="text/plain"), ""
         # The security headers are the same on every answer: added to the list handed to the
         # server rather than set on each Response (Headers.set checks and scans, and
         # Response.__call__ copies and checks every header again).
