@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, text
+from werkzeug.http import dump_cookie
 from werkzeug.test import Client, TestResponse
 
 from maild.areas import CATEGORY_IDS, categories_from_mask
@@ -616,6 +617,22 @@ def test_cookie_and_security_headers(tmp_path: Path) -> None:
     html = token_page.text
     assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in html
     assert "<script" not in html and not re.search(r"\son[a-z]+=", html)
+
+
+@pytest.mark.parametrize("base_url", ["https://mail.example.jp", "http://127.0.0.1:8080"])
+def test_the_csrf_cookie_header_is_what_werkzeug_writes(tmp_path: Path, base_url: str) -> None:
+    web = make_web(tmp_path, service={"base_url": base_url})
+    value = web.app.new_cookie()
+    for root in ("", "/maild", "/maild/"):
+        expected = dump_cookie(
+            "maild_csrf",
+            value,
+            path=root + "/",
+            secure=base_url.startswith("https"),
+            httponly=True,
+            samesite="Lax",
+        )
+        assert web.app.cookie_header(root, value) == expected
 
 
 def test_kept_pieces_are_bounded_oldest_out() -> None:

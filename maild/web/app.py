@@ -39,7 +39,7 @@ from markupsafe import Markup, escape
 from sqlalchemy import text as sql_text
 from werkzeug.datastructures import ImmutableMultiDict
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
-from werkzeug.http import parse_cookie
+from werkzeug.http import dump_cookie, parse_cookie
 from werkzeug.routing import Map, MapAdapter, RequestRedirect, Rule
 from werkzeug.utils import cached_property, redirect, send_from_directory
 from werkzeug.wrappers import Request, Response
@@ -403,14 +403,9 @@ class _Page:
         # The page is in one piece already: handed to the server as it is, not through
         # Werkzeug's encoding generator and ClosingIterator (no file, nothing to close).
         response = Response(html, status=status, mimetype="text/html", direct_passthrough=True)
-        if self._set_cookie:
-            response.set_cookie(
-                CSRF_COOKIE,
-                self._cookie or "",
-                path=(self.request.script_root or "") + "/",
-                secure=self.app.secure_cookie,
-                httponly=True,
-                samesite="Lax",
+        if self._set_cookie and self._cookie:
+            response.headers.add(
+                "Set-Cookie", self.app.cookie_header(self.request.script_root, self._cookie)
             )
         return response
 
@@ -449,6 +444,7 @@ class WebApp:
         self._pieces: dict[_PieceKey, Markup] = {}
         self._pages: dict[tuple[Any, ...], _KeptPage] = {}
         self._adapters: dict[tuple[Any, ...], MapAdapter] = {}
+        self._cookie_attributes: dict[str, str] = {}
         self.new_cookie = _CookieValues()
         self.registrations = registrations
         self.areas = areas
@@ -541,6 +537,28 @@ class WebApp:
             log.exception("%s %s failed", request.method, safe_path(request.path))
             response = self._server_error(page)
         return response, page.endpoint
+
+    def cookie_header(self, root: str, value: str) -> str:
+        """The Set-Cookie header for a new CSRF cookie ``value`` under ``root``.
+
+        Werkzeug's ``dump_cookie`` makes its attributes once per root; the value goes in
+        front as dump_cookie would put it, since ours are URL-safe base64
+        (``_CookieValues``), which it writes unquoted. Formatting the whole header was a
+        twentieth of a page.
+        """
+        attributes = self._cookie_attributes.get(root)
+        if attributes is None:
+            header = dump_cookie(
+                CSRF_COOKIE,
+                "v",
+                path=root + "/",
+                secure=self.secure_cookie,
+                httponly=True,
+                samesite="Lax",
+            )
+            attributes = header.removeprefix(f"{CSRF_COOKIE}=v")
+            _keep(self._cookie_attributes, root, attributes, KEPT_ADAPTERS)
+        return f"{CSRF_COOKIE}={value}{attributes}"
 
     def _adapter(self, environ: WSGIEnvironment) -> MapAdapter:
         """The URL map bound to ``environ``'s host, script root and scheme.
