@@ -1,9 +1,10 @@
 """Web: ``GET /register/TOKEN`` against a trivial WSGI app on the same server (item 6).
 
 The token belongs to a resident who sent a blank mail and has not yet completed the
-form, the page a phone opens from the registration mail. Both servers are waitress
-with maild's settings (8 threads); ``wrk`` runs with one thread, so the other core is
-left to the server, and both get the same short warm-up first.
+form, the page a phone opens from the registration mail. Both are served by
+:func:`maild.web.server.web_server` (waitress, 8 threads, maild's channel and thread
+pool); ``wrk`` runs with one thread, so the other core is left to the server, and
+both get the same short warm-up first.
 """
 
 from __future__ import annotations
