@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,31 +18,16 @@ ADDRESS = select(Subscriber.address, Subscriber.id).where(
 )
 
 
-def test_plain_row_returns_the_first_row_or_none(tmp_path: Path) -> None:
-    db = Database(make_config(tmp_path).database_url)
-    db.upgrade()
-    with db.engine.begin() as connection:
-        connection.exec_driver_sql(
-            "INSERT INTO subscribers (address, status, category_mask, link_key, created_at,"
-            " updated_at, bounce_score) VALUES ('a@example.jp', 'pending', 0, 'k1',"
-            " '2026-01-01', '2026-01-01', 0)"
-        )
-    assert db.plain_row(ADDRESS, {"status": "pending", "key": "k1"}) == ("a@example.jp", 1)
-    assert db.plain_row(ADDRESS, {"status": "active", "key": "k1"}) is None
-    assert db.plain_row(ADDRESS, {"key": "k1", "status": "pending"}) == ("a@example.jp", 1)
-    db.dispose()
-
-
-def test_plain_row_takes_plain_columns_only(tmp_path: Path) -> None:
-    db = Database(make_config(tmp_path).database_url)
-    db.upgrade()
-    created = select(Subscriber.created_at).where(Subscriber.id == bindparam("id"))
-    with pytest.raises(TypeError, match="integer and string"):
-        db.plain_row(created, {"id": 1})  # a UTCDateTime would come back naive
-    db.dispose()
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    database = Database(make_config(tmp_path).database_url)
+    database.upgrade()
+    yield database
+    database.dispose()
 
 
 def _add(db: Database, key: str) -> None:
+    """A pending subscriber ``KEY@example.jp`` whose link key is ``key``."""
     with db.engine.begin() as connection:
         connection.exec_driver_sql(
             "INSERT INTO subscribers (address, status, category_mask, link_key, created_at,"
@@ -50,22 +36,30 @@ def _add(db: Database, key: str) -> None:
         )
 
 
-def test_plain_row_sees_what_other_connections_commit(tmp_path: Path) -> None:
+def test_plain_row_returns_the_first_row_or_none(db: Database) -> None:
+    _add(db, "k1")
+    assert db.plain_row(ADDRESS, {"status": "pending", "key": "k1"}) == ("k1@example.jp", 1)
+    assert db.plain_row(ADDRESS, {"status": "active", "key": "k1"}) is None
+    assert db.plain_row(ADDRESS, {"key": "k1", "status": "pending"}) == ("k1@example.jp", 1)
+
+
+def test_plain_row_takes_plain_columns_only(db: Database) -> None:
+    created = select(Subscriber.created_at).where(Subscriber.id == bindparam("id"))
+    with pytest.raises(TypeError, match="integer and string"):
+        db.plain_row(created, {"id": 1})  # a UTCDateTime would come back naive
+
+
+def test_plain_row_sees_what_other_connections_commit(db: Database) -> None:
     # Each thread keeps its reading connection: it must not keep a snapshot too.
-    db = Database(make_config(tmp_path).database_url)
-    db.upgrade()
     _add(db, "k1")
     assert db.plain_row(ADDRESS, {"status": "pending", "key": "k1"}) == ("k1@example.jp", 1)
     with db.engine.begin() as connection:
         connection.exec_driver_sql("UPDATE subscribers SET status = 'active'")
     assert db.plain_row(ADDRESS, {"status": "pending", "key": "k1"}) is None
     assert db.plain_row(ADDRESS, {"status": "active", "key": "k1"}) == ("k1@example.jp", 1)
-    db.dispose()
 
 
-def test_plain_row_reads_from_every_thread_and_after_dispose(tmp_path: Path) -> None:
-    db = Database(make_config(tmp_path).database_url)
-    db.upgrade()
+def test_plain_row_reads_from_every_thread_and_after_dispose(db: Database) -> None:
     _add(db, "k1")
     query = {"status": "pending", "key": "k1"}
     with ThreadPoolExecutor(4) as pool:
@@ -73,4 +67,3 @@ def test_plain_row_reads_from_every_thread_and_after_dispose(tmp_path: Path) -> 
     assert rows == [("k1@example.jp", 1)] * 40
     db.dispose()  # closes the threads' connections; a later read opens a new one
     assert db.plain_row(ADDRESS, query) == ("k1@example.jp", 1)
-    db.dispose()
