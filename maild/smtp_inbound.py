@@ -37,14 +37,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import copy
 import logging
 import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from email._header_value_parser import get_addr_spec, get_angle_addr
+from email.errors import HeaderParseError
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
+from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException, _AuthMechAttr
 
 from maild import autoreply
 from maild.addresses import InvalidAddress, mask, mask_token, normalize
@@ -371,6 +374,10 @@ def _classify(data: bytes) -> Classification:
         return Classification(None, reason="unreadable")
 
 
+def _size_limits() -> collections.defaultdict[str, int]:
+    return collections.defaultdict(lambda: SMTP.command_size_limit)
+
+
 class _Session(SMTP):
     """aiosmtpd's protocol, registered with its server so that shutdown can drain it and
     so that it can count sessions per peer."""
@@ -381,6 +388,58 @@ class _Session(SMTP):
         self._connected = False
         self._refused = False  # over [limits] sessions_per_ip: greet with 421 and close
         super().__init__(handler, **kwargs)
+        # aiosmtpd keeps these on the class, so one session's EHLO raised (and the next
+        # session's start reset) every other session's MAIL line limit.
+        self.command_size_limits = _size_limits()
+
+    def replica(self) -> _Session:
+        """A new session set up as this one was, without aiosmtpd's look at the handler.
+
+        ``SMTP.__init__`` goes over the protocol class and the handler with
+        ``inspect.getmembers`` and ``inspect.signature`` for every connection, a fifth of
+        the listener's time for a phone's one-mail session. What it finds depends only on
+        the class, the handler and the settings; so a server builds one session through
+        aiosmtpd and copies it for each connection, making anew what belongs to one: the
+        stream reader and its future (``StreamReaderProtocol.__init__``), the methods bound
+        to the session, and every container (copied, so that no session changes
+        another's). tests/test_smtp_inbound.py compares a replica with a session aiosmtpd
+        built, attribute by attribute.
+        """
+        session = object.__new__(type(self))
+        for name, value in vars(self).items():
+            if isinstance(value, dict | list | set):
+                value = copy.copy(value)
+            session.__dict__[name] = value
+        asyncio.StreamReaderProtocol.__init__(
+            session,
+            asyncio.StreamReader(loop=self.loop, limit=self.line_length_limit),
+            client_connected_cb=session._cb_client_connected,
+            loop=self.loop,
+        )
+        session._smtp_methods = {
+            name: getattr(session, f"smtp_{name}") for name in self._smtp_methods
+        }
+        session._auth_methods = {
+            name: _AuthMechAttr(getattr(session, m.method.__name__), True) if m.is_builtin else m
+            for name, m in self._auth_methods.items()
+        }
+        return session
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # aiosmtpd's own, less the typing.Protocol class it defines on every call for its
+        # type checker: that class took a fifth of each MAIL and RCPT command. The parse is
+        # the same (tests/test_smtp_inbound.py compares the two).
+        if not arg:
+            return "", ""
+        parse = get_angle_addr if arg.lstrip().startswith("<") else get_addr_spec
+        try:
+            address, rest = parse(arg)
+        except HeaderParseError:
+            return None, None
+        addr: str = address.addr_spec
+        if self.local_part_limit and len(addr.rpartition("@")[0]) > self.local_part_limit:
+            return None, None
+        return addr, rest
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         again = self._connected  # aiosmtpd calls this a second time after STARTTLS
@@ -481,10 +540,7 @@ class InboundServer:
         loop = asyncio.get_running_loop()
         tls = _tls_context(self.smtp)
 
-        def factory() -> _Session:
-            timeout = self.session_timeout
-            if timeout is None:
-                timeout = self.handler.config.limits.command_timeout
+        def build(timeout: float) -> _Session:
             return _Session(
                 self,
                 self.handler,
@@ -498,6 +554,17 @@ class InboundServer:
                 timeout=timeout,
                 loop=loop,
             )
+
+        model: _Session | None = None  # never connected: each session is its replica
+
+        def factory() -> _Session:
+            nonlocal model
+            timeout = self.session_timeout
+            if timeout is None:
+                timeout = self.handler.config.limits.command_timeout
+            if model is None or model._timeout_duration != timeout:
+                model = build(timeout)
+            return model.replica()
 
         if sock is not None:
             self._server = await loop.create_server(factory, sock=sock)

@@ -9,8 +9,10 @@ says. Time is a FakeClock; nothing sleeps to make time pass.
 from __future__ import annotations
 
 import asyncio
+import collections
 import email
 import email.policy
+import inspect
 import logging
 import re
 import socket
@@ -20,10 +22,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import trustme
+from aiosmtpd.smtp import SMTP
 from sqlalchemy import select, text
 
 from maild.areas import AreaMap
@@ -33,7 +37,7 @@ from maild.config import Config
 from maild.db import Database
 from maild.models import OutboxMail
 from maild.registration import Registrations
-from maild.smtp_inbound import InboundHandler, InboundServer
+from maild.smtp_inbound import InboundHandler, InboundServer, _Session
 from maild.tokens import MANAGE, Links, VerpTokens
 from tests.configs import make_config
 
@@ -672,6 +676,79 @@ def test_sessions_per_ip_refuses_one_more_with_421(tmp_path: Path) -> None:
     run(tmp_path, scenario, limits={"sessions_per_ip": 3})
 
 
+def mail_command(length: int) -> str:
+    """A MAIL command of exactly ``length`` characters (without CRLF)."""
+    fixed = len("MAIL FROM:<@docomo.ne.jp>")
+    return f"MAIL FROM:<{'a' * (length - fixed)}@docomo.ne.jp>"
+
+
+def test_a_sessions_command_limits_are_its_own(tmp_path: Path) -> None:
+    # EHLO raises the MAIL line limit by the SIZE parameter's 26 (512 → 538). aiosmtpd
+    # keeps the limits on its class: another session's start reset them, and with sessions
+    # copied rather than built, every EHLO would raise them for all.
+    async def scenario(h: Harness) -> None:
+        first = await h.client()
+        other, code, _ = await greeting(h.port)  # connected, no EHLO yet
+        assert code == 220
+        assert (await first.command(mail_command(530)))[0] == 250
+        assert (await first.command("RSET"))[0] == 250
+        more = [await h.client() for _ in range(3)]  # three more EHLOs
+        assert (await first.command(mail_command(560)))[0] == 500
+        assert (await more[0].command(mail_command(560)))[0] == 500
+        assert (await other.command(mail_command(520)))[0] == 500  # no EHLO: 512
+        for client in (first, other, *more):
+            await client.close()
+
+    run(tmp_path, scenario)
+
+
+def test_each_session_is_set_up_as_aiosmtpd_sets_one_up(tmp_path: Path) -> None:
+    """A replica has every attribute a session built by aiosmtpd has, with the same values,
+    except what belongs to one connection: that is its own."""
+
+    async def scenario(h: Harness) -> None:
+        settings: dict[str, Any] = {"hostname": "mail.example.jp", "timeout": 30.0}
+        settings.update(auth_exclude_mechanism=("LOGIN",), data_size_limit=1000)
+        handler = h.server.handler
+        model = _Session(h.server, handler, **settings)
+        built = _Session(h.server, handler, **settings)
+        replica = model.replica()
+        assert type(replica) is _Session
+        assert vars(replica).keys() == vars(built).keys()
+        for name, value in vars(replica).items():
+            expected = vars(built)[name]
+            if name in ("_smtp_methods", "_auth_methods"):
+                assert value.keys() == expected.keys() and value, name
+                for key, method in value.items():
+                    bound, wanted = (
+                        getattr(method, "method", method),
+                        getattr(expected[key], "method", expected[key]),
+                    )
+                    assert bound.__func__ is wanted.__func__, (name, key)
+                    owner = replica if bound.__self__ is not handler else handler
+                    assert bound.__self__ is owner and wanted.__self__ in (built, handler)
+            elif inspect.ismethod(value):
+                assert value.__func__ is expected.__func__ and value.__self__ is replica, name
+            elif name in ("_stream_reader_wr", "_strong_reader", "_closed", "_drain_waiters"):
+                assert value is not vars(model)[name], name  # its own reader and future
+            elif isinstance(value, dict | list | set | collections.deque):
+                assert value == expected and value is not vars(model)[name], name
+            else:
+                assert value == expected, name
+        # Nothing in it points back at the model, the session it was copied from.
+        for name, value in vars(replica).items():
+            assert value is not model, name
+            inner = value.values() if isinstance(value, dict) else ()
+            assert all(getattr(v, "__self__", None) is not model for v in inner), name
+            assert all(
+                getattr(v[0], "__self__", None) is not model for v in inner if isinstance(v, tuple)
+            ), name
+        # And it serves: a real connection over it.
+        assert await h.send("<taro@docomo.ne.jp>") == [250, 250, 250]
+
+    run(tmp_path, scenario)
+
+
 def test_sessions_from_a_trusted_network_are_not_counted(tmp_path: Path) -> None:
     async def scenario(h: Harness) -> None:
         clients = [await h.client() for _ in range(4)]
@@ -710,6 +787,22 @@ def test_a_silent_client_gets_421_after_the_command_timeout(tmp_path: Path) -> N
         await fresh.close()
 
     run(tmp_path, scenario, limits={"command_timeout": 0.3})
+
+
+def test_a_reloaded_command_timeout_holds_for_sessions_that_start_after_it(
+    tmp_path: Path,
+) -> None:
+    async def scenario(h: Harness) -> None:
+        before = await h.client()  # under the configured 300 s
+        h.server.handler.reconfigure(make_config(tmp_path, limits={"command_timeout": 0.3}))
+        silent = await Client.connect(h.port)
+        code, _ = await silent.reply()  # real time again, kept short
+        assert code == 421
+        assert (await before.command("NOOP"))[0] == 250  # its own timeout stays
+        for client in (before, silent):
+            await client.close()
+
+    run(tmp_path, scenario)
 
 
 def test_too_many_recipients_get_452(tmp_path: Path) -> None:
@@ -975,3 +1068,36 @@ def test_starttls_presents_the_configured_certificate(tmp_path: Path) -> None:
         },
         limits={"sessions_per_ip": 1},
     )
+
+
+GETADDR_CASES = [
+    "",
+    "<>",
+    "<taro@docomo.ne.jp>",
+    "<taro@docomo.ne.jp> SIZE=1000 BODY=8BITMIME",
+    "taro@docomo.ne.jp",
+    "taro@docomo.ne.jp SIZE=10",
+    "  <taro@docomo.ne.jp>",
+    "<taro..dots.@docomo.ne.jp>",  # a legacy docomo address
+    '<"quoted local"@docomo.ne.jp>',
+    "<@relay.example:taro@docomo.ne.jp>",  # a source route
+    "<taro@[192.0.2.1]>",
+    "<taro>",
+    "<taro@docomo.ne.jp",
+    "<<taro@docomo.ne.jp>>",
+    "taro",
+    "@docomo.ne.jp",
+    "<" + "a" * 80 + "@docomo.ne.jp>",
+    "<太郎@docomo.ne.jp>",
+    "(comment) <taro@docomo.ne.jp>",
+    "<taro@docomo.ne.jp> (comment)",
+    "\t",
+    "<\\>",
+]
+
+
+@pytest.mark.parametrize("limit", [0, 64])
+def test_addresses_in_mail_and_rcpt_are_read_as_aiosmtpd_reads_them(limit: int) -> None:
+    session = SimpleNamespace(local_part_limit=limit)  # all either reads of the session
+    for arg in GETADDR_CASES:
+        assert _Session._getaddr(session, arg) == SMTP._getaddr(session, arg), arg  # type: ignore[arg-type]
