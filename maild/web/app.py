@@ -76,6 +76,7 @@ BAD_REQUEST_TEXT = "リクエストを読み取れませんでした。\nThe req
 PICKER_CACHE_SIZE = 512
 KEPT_PAGES = 128  # form pages kept with holes (WebApp._form): every new resident's is one
 KEPT_ADAPTERS = 16  # URL map bindings kept per host, script root and scheme (WebApp._adapter)
+HTML_CONTENT_TYPE = "text/html; charset=utf-8"  # what Werkzeug writes for mimetype="text/html"
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus text format
 CSRF_FIELD = "csrf"
 COOKIE_BYTES = 32
@@ -319,6 +320,38 @@ class _HolePage:
 # --- one request --------------------------------------------------------------------------
 
 
+@functools.cache
+def _status_line(code: int) -> str:
+    """The status line Werkzeug's Response writes for ``code`` ("410 GONE")."""
+    return Response(status=code).status
+
+
+class _HtmlAnswer:
+    """An HTML page handed to the server directly: what ``Response(body, status,
+    mimetype="text/html")`` answers, headers and all, without Werkzeug building its
+    Headers, then copying and checking them again to start the answer (a sixth of the
+    register page). HEAD gets the same headers, Content-Length included, and no body,
+    as from Werkzeug. Only for statuses that have a body.
+    """
+
+    __slots__ = ("body", "headers", "status_code")
+
+    def __init__(self, body: bytes, status: int, headers: list[tuple[str, str]]) -> None:
+        if status < 200 or status in (204, 304):
+            raise ValueError(f"an HTML page with status {status}, which has no body")
+        self.body = body
+        self.status_code = status
+        self.headers = headers  # Content-Type, Content-Length, then any of the page's own
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        start_response(_status_line(self.status_code), self.headers)
+        return [] if environ["REQUEST_METHOD"] == "HEAD" else [self.body]
+
+
+# What a view answers: a page, or Werkzeug's Response for a redirect, a file, JSON and such.
+Answer = Response | _HtmlAnswer
+
+
 class _Page:
     """One request's language, CSRF cookie and URL building."""
 
@@ -377,7 +410,7 @@ class _Page:
         # Bytes: compare_digest refuses non-ASCII str, and the cookie is the client's to choose.
         return isinstance(payload, str) and hmac.compare_digest(payload.encode(), cookie.encode())
 
-    def render(self, template: str, title: str, status: int = 200, **context: Any) -> Response:
+    def render(self, template: str, title: str, status: int = 200, **context: Any) -> _HtmlAnswer:
         return self.response(self.html(template, title, status, page=self, **context), status)
 
     def html(self, template: str, title: str, status: int, **context: Any) -> str:
@@ -399,17 +432,17 @@ class _Page:
         """Whether the page links to itself in the other language."""
         return bool(self.endpoint) and status < 400 and self.reading
 
-    def response(self, html: str | bytes, status: int) -> Response:
-        # The page is in one piece already: handed to the server as it is, not through
-        # Werkzeug's encoding generator and ClosingIterator (no file, nothing to close).
-        response = Response(html, status=status, mimetype="text/html", direct_passthrough=True)
+    def response(self, html: str | bytes, status: int) -> _HtmlAnswer:
+        """The answer with page ``html``: the one place a page's headers are made (the
+        security headers are added for every answer in :meth:`WebApp.__call__`)."""
+        body = html.encode() if isinstance(html, str) else html
+        headers = [("Content-Type", HTML_CONTENT_TYPE), ("Content-Length", str(len(body)))]
         if self._set_cookie and self._cookie:
-            response.headers.add(
-                "Set-Cookie", self.app.cookie_header(self.request.script_root, self._cookie)
-            )
-        return response
+            cookie = self.app.cookie_header(self.request.script_root, self._cookie)
+            headers.append(("Set-Cookie", cookie))
+        return _HtmlAnswer(body, status, headers)
 
-    def message(self, status: int, title_key: str, *blocks: Block, **context: Any) -> Response:
+    def message(self, status: int, title_key: str, *blocks: Block, **context: Any) -> _HtmlAnswer:
         return self.render(
             "message.html", self.t(title_key), status, blocks=blocks, summary=None, **context
         )
@@ -473,7 +506,7 @@ class WebApp:
                 Rule("/static/<path:filename>", endpoint="static", methods=["GET"]),
             ]
         )
-        self._views: dict[str, Callable[..., Response]] = {
+        self._views: dict[str, Callable[..., Answer]] = {
             "index": self.on_index,
             "signup": self.on_signup,
             "register": self.on_register,
@@ -515,7 +548,7 @@ class WebApp:
 
         return response(environ, start)
 
-    def respond(self, request: _Request) -> tuple[Response, str]:
+    def respond(self, request: _Request) -> tuple[Answer, str]:
         """The answer to ``request`` and the endpoint it matched (``""`` if none)."""
         environ = request.environ
         page = _Page(self, request, self._adapter(environ))
@@ -586,17 +619,17 @@ class WebApp:
             _keep(self._adapters, key, adapter, KEPT_ADAPTERS)
         return adapter
 
-    def _http_error(self, page: _Page, e: HTTPException) -> Response:
+    def _http_error(self, page: _Page, e: HTTPException) -> Answer:
         code = e.code or 500
         if code >= 500:
             return self._server_error(page)
         key = {404: "not_found", 405: "method", 413: "too_large"}.get(code, "bad_request")
         response = page.message(code, f"{key}_title", Block(page.t(f"{key}_body")))
         if isinstance(e, MethodNotAllowed) and e.valid_methods:
-            response.headers["Allow"] = ", ".join(e.valid_methods)
+            response.headers.append(("Allow", ", ".join(e.valid_methods)))
         return response
 
-    def _server_error(self, page: _Page) -> Response:
+    def _server_error(self, page: _Page) -> Answer:
         try:
             return page.message(500, "server_error_title", Block(page.t("server_error_body")))
         except Exception:
@@ -605,7 +638,7 @@ class WebApp:
 
     # --- link problems: a page that says what happened and what to do next
 
-    def _link_problem(self, page: _Page, purpose: str, token: str, error: LinkError) -> Response:
+    def _link_problem(self, page: _Page, purpose: str, token: str, error: LinkError) -> _HtmlAnswer:
         reason = error.reason
         if reason == "invalid" and purpose != REGISTER and self._signed(purpose, token):
             # Our own, untampered link whose subscriber is gone: they cancelled (or were erased).
@@ -643,7 +676,7 @@ class WebApp:
             return False
         return True
 
-    def _csrf_failed(self, page: _Page) -> Response:
+    def _csrf_failed(self, page: _Page) -> _HtmlAnswer:
         log.info(
             "%s %s: missing or bad CSRF token", page.request.method, safe_path(page.request.path)
         )
@@ -660,7 +693,7 @@ class WebApp:
     def on_index(self, page: _Page) -> Response:
         return redirect(page.url("signup"), 303)
 
-    def on_signup(self, page: _Page) -> Response:
+    def on_signup(self, page: _Page) -> _HtmlAnswer:
         title = page.t("signup_title")
         registration = self.config.smtp.registration_address
         if page.reading:
@@ -671,7 +704,7 @@ class WebApp:
             return self._csrf_failed(page)
         address = page.request.form.get("address", "")
 
-        def invalid() -> Response:
+        def invalid() -> _HtmlAnswer:
             return page.render(
                 "signup.html",
                 title,
@@ -708,7 +741,7 @@ class WebApp:
             self._not_arrived(page),
         )
 
-    def _too_many(self, page: _Page, retry_after: int) -> Response:
+    def _too_many(self, page: _Page, retry_after: int) -> _HtmlAnswer:
         """429 (RFC 6585 §4): nothing was queued; say when to come back, and the other way in."""
         response = page.message(
             429,
@@ -719,10 +752,10 @@ class WebApp:
             Block(self.config.smtp.registration_address, mailto=True),
             Block(page.t("back_to_signup"), href=page.url("signup")),
         )
-        response.headers["Retry-After"] = str(retry_after)
+        response.headers.append(("Retry-After", str(retry_after)))
         return response
 
-    def on_register(self, page: _Page, token: str) -> Response:
+    def on_register(self, page: _Page, token: str) -> _HtmlAnswer:
         try:
             view = self.registrations.view_register(token)
         except LinkError as e:
@@ -749,7 +782,7 @@ class WebApp:
             summary=summary(self.areas, done, page.lang),
         )
 
-    def on_manage(self, page: _Page, token: str) -> Response:
+    def on_manage(self, page: _Page, token: str) -> _HtmlAnswer:
         try:
             view = self.registrations.view_manage(token)
         except LinkError as e:
@@ -783,7 +816,7 @@ class WebApp:
             summary=summary(self.areas, saved, page.lang),
         )
 
-    def on_unsubscribe(self, page: _Page, token: str) -> Response:
+    def on_unsubscribe(self, page: _Page, token: str) -> _HtmlAnswer:
         request = page.request
         if request.method == "POST" and request.form.get(ONE_CLICK_KEY) == ONE_CLICK_VALUE:
             return self._one_click(page, token)
@@ -803,7 +836,7 @@ class WebApp:
             return self._link_problem(page, UNSUBSCRIBE, token, e)
         return page.message(200, "cancelled_title", Block(page.t("cancelled_body")))
 
-    def _one_click(self, page: _Page, token: str) -> Response:
+    def _one_click(self, page: _Page, token: str) -> _HtmlAnswer:
         """RFC 8058: the mail client POSTs without cookie or CSRF field; the token is the proof."""
         try:
             self.registrations.cancel(token, UNSUBSCRIBE)
@@ -874,7 +907,7 @@ class WebApp:
         area_ids: Iterable[str],
         categories: Iterable[str],
         error: Exception | None = None,
-    ) -> Response:
+    ) -> _HtmlAnswer:
         """The register or manage form, pre-filled; with ``error`` a 400 that keeps the choices.
 
         Without an error the page is the same for everyone with the same choices but for a
