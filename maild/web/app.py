@@ -364,7 +364,8 @@ class _Page:
         self.lang = pick_lang(request.args.get("lang")) if query else DEFAULT_LANG
         self.endpoint = ""
         self.args: Mapping[str, Any] = {}
-        cookie = request.cookies.get(CSRF_COOKIE, "")
+        # Without a Cookie header (a link opened from a mail) there is nothing to parse.
+        cookie = request.cookies.get(CSRF_COOKIE, "") if "HTTP_COOKIE" in request.environ else ""
         self._cookie = cookie if _COOKIE_VALUE.fullmatch(cookie) else None
         self._set_cookie = False
         self._path: str | None = None
@@ -530,7 +531,9 @@ class WebApp:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
         try:
-            response, endpoint = self.respond(_Request(environ))
+            # Not stored in the environ (populate_request): the two would hold each other, and
+            # every request would be left for the garbage collector to find.
+            response, endpoint = self.respond(_Request(environ, populate_request=False))
         except Exception as e:
             # A request no page can be made for: a Host header that is no host name (the
             # routes cannot be bound to it) or the like. The client's doing, so a 400 and
@@ -914,12 +917,20 @@ class WebApp:
         few values (the CSRF field, the token in the URLs, the masked address), so it is
         rendered once with holes for them (:class:`_KeptPage`) and filled per request.
         """
-        template, title = f"{kind}.html", page.t(f"{kind}_title")
+        template = f"{kind}.html"
         areas, chosen = frozenset(area_ids), frozenset(categories)
-        context = {
-            "areas_html": self._areas_html(page.lang, areas),
-            "categories_html": self._categories_html(page.lang, chosen),
-        }
+
+        def render(status: int, **context: Any) -> str:
+            # Only when the page is rendered: a kept page has these pieces in it already.
+            return page.html(
+                template,
+                page.t(f"{kind}_title"),
+                status,
+                areas_html=self._areas_html(page.lang, areas),
+                categories_html=self._categories_html(page.lang, chosen),
+                **context,
+            )
+
         if error is not None or not self.keep_pages:
             message = ""
             if isinstance(error, ChoiceError):
@@ -927,9 +938,8 @@ class WebApp:
             elif error is not None:
                 message = page.t("unknown_area")
             status = 400 if error else 200
-            return page.render(
-                template, title, status, view=view, error=message, action=page.here(), **context
-            )
+            html = render(status, page=page, view=view, error=message, action=page.here())
+            return page.response(html, status)
         key = (
             kind,
             page.lang,
@@ -942,15 +952,8 @@ class WebApp:
         )
         kept = self._pages.get(key)
         if kept is None:
-            html = page.html(
-                template,
-                title,
-                200,
-                page=_HolePage(page),
-                view=_HoleView(),
-                error="",
-                action=_hole("action"),
-                **context,
+            html = render(
+                200, page=_HolePage(page), view=_HoleView(), error="", action=_hole("action")
             )
             kept = _keep(self._pages, key, _KeptPage.of(html, self.config, self.areas), KEPT_PAGES)
         holes: dict[str, Callable[[], str]] = {
