@@ -36,6 +36,7 @@ from maild.web.app import (
     health_status,
     safe_path,
 )
+from maild.web.routes import Shortcuts
 from tests.configs import make_config, write_config
 
 CSRF_FIELD = re.compile(r'name="csrf" value="([^"]+)"')
@@ -527,9 +528,10 @@ def blanked(answer: Answered) -> Answered:
 def test_pages_are_werkzeugs_answers(
     tmp_path: Path, root: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Pages are answered straight to the server; the answers are byte for byte those of
-    Werkzeug's Response, for GET and HEAD, both languages, with and without a cookie,
-    form pages and refusals."""
+    """Pages are answered straight to the server, routed and their own URLs made without
+    Werkzeug where the path makes the outcome plain; the answers are byte for byte those
+    of Werkzeug's Response, matcher and URL building (the app with no shortcuts), for GET
+    and HEAD, both languages, with and without a cookie, form pages and refusals."""
     web = make_web(tmp_path)
     services = web.services
     pending = web.pending("&kept@example.jp")
@@ -540,7 +542,7 @@ def test_pages_are_werkzeugs_answers(
         f"/register/{pending}",  # the form, kept
         f"/register/{used}",  # 410
         f"/register/{pending[:-3]}{'AAA' if not pending.endswith('AAA') else 'BBB'}",  # 400
-        "/register/a b%C3%A9&<x>",  # a refusal
+        "/register/a b%C3%A9&<x>",  # no shortcut to the URL; a refusal
         f"/manage/{manage}",
         f"/unsubscribe/{unsubscribe}",
         "/signup",
@@ -578,6 +580,8 @@ def test_pages_are_werkzeugs_answers(
     new_app = create_app(
         web.app.config, services.registrations, services.areas, services.links, web.clock
     )
+    assert new_app.shortcuts.words == {"register", "manage", "unsubscribe"}
+    new_app.shortcuts = Shortcuts({}, relative=False)  # everything through Werkzeug
     with monkeypatch.context() as patch:
         patch.setattr(_Page, "response", _werkzeug_response)
         through_werkzeug = answers(new_app)

@@ -61,6 +61,7 @@ from maild.registration import (
 )
 from maild.tokens import CSRF, CSRF_MAX_AGE, MANAGE, REGISTER, UNSUBSCRIBE, LinkError, Links
 from maild.web.i18n import DEFAULT_LANG, pick_lang, text
+from maild.web.routes import Shortcuts
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -364,6 +365,7 @@ class _Page:
         self.lang = pick_lang(request.args.get("lang")) if query else DEFAULT_LANG
         self.endpoint = ""
         self.args: Mapping[str, Any] = {}
+        self.path = "/"  # the path matched (respond)
         # Without a Cookie header (a link opened from a mail) there is nothing to parse.
         cookie = request.cookies.get(CSRF_COOKIE, "") if "HTTP_COOKIE" in request.environ else ""
         self._cookie = cookie if _COOKIE_VALUE.fullmatch(cookie) else None
@@ -383,14 +385,20 @@ class _Page:
 
     def here(self, lang: str | None = None) -> str:
         """This page's URL (matched routes only), in ``lang`` or the current language."""
-        if self._path is None:  # built once: a form page wants it twice (action, switch)
-            self._path = self.adapter.build(self.endpoint, self.args)
+        if self._path is None:  # made once: a form page wants it twice (action, switch)
+            self._path = self._own_url()
         lang = lang or self.lang
         # What build() appends for a value that is no route variable, for our two languages.
         return self._path if lang == DEFAULT_LANG else f"{self._path}?lang={lang}"
 
     def switch_url(self) -> str:
         return self.here("ja" if self.lang == "en" else "en")
+
+    def _own_url(self) -> str:
+        """What ``adapter.build(endpoint, args)`` gives for the route this request matched:
+        most often plain from the path itself."""
+        url = self.app.shortcuts.url(self.adapter, self.path)
+        return self.adapter.build(self.endpoint, self.args) if url is None else url
 
     def csrf(self) -> str:
         """The hidden field's value: the cookie's value, signed and timed (double submit)."""
@@ -507,6 +515,8 @@ class WebApp:
                 Rule("/static/<path:filename>", endpoint="static", methods=["GET"]),
             ]
         )
+        # Werkzeug's answers for the token routes' plain paths, without its matcher.
+        self.shortcuts = Shortcuts.of(self.url_map)
         self._views: dict[str, Callable[..., Answer]] = {
             "index": self.on_index,
             "signup": self.on_signup,
@@ -558,11 +568,15 @@ class WebApp:
         try:
             # The adapter may have been bound for another request: this one's path, method
             # and query, as bind_to_environ reads them.
-            page.endpoint, page.args = page.adapter.match(
-                get_path_info(environ) if "PATH_INFO" in environ else "/",
-                environ["REQUEST_METHOD"],
-                query_args=request.query_string.decode(errors="replace"),
-            )
+            page.path = path = get_path_info(environ) if "PATH_INFO" in environ else "/"
+            method = environ["REQUEST_METHOD"]
+            matched: tuple[Any, Mapping[str, Any]] | None
+            matched = self.shortcuts.match(page.adapter, path, method)
+            if matched is None:
+                matched = page.adapter.match(
+                    path, method, query_args=request.query_string.decode(errors="replace")
+                )
+            page.endpoint, page.args = matched
             response = self._views[page.endpoint](page, **page.args)
         except RequestRedirect as e:
             response = redirect(e.new_url, e.code)
