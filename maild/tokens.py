@@ -131,6 +131,14 @@ def _b64decode(data: bytes) -> bytes:
     return binascii.a2b_base64((data + b"=" * (-len(data) % 4)).translate(_FROM_URLSAFE))
 
 
+def _sign(mac: hmac.HMAC, data: bytes) -> bytes:
+    """``hmac.digest(key, data, "sha1")`` from ``mac``, an HMAC keyed with ``key`` and
+    never updated (a copy is updated instead, so threads can share it)."""
+    signer = mac.copy()
+    signer.update(data)
+    return signer.digest()
+
+
 class _Tokens:
     """One salt's tokens, in itsdangerous's format, without its per-call plumbing.
 
@@ -151,13 +159,18 @@ class _Tokens:
         self._clock = clock  # None: untimed tokens, without the timestamp part
         signer = serializer.make_signer()
         # Newest first, the order itsdangerous tries them in; it signs with the newest.
-        self._keys = [signer.derive_key(key) for key in reversed(serializer.secret_keys)]
+        # Each key's HMAC is set up once and copied per signature: keying it (two SHA-1
+        # blocks and OpenSSL's digest lookup) was a third of each HMAC-SHA1.
+        self._macs = [
+            hmac.new(signer.derive_key(key), digestmod=hashlib.sha1)
+            for key in reversed(serializer.secret_keys)
+        ]
 
     def dumps(self, obj: Any) -> str:
         body = _b64encode(_CompactJson.dumps(obj).encode("utf-8"))
         if self._clock is not None:
             body += b"." + _b64encode(int_to_bytes(self._clock.timestamp()))
-        signature = _b64encode(hmac.digest(self._keys[0], body, "sha1"))
+        signature = _b64encode(_sign(self._macs[0], body))
         return (body + b"." + signature).decode("ascii")
 
     def loads(self, token: str, max_age: int | None = None) -> Any:
@@ -181,8 +194,8 @@ class _Tokens:
         signed = data[: -len(parts[-1]) - 1]
         # The signature is compared as we write it; other spellings that itsdangerous's
         # lenient base64 also reads ("+" for "-", padding) are left to it.
-        for key in self._keys:
-            expected = _b64encode(hmac.digest(key, signed, "sha1"))
+        for mac in self._macs:
+            expected = _b64encode(_sign(mac, signed))
             if hmac.compare_digest(expected, parts[-1]):
                 break
         else:

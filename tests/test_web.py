@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, text
+from werkzeug.datastructures import Headers
 from werkzeug.http import dump_cookie
 from werkzeug.test import Client, TestResponse
+from werkzeug.wrappers import Response
 
 from maild.areas import CATEGORY_IDS, categories_from_mask
 from maild.clock import FakeClock
@@ -29,10 +31,12 @@ from maild.web.app import (
     WebApp,
     _CookieValues,
     _keep,
+    _Page,
     create_app,
     health_status,
     safe_path,
 )
+from maild.web.routes import Shortcuts
 from tests.configs import make_config, write_config
 
 CSRF_FIELD = re.compile(r'name="csrf" value="([^"]+)"')
@@ -487,6 +491,110 @@ def test_pages_do_not_depend_on_the_requests_before_them(tmp_path: Path, root: s
         }
         links = set(re.findall(r'(?:href|action)="([^"]*)"', answer.text))
         assert {static, *page} <= links <= {static, *page, *others}
+
+
+class _AppendableHeaders(Headers):
+    """Werkzeug's headers, taking a page's own header as a page's list does."""
+
+    def append(self, header: tuple[str, str]) -> None:
+        self.add(*header)
+
+
+def _werkzeug_response(page: _Page, html: str | bytes, status: int) -> Response:
+    """A page's answer as it was made before pages were answered directly."""
+    response = Response(html, status=status, mimetype="text/html", direct_passthrough=True)
+    response.headers = _AppendableHeaders(response.headers)
+    if page._set_cookie and page._cookie:
+        response.headers.add(
+            "Set-Cookie", page.app.cookie_header(page.request.script_root, page._cookie)
+        )
+    return response
+
+
+Answered = tuple[str, list[tuple[str, str]], bytes]
+
+
+def blanked(answer: Answered) -> Answered:
+    """The answer with a new cookie's value and the CSRF field (made from it) blanked."""
+    status, headers, body = answer
+    headers = sorted(
+        (k, re.sub(r"maild_csrf=[^;]+", "maild_csrf=*", v) if k == "Set-Cookie" else v)
+        for k, v in headers
+    )
+    return status, headers, CSRF_FIELD.sub('name="csrf" value="*"', body.decode()).encode()
+
+
+@pytest.mark.parametrize("root", ["", "/maild"])
+def test_pages_are_werkzeugs_answers(
+    tmp_path: Path, root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages are answered straight to the server, routed and their own URLs made without
+    Werkzeug where the path makes the outcome plain; the answers are byte for byte those
+    of Werkzeug's Response, matcher and URL building (the app with no shortcuts), for GET
+    and HEAD, both languages, with and without a cookie, form pages and refusals."""
+    web = make_web(tmp_path)
+    services = web.services
+    pending = web.pending("&kept@example.jp")
+    used = web.pending("used@example.jp")
+    services.registrations.complete_register(used, ["aoba"], ["other"])
+    manage, unsubscribe = web.active("kept2@example.jp", ("aoba",), ("other",))
+    paths = [
+        f"/register/{pending}",  # the form, kept
+        f"/register/{used}",  # 410
+        f"/register/{pending[:-3]}{'AAA' if not pending.endswith('AAA') else 'BBB'}",  # 400
+        "/register/a b%C3%A9&<x>",  # no shortcut to the URL; a refusal
+        f"/manage/{manage}",
+        f"/unsubscribe/{unsubscribe}",
+        "/signup",
+        "/nowhere",  # 404
+        "/register/",  # 404
+    ]
+    requests = [
+        (method, path + query, headers)
+        for path in paths
+        for query in ("", "?lang=en")
+        for method in ("GET", "HEAD")
+        for headers in ({"Cookie": A_COOKIE}, {})
+    ]
+    requests.append(("DELETE", "/signup", {}))  # 405 with Allow
+
+    def answers(app: WebApp) -> list[Answered]:
+        client = Client(app, use_cookies=False)
+        out = []
+        for method, path, headers in requests:
+            response = client.open(
+                path, method=method, base_url=f"http://localhost{root}/", headers=headers
+            )
+            out.append((response.status, list(response.headers.items()), response.data))
+        return out
+
+    direct = answers(web.app)
+    assert direct[0][1][0] == ("Content-Type", "text/html; charset=utf-8")
+    assert {status for status, _, _ in direct} == {
+        "200 OK",
+        "400 BAD REQUEST",
+        "404 NOT FOUND",
+        "405 METHOD NOT ALLOWED",
+        "410 GONE",
+    }
+    new_app = create_app(
+        web.app.config, services.registrations, services.areas, services.links, web.clock
+    )
+    assert new_app.shortcuts.words == {"register", "manage", "unsubscribe"}
+    new_app.shortcuts = Shortcuts({}, relative=False)  # everything through Werkzeug
+    with monkeypatch.context() as patch:
+        patch.setattr(_Page, "response", _werkzeug_response)
+        through_werkzeug = answers(new_app)
+    for request, got, expected in zip(requests, direct, through_werkzeug, strict=True):
+        if request[2]:  # with a cookie: the same bytes
+            assert (got[0], sorted(got[1]), got[2]) == (
+                expected[0],
+                sorted(expected[1]),
+                expected[2],
+            ), request
+        else:
+            assert blanked(got) == blanked(expected), request
+        assert (got[2] == b"") == (request[0] == "HEAD"), request
 
 
 def test_register_form_refuses_links_of_erased_and_revoked_subscribers(web: Web) -> None:

@@ -61,6 +61,7 @@ from maild.registration import (
 )
 from maild.tokens import CSRF, CSRF_MAX_AGE, MANAGE, REGISTER, UNSUBSCRIBE, LinkError, Links
 from maild.web.i18n import DEFAULT_LANG, pick_lang, text
+from maild.web.routes import Shortcuts
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -76,6 +77,7 @@ BAD_REQUEST_TEXT = "リクエストを読み取れませんでした。\nThe req
 PICKER_CACHE_SIZE = 512
 KEPT_PAGES = 128  # form pages kept with holes (WebApp._form): every new resident's is one
 KEPT_ADAPTERS = 16  # URL map bindings kept per host, script root and scheme (WebApp._adapter)
+HTML_CONTENT_TYPE = "text/html; charset=utf-8"  # what Werkzeug writes for mimetype="text/html"
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus text format
 CSRF_FIELD = "csrf"
 COOKIE_BYTES = 32
@@ -319,6 +321,38 @@ class _HolePage:
 # --- one request --------------------------------------------------------------------------
 
 
+@functools.cache
+def _status_line(code: int) -> str:
+    """The status line Werkzeug's Response writes for ``code`` ("410 GONE")."""
+    return Response(status=code).status
+
+
+class _HtmlAnswer:
+    """An HTML page handed to the server directly: what ``Response(body, status,
+    mimetype="text/html")`` answers, headers and all, without Werkzeug building its
+    Headers, then copying and checking them again to start the answer (a sixth of the
+    register page). HEAD gets the same headers, Content-Length included, and no body,
+    as from Werkzeug. Only for statuses that have a body.
+    """
+
+    __slots__ = ("body", "headers", "status_code")
+
+    def __init__(self, body: bytes, status: int, headers: list[tuple[str, str]]) -> None:
+        if status < 200 or status in (204, 304):
+            raise ValueError(f"an HTML page with status {status}, which has no body")
+        self.body = body
+        self.status_code = status
+        self.headers = headers  # Content-Type, Content-Length, then any of the page's own
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        start_response(_status_line(self.status_code), self.headers)
+        return [] if environ["REQUEST_METHOD"] == "HEAD" else [self.body]
+
+
+# What a view answers: a page, or Werkzeug's Response for a redirect, a file, JSON and such.
+Answer = Response | _HtmlAnswer
+
+
 class _Page:
     """One request's language, CSRF cookie and URL building."""
 
@@ -331,7 +365,9 @@ class _Page:
         self.lang = pick_lang(request.args.get("lang")) if query else DEFAULT_LANG
         self.endpoint = ""
         self.args: Mapping[str, Any] = {}
-        cookie = request.cookies.get(CSRF_COOKIE, "")
+        self.path = "/"  # the path matched (respond)
+        # Without a Cookie header (a link opened from a mail) there is nothing to parse.
+        cookie = request.cookies.get(CSRF_COOKIE, "") if "HTTP_COOKIE" in request.environ else ""
         self._cookie = cookie if _COOKIE_VALUE.fullmatch(cookie) else None
         self._set_cookie = False
         self._path: str | None = None
@@ -349,14 +385,20 @@ class _Page:
 
     def here(self, lang: str | None = None) -> str:
         """This page's URL (matched routes only), in ``lang`` or the current language."""
-        if self._path is None:  # built once: a form page wants it twice (action, switch)
-            self._path = self.adapter.build(self.endpoint, self.args)
+        if self._path is None:  # made once: a form page wants it twice (action, switch)
+            self._path = self._own_url()
         lang = lang or self.lang
         # What build() appends for a value that is no route variable, for our two languages.
         return self._path if lang == DEFAULT_LANG else f"{self._path}?lang={lang}"
 
     def switch_url(self) -> str:
         return self.here("ja" if self.lang == "en" else "en")
+
+    def _own_url(self) -> str:
+        """What ``adapter.build(endpoint, args)`` gives for the route this request matched:
+        most often plain from the path itself."""
+        url = self.app.shortcuts.url(self.adapter, self.path)
+        return self.adapter.build(self.endpoint, self.args) if url is None else url
 
     def csrf(self) -> str:
         """The hidden field's value: the cookie's value, signed and timed (double submit)."""
@@ -377,7 +419,7 @@ class _Page:
         # Bytes: compare_digest refuses non-ASCII str, and the cookie is the client's to choose.
         return isinstance(payload, str) and hmac.compare_digest(payload.encode(), cookie.encode())
 
-    def render(self, template: str, title: str, status: int = 200, **context: Any) -> Response:
+    def render(self, template: str, title: str, status: int = 200, **context: Any) -> _HtmlAnswer:
         return self.response(self.html(template, title, status, page=self, **context), status)
 
     def html(self, template: str, title: str, status: int, **context: Any) -> str:
@@ -399,17 +441,17 @@ class _Page:
         """Whether the page links to itself in the other language."""
         return bool(self.endpoint) and status < 400 and self.reading
 
-    def response(self, html: str | bytes, status: int) -> Response:
-        # The page is in one piece already: handed to the server as it is, not through
-        # Werkzeug's encoding generator and ClosingIterator (no file, nothing to close).
-        response = Response(html, status=status, mimetype="text/html", direct_passthrough=True)
+    def response(self, html: str | bytes, status: int) -> _HtmlAnswer:
+        """The answer with page ``html``: the one place a page's headers are made (the
+        security headers are added for every answer in :meth:`WebApp.__call__`)."""
+        body = html.encode() if isinstance(html, str) else html
+        headers = [("Content-Type", HTML_CONTENT_TYPE), ("Content-Length", str(len(body)))]
         if self._set_cookie and self._cookie:
-            response.headers.add(
-                "Set-Cookie", self.app.cookie_header(self.request.script_root, self._cookie)
-            )
-        return response
+            cookie = self.app.cookie_header(self.request.script_root, self._cookie)
+            headers.append(("Set-Cookie", cookie))
+        return _HtmlAnswer(body, status, headers)
 
-    def message(self, status: int, title_key: str, *blocks: Block, **context: Any) -> Response:
+    def message(self, status: int, title_key: str, *blocks: Block, **context: Any) -> _HtmlAnswer:
         return self.render(
             "message.html", self.t(title_key), status, blocks=blocks, summary=None, **context
         )
@@ -473,7 +515,9 @@ class WebApp:
                 Rule("/static/<path:filename>", endpoint="static", methods=["GET"]),
             ]
         )
-        self._views: dict[str, Callable[..., Response]] = {
+        # Werkzeug's answers for the token routes' plain paths, without its matcher.
+        self.shortcuts = Shortcuts.of(self.url_map)
+        self._views: dict[str, Callable[..., Answer]] = {
             "index": self.on_index,
             "signup": self.on_signup,
             "register": self.on_register,
@@ -497,7 +541,9 @@ class WebApp:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
         try:
-            response, endpoint = self.respond(_Request(environ))
+            # Not stored in the environ (populate_request): the two would hold each other, and
+            # every request would be left for the garbage collector to find.
+            response, endpoint = self.respond(_Request(environ, populate_request=False))
         except Exception as e:
             # A request no page can be made for: a Host header that is no host name (the
             # routes cannot be bound to it) or the like. The client's doing, so a 400 and
@@ -515,18 +561,22 @@ class WebApp:
 
         return response(environ, start)
 
-    def respond(self, request: _Request) -> tuple[Response, str]:
+    def respond(self, request: _Request) -> tuple[Answer, str]:
         """The answer to ``request`` and the endpoint it matched (``""`` if none)."""
         environ = request.environ
         page = _Page(self, request, self._adapter(environ))
         try:
             # The adapter may have been bound for another request: this one's path, method
             # and query, as bind_to_environ reads them.
-            page.endpoint, page.args = page.adapter.match(
-                get_path_info(environ) if "PATH_INFO" in environ else "/",
-                environ["REQUEST_METHOD"],
-                query_args=request.query_string.decode(errors="replace"),
-            )
+            page.path = path = get_path_info(environ) if "PATH_INFO" in environ else "/"
+            method = environ["REQUEST_METHOD"]
+            matched: tuple[Any, Mapping[str, Any]] | None
+            matched = self.shortcuts.match(page.adapter, path, method)
+            if matched is None:
+                matched = page.adapter.match(
+                    path, method, query_args=request.query_string.decode(errors="replace")
+                )
+            page.endpoint, page.args = matched
             response = self._views[page.endpoint](page, **page.args)
         except RequestRedirect as e:
             response = redirect(e.new_url, e.code)
@@ -586,17 +636,17 @@ class WebApp:
             _keep(self._adapters, key, adapter, KEPT_ADAPTERS)
         return adapter
 
-    def _http_error(self, page: _Page, e: HTTPException) -> Response:
+    def _http_error(self, page: _Page, e: HTTPException) -> Answer:
         code = e.code or 500
         if code >= 500:
             return self._server_error(page)
         key = {404: "not_found", 405: "method", 413: "too_large"}.get(code, "bad_request")
         response = page.message(code, f"{key}_title", Block(page.t(f"{key}_body")))
         if isinstance(e, MethodNotAllowed) and e.valid_methods:
-            response.headers["Allow"] = ", ".join(e.valid_methods)
+            response.headers.append(("Allow", ", ".join(e.valid_methods)))
         return response
 
-    def _server_error(self, page: _Page) -> Response:
+    def _server_error(self, page: _Page) -> Answer:
         try:
             return page.message(500, "server_error_title", Block(page.t("server_error_body")))
         except Exception:
@@ -605,7 +655,7 @@ class WebApp:
 
     # --- link problems: a page that says what happened and what to do next
 
-    def _link_problem(self, page: _Page, purpose: str, token: str, error: LinkError) -> Response:
+    def _link_problem(self, page: _Page, purpose: str, token: str, error: LinkError) -> _HtmlAnswer:
         reason = error.reason
         if reason == "invalid" and purpose != REGISTER and self._signed(purpose, token):
             # Our own, untampered link whose subscriber is gone: they cancelled (or were erased).
@@ -643,7 +693,7 @@ class WebApp:
             return False
         return True
 
-    def _csrf_failed(self, page: _Page) -> Response:
+    def _csrf_failed(self, page: _Page) -> _HtmlAnswer:
         log.info(
             "%s %s: missing or bad CSRF token", page.request.method, safe_path(page.request.path)
         )
@@ -660,7 +710,7 @@ class WebApp:
     def on_index(self, page: _Page) -> Response:
         return redirect(page.url("signup"), 303)
 
-    def on_signup(self, page: _Page) -> Response:
+    def on_signup(self, page: _Page) -> _HtmlAnswer:
         title = page.t("signup_title")
         registration = self.config.smtp.registration_address
         if page.reading:
@@ -671,7 +721,7 @@ class WebApp:
             return self._csrf_failed(page)
         address = page.request.form.get("address", "")
 
-        def invalid() -> Response:
+        def invalid() -> _HtmlAnswer:
             return page.render(
                 "signup.html",
                 title,
@@ -708,7 +758,7 @@ class WebApp:
             self._not_arrived(page),
         )
 
-    def _too_many(self, page: _Page, retry_after: int) -> Response:
+    def _too_many(self, page: _Page, retry_after: int) -> _HtmlAnswer:
         """429 (RFC 6585 §4): nothing was queued; say when to come back, and the other way in."""
         response = page.message(
             429,
@@ -719,10 +769,10 @@ class WebApp:
             Block(self.config.smtp.registration_address, mailto=True),
             Block(page.t("back_to_signup"), href=page.url("signup")),
         )
-        response.headers["Retry-After"] = str(retry_after)
+        response.headers.append(("Retry-After", str(retry_after)))
         return response
 
-    def on_register(self, page: _Page, token: str) -> Response:
+    def on_register(self, page: _Page, token: str) -> _HtmlAnswer:
         try:
             view = self.registrations.view_register(token)
         except LinkError as e:
@@ -749,7 +799,7 @@ class WebApp:
             summary=summary(self.areas, done, page.lang),
         )
 
-    def on_manage(self, page: _Page, token: str) -> Response:
+    def on_manage(self, page: _Page, token: str) -> _HtmlAnswer:
         try:
             view = self.registrations.view_manage(token)
         except LinkError as e:
@@ -783,7 +833,7 @@ class WebApp:
             summary=summary(self.areas, saved, page.lang),
         )
 
-    def on_unsubscribe(self, page: _Page, token: str) -> Response:
+    def on_unsubscribe(self, page: _Page, token: str) -> _HtmlAnswer:
         request = page.request
         if request.method == "POST" and request.form.get(ONE_CLICK_KEY) == ONE_CLICK_VALUE:
             return self._one_click(page, token)
@@ -803,7 +853,7 @@ class WebApp:
             return self._link_problem(page, UNSUBSCRIBE, token, e)
         return page.message(200, "cancelled_title", Block(page.t("cancelled_body")))
 
-    def _one_click(self, page: _Page, token: str) -> Response:
+    def _one_click(self, page: _Page, token: str) -> _HtmlAnswer:
         """RFC 8058: the mail client POSTs without cookie or CSRF field; the token is the proof."""
         try:
             self.registrations.cancel(token, UNSUBSCRIBE)
@@ -874,19 +924,27 @@ class WebApp:
         area_ids: Iterable[str],
         categories: Iterable[str],
         error: Exception | None = None,
-    ) -> Response:
+    ) -> _HtmlAnswer:
         """The register or manage form, pre-filled; with ``error`` a 400 that keeps the choices.
 
         Without an error the page is the same for everyone with the same choices but for a
         few values (the CSRF field, the token in the URLs, the masked address), so it is
         rendered once with holes for them (:class:`_KeptPage`) and filled per request.
         """
-        template, title = f"{kind}.html", page.t(f"{kind}_title")
+        template = f"{kind}.html"
         areas, chosen = frozenset(area_ids), frozenset(categories)
-        context = {
-            "areas_html": self._areas_html(page.lang, areas),
-            "categories_html": self._categories_html(page.lang, chosen),
-        }
+
+        def render(status: int, **context: Any) -> str:
+            # Only when the page is rendered: a kept page has these pieces in it already.
+            return page.html(
+                template,
+                page.t(f"{kind}_title"),
+                status,
+                areas_html=self._areas_html(page.lang, areas),
+                categories_html=self._categories_html(page.lang, chosen),
+                **context,
+            )
+
         if error is not None or not self.keep_pages:
             message = ""
             if isinstance(error, ChoiceError):
@@ -894,9 +952,8 @@ class WebApp:
             elif error is not None:
                 message = page.t("unknown_area")
             status = 400 if error else 200
-            return page.render(
-                template, title, status, view=view, error=message, action=page.here(), **context
-            )
+            html = render(status, page=page, view=view, error=message, action=page.here())
+            return page.response(html, status)
         key = (
             kind,
             page.lang,
@@ -909,15 +966,8 @@ class WebApp:
         )
         kept = self._pages.get(key)
         if kept is None:
-            html = page.html(
-                template,
-                title,
-                200,
-                page=_HolePage(page),
-                view=_HoleView(),
-                error="",
-                action=_hole("action"),
-                **context,
+            html = render(
+                200, page=_HolePage(page), view=_HoleView(), error="", action=_hole("action")
             )
             kept = _keep(self._pages, key, _KeptPage.of(html, self.config, self.areas), KEPT_PAGES)
         holes: dict[str, Callable[[], str]] = {
