@@ -93,8 +93,9 @@ def test_pages_run_one_at_a_time_while_a_thread_keeps_up() -> None:
 def test_a_busy_connection_is_not_offered_for_writing_and_loses_nothing() -> None:
     # The first chunk is more than the sockets hold (the client reads nothing yet), so
     # part of it stays buffered while the app is still running; waitress's own channel
-    # would be offered for writing then, and the main loop would spin on it.
-    chunk = b"x" * (16 << 20)
+    # would be offered for writing then, and the main loop would spin on it. It is half
+    # of outbuf_high_watermark (16 MB): above that the channel is offered on purpose.
+    chunk = b"x" * (8 << 20)
     release = threading.Event()
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
