@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.procs import BenchError
-from maild.alertmail import AlertContent, Personal, template_for
-from maild.areas import AreaMap
-from maild.config import Config, load_config
-from maild.spool import place_in_spool
-from maild.tokens import MANAGE, REGISTER, UNSUBSCRIBE, Links, VerpTokens, read_key
+from maild.alerts.spool import place_in_spool
+from maild.common.config import Config, load_config
+from maild.delivery.alertmail import AlertContent, Personal, template_for
+from maild.residents.areas import AreaMap
+from maild.residents.links import MANAGE, REGISTER, UNSUBSCRIBE, Links, VerpTokens, read_key
 from tests.configs import to_toml  # one TOML writer for tests and benchmarks
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,7 +73,7 @@ class Workspace:
 
     @property
     def database(self) -> Path:
-        return self.folder / "state" / "maild.db"
+        return self.folder / "state" / "maild.store.db"
 
     @property
     def spool(self) -> Path:

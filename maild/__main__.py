@@ -1,5 +1,5 @@
 """Allow ``python -m maild``."""
 
-from maild.cli import main
+from maild.cli.main import main
 
 raise SystemExit(main())

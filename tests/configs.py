@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from maild.config import Config, load_config
+from maild.common.config import Config, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 AREAS_FILE = REPO / "config" / "areas.toml"

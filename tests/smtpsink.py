@@ -34,7 +34,7 @@ import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from maild.addresses import InvalidAddress, normalize
+from maild.common.addresses import InvalidAddress, normalize
 
 TlsMode = Literal["none", "starttls", "implicit"]
 Stage = Literal["rcpt", "data"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from maild.addresses import InvalidAddress, mask, mask_token, normalize, smtp_path
+from maild.common.addresses import InvalidAddress, mask, mask_token, normalize, smtp_path
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from maild.alertfile import (
+from maild.alerts.alertfile import (
     CATEGORY_ALIASES,
     CATEGORY_LABELS,
     MAX_ALERT_FILE_BYTES,

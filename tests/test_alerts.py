@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from maild.alertfile import AlertDraft, parse_alert
-from maild.alerts import AlertActionError, Source
-from maild.clock import FakeClock
-from maild.models import Delivery, Subscriber, SubscriberArea
-from maild.services import Services, build_services
+from maild.alerts.alertfile import AlertDraft, parse_alert
+from maild.alerts.workflow import AlertActionError, Source
+from maild.common.clock import FakeClock
+from maild.service.services import Services, build_services
+from maild.store.models import Delivery, Subscriber, SubscriberArea
 from tests.configs import REPO, make_config
 
 SATURDAY = dt.datetime(2026, 12, 5, 1, 0, tzinfo=dt.UTC)  # 10:00 in Tokyo, closed
@@ -95,7 +95,7 @@ def test_operator_guide_examples_are_valid_alert_files() -> None:
     """Every example file in the operator's guide parses (they are what operators copy)."""
     from zoneinfo import ZoneInfo
 
-    from maild.areas import AreaMap
+    from maild.residents.areas import AreaMap
 
     areas = AreaMap.load(REPO / "config" / "areas.toml")
     guide = (REPO / "docs" / "operator-guide.ja.md").read_text(encoding="utf-8")

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from maild.areas import CATEGORY_IDS, AreaMap
-from maild.config import RelayConfig
-from maild.fanout import BATCH
+from maild.common.config import RelayConfig
+from maild.delivery.fanout import BATCH
+from maild.residents.areas import CATEGORY_IDS, AreaMap
 from tests.configs import AREAS_FILE
 from tests.daemon import DaemonProcess, maild_command
 from tests.resident import Browser, text_of

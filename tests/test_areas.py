@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from maild.areas import (
+from maild.residents.areas import (
     ALL_CATEGORIES_MASK,
     CATEGORIES,
     CATEGORY_IDS,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from maild import autoreply
-from maild.autoreply import decide, message_id, parse_headers
+from maild.inbound import autoreply
+from maild.inbound.autoreply import decide, message_id, parse_headers
 
 CORPUS = Path(__file__).parent / "corpus" / "autoreply"
 OWN = ("entry@mail.example.jp", "bounce@mail.example.jp", "info@mail.example.jp")

@@ -19,10 +19,14 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from maild.alertfile import AlertDraft
-from maild.alerts import Alerts, Source
-from maild.areas import CATEGORY_IDS, AreaMap, mask_from_categories
-from maild.bounces import (
+from maild.alerts.alertfile import AlertDraft
+from maild.alerts.window import WindowRules
+from maild.alerts.workflow import Alerts, Source
+from maild.common.clock import FakeClock
+from maild.delivery.fanout import FanoutSender
+from maild.mail.relay import DeliveryError, PermanentFailure, TemporaryFailure, open_relay
+from maild.residents.areas import CATEGORY_IDS, AreaMap, mask_from_categories
+from maild.residents.bounces import (
     ALREADY_TODAY,
     NOT_ACTIVE,
     SCORED,
@@ -31,15 +35,11 @@ from maild.bounces import (
     Bounces,
     classify,
     relay_failure_counts,
-    revive,
 )
-from maild.clock import FakeClock
-from maild.db import Database
-from maild.fanout import FanoutSender
-from maild.models import ACTIVE, PENDING, SUSPENDED, Subscriber, SubscriberArea
-from maild.relay import DeliveryError, PermanentFailure, TemporaryFailure, open_relay
-from maild.tokens import Links, new_link_key
-from maild.window import WindowRules
+from maild.residents.links import Links, new_link_key
+from maild.residents.subscribers import revive
+from maild.store.db import Database
+from maild.store.models import ACTIVE, PENDING, SUSPENDED, Subscriber, SubscriberArea
 from tests.configs import make_config
 from tests.smtpsink import SmtpSink
 from tests.test_smtp_inbound import BLANK, KEY, Harness, run

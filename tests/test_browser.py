@@ -30,9 +30,9 @@ from playwright.sync_api import (
 )
 from sqlalchemy import select
 
-from maild.clock import FakeClock
-from maild.models import OutboxMail, Subscriber
-from maild.services import Services, build_services
+from maild.common.clock import FakeClock
+from maild.service.services import Services, build_services
+from maild.store.models import OutboxMail, Subscriber
 from maild.web.app import create_app
 from maild.web.server import web_server
 from tests.configs import make_config

@@ -6,7 +6,7 @@ import datetime as dt
 import time
 from pathlib import Path
 
-from maild.clock import UTC, Clock, FakeClock, FileClock
+from maild.common.clock import UTC, Clock, FakeClock, FileClock
 
 
 def test_the_system_clock_stamps_the_current_second() -> None:

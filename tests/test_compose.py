@@ -1,4 +1,4 @@
-"""maild.compose: the bytes of an outgoing mail, checked by parsing them back."""
+"""maild.mail.compose: the bytes of an outgoing mail, checked by parsing them back."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from maild.compose import compose
+from maild.mail.compose import compose
 
 TOKYO = zoneinfo.ZoneInfo("Asia/Tokyo")
 DATE = dt.datetime(2026, 12, 1, 9, 30, tzinfo=TOKYO)

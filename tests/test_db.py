@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import bindparam, select
 
-from maild.db import Database
-from maild.models import Subscriber
+from maild.store.db import Database
+from maild.store.models import Subscriber
 from tests.configs import make_config
 
 ADDRESS = select(Subscriber.address, Subscriber.id).where(

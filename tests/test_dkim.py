@@ -1,4 +1,4 @@
-"""maild.dkim: signatures that dkimpy verifies against the published record, offline."""
+"""maild.mail.dkim: signatures that dkimpy verifies against the published record, offline."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from maild.alertmail import AlertContent, AlertTemplate, Personal
-from maild.compose import compose
-from maild.config import DkimConfig, RelayConfig
-from maild.dkim import DkimSigner, load_private_key, publish_record, signing
-from maild.relay import open_relay
+from maild.common.config import DkimConfig, RelayConfig
+from maild.delivery.alertmail import AlertContent, AlertTemplate, Personal
+from maild.mail.compose import compose
+from maild.mail.dkim import DkimSigner, load_private_key, publish_record, signing
+from maild.mail.relay import open_relay
 from tests.smtpsink import SmtpSink
 
 TOKYO = zoneinfo.ZoneInfo("Asia/Tokyo")

@@ -7,12 +7,12 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from maild.alertfile import AlertDraft
-from maild.alerts import Source
-from maild.clock import FakeClock
-from maild.housekeeping import Housekeeping
-from maild.models import Delivery, OutboxMail, Subscriber
-from maild.services import Services, build_services
+from maild.alerts.alertfile import AlertDraft
+from maild.alerts.workflow import Source
+from maild.common.clock import FakeClock
+from maild.service.housekeeping import Housekeeping
+from maild.service.services import Services, build_services
+from maild.store.models import Delivery, OutboxMail, Subscriber
 from tests.configs import make_config
 
 START = dt.datetime(2026, 12, 7, 0, 0, tzinfo=dt.UTC)  # Monday 09:00 in Tokyo: window open
@@ -63,7 +63,7 @@ def test_delivery_rows_of_old_alerts_are_pruned_but_counts_stay(tmp_path: Path) 
                 )
             )
     with s.db.transaction() as session:
-        from maild.models import SubscriberArea
+        from maild.store.models import SubscriberArea
 
         for n in (1, 2, 3):
             session.add(SubscriberArea(subscriber_id=n, area_id="aoba"))

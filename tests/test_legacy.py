@@ -16,21 +16,21 @@ from typing import Any
 
 import pytest
 
-from maild.alertfile import FileProblem, error_report
-from maild.alertmail import AlertContent, AlertTemplate, Personal, body_text
-from maild.compose import compose, encode_body
-from maild.config import RelayConfig
-from maild.legacy import (
+from maild.alerts.alertfile import FileProblem, error_report
+from maild.alerts.legacy_check import check_alert_for_legacy
+from maild.common.config import RelayConfig
+from maild.delivery.alertmail import AlertContent, AlertTemplate, Personal, body_text
+from maild.mail.compose import compose, encode_body
+from maild.mail.legacy import (
     LEGACY_MAP,
     LegacyCharsetError,
     LegacyProblem,
-    check_alert_for_legacy,
     encodes,
     legacy_problems,
     to_legacy,
 )
-from maild.notices import RULE, complete_notice, manage_notice, register_notice
-from maild.relay import open_relay
+from maild.mail.relay import open_relay
+from maild.residents.notices import RULE, complete_notice, manage_notice, register_notice
 from tests.configs import AREAS_FILE
 from tests.smtpsink import SmtpSink, smtp_sink
 

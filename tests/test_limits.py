@@ -15,9 +15,10 @@ import pytest
 from sqlalchemy import func, select
 from werkzeug.test import Client as WebClient
 
-from maild.clock import FakeClock
-from maild.config import ConfigError, LimitsConfig
-from maild.limits import (
+from maild.common.clock import FakeClock
+from maild.common.config import ConfigError, LimitsConfig
+from maild.inbound.listener import InboundHandler, InboundServer
+from maild.residents.limits import (
     HOURLY,
     IP_RATE,
     AnswerBudget,
@@ -26,9 +27,8 @@ from maild.limits import (
     is_trusted,
     peer_key,
 )
-from maild.models import OutboxMail
-from maild.services import build_services
-from maild.smtp_inbound import InboundHandler, InboundServer
+from maild.service.services import build_services
+from maild.store.models import OutboxMail
 from maild.web.app import create_app
 from tests.configs import make_config
 from tests.test_smtp_inbound import Client as SmtpClient
@@ -286,7 +286,7 @@ def test_a_reload_gives_the_web_its_new_limits(tmp_path: Path) -> None:
     try:
         app = create_app(config, services.registrations, services.areas, services.links, clock)
         assert app.budget.limits.answers_per_ip_per_minute == 1
-        # What maild.reload does on SIGHUP.
+        # What maild.service.reload does on SIGHUP.
         app.config = make_config(tmp_path, limits={"answers_per_ip_per_minute": 7})
         assert app.budget.limits.answers_per_ip_per_minute == 7
     finally:

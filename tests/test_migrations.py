@@ -8,12 +8,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine
 
-from maild import models  # noqa: F401  (registers the tables)
-from maild.db import Base, upgrade
+from maild.store import models  # noqa: F401  (registers the tables)
+from maild.store.db import Base, upgrade
 
 
 def test_models_and_migrations_agree(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'maild.db'}"
+    url = f"sqlite:///{tmp_path / 'maild.store.db'}"
     upgrade(url)
     engine = create_engine(url)
 

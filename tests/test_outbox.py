@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from maild.clock import FakeClock
-from maild.models import FAILED, QUEUED, SENT, OutboxMail
-from maild.outbox import FIRST_RETRY, OutboxSender
-from maild.registration import Request
-from maild.relay import open_relay
-from maild.services import Services, build_services
+from maild.common.clock import FakeClock
+from maild.mail.outbox import FIRST_RETRY, OutboxSender
+from maild.mail.relay import open_relay
+from maild.residents.registration import Request
+from maild.service.services import Services, build_services
+from maild.store.models import FAILED, QUEUED, SENT, OutboxMail
 from tests.configs import make_config
 from tests.smtpsink import SmtpSink
 

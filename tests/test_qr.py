@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import segno
 
-from maild.qr import mailto_uri, write_qr
+from maild.residents.qr import mailto_uri, write_qr
 
 ADDRESS = "entry@mail.example.jp"
 EXPECTED = "mailto:entry@mail.example.jp"

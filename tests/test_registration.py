@@ -9,11 +9,11 @@ import pytest
 from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import OperationalError
 
-from maild.addresses import InvalidAddress
-from maild.clock import FakeClock
-from maild.models import ACTIVE, SUSPENDED, OutboxMail, Subscriber
-from maild.registration import SENT_MANAGE, SENT_REGISTER, THROTTLED, WEB, Request
-from maild.services import Services, build_services
+from maild.common.addresses import InvalidAddress
+from maild.common.clock import FakeClock
+from maild.residents.registration import SENT_MANAGE, SENT_REGISTER, THROTTLED, WEB, Request
+from maild.service.services import Services, build_services
+from maild.store.models import ACTIVE, SUSPENDED, OutboxMail, Subscriber
 from tests.configs import make_config
 
 

@@ -1,4 +1,4 @@
-"""maild.relay against a real SMTP server (tests/smtpsink.py) and a real Maildir."""
+"""maild.mail.relay against a real SMTP server (tests/smtpsink.py) and a real Maildir."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from typing import TypeVar
 
 import pytest
 
-from maild.config import RelayConfig
-from maild.relay import (
+from maild.common.config import RelayConfig
+from maild.mail.relay import (
     DeliveryError,
     MaildirRelay,
     PermanentFailure,

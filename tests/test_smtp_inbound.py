@@ -30,15 +30,15 @@ import trustme
 from aiosmtpd.smtp import SMTP
 from sqlalchemy import select, text
 
-from maild.areas import AreaMap
-from maild.bounces import Bounces
-from maild.clock import FakeClock
-from maild.config import Config
-from maild.db import Database
-from maild.models import OutboxMail
-from maild.registration import Registrations
-from maild.smtp_inbound import InboundHandler, InboundServer, _Session
-from maild.tokens import MANAGE, Links, VerpTokens
+from maild.common.clock import FakeClock
+from maild.common.config import Config
+from maild.inbound.listener import InboundHandler, InboundServer, _Session
+from maild.residents.areas import AreaMap
+from maild.residents.bounces import Bounces
+from maild.residents.links import MANAGE, Links, VerpTokens
+from maild.residents.registration import Registrations
+from maild.store.db import Database
+from maild.store.models import OutboxMail
 from tests.configs import make_config
 
 CORPUS = Path(__file__).parent / "corpus" / "autoreply"

@@ -14,15 +14,15 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from maild.alertfile import AlertDraft, AlertFileInvalid, FileProblem
-from maild.areas import AreaMap
-from maild.spool import (
+from maild.alerts.alertfile import AlertDraft, AlertFileInvalid, FileProblem
+from maild.alerts.spool import (
     FileMeta,
     Outcome,
     SpoolWatcher,
     ensure_layout,
     place_in_spool,
 )
+from maild.residents.areas import AreaMap
 
 TOKYO = ZoneInfo("Asia/Tokyo")
 AREAS_FILE = Path(__file__).resolve().parent.parent / "config" / "areas.toml"

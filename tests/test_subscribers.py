@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from maild import subscribers
-from maild.addresses import InvalidAddress
-from maild.areas import ALL_CATEGORIES_MASK, CATEGORY_IDS, AreaMap, mask_from_categories
-from maild.clock import FakeClock
-from maild.db import Database
-from maild.models import ACTIVE, PENDING, SUSPENDED, Subscriber, SubscriberArea
-from maild.subscribers import ImportFileError, ImportReport, RowProblem
+from maild.common.addresses import InvalidAddress
+from maild.common.clock import FakeClock
+from maild.residents import roster, subscribers
+from maild.residents.areas import ALL_CATEGORIES_MASK, CATEGORY_IDS, AreaMap, mask_from_categories
+from maild.residents.roster import ImportFileError, ImportReport, RowProblem
+from maild.store.db import Database
+from maild.store.models import ACTIVE, PENDING, SUSPENDED, Subscriber, SubscriberArea
 
 AREAS_FILE = Path(__file__).resolve().parent.parent / "config" / "areas.toml"
 JST = dt.timezone(dt.timedelta(hours=9))
@@ -41,7 +41,7 @@ def new_db(path: Path) -> Iterator[Database]:
 
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
-    yield from new_db(tmp_path / "maild.db")
+    yield from new_db(tmp_path / "maild.store.db")
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def other_db(tmp_path: Path) -> Iterator[Database]:
 
 
 def run(db: Database, areas: AreaMap, clock: FakeClock, text: str) -> ImportReport:
-    return subscribers.import_csv(db, areas, clock, io.StringIO(text, newline=""))
+    return roster.import_csv(db, areas, clock, io.StringIO(text, newline=""))
 
 
 def stored(db: Database) -> dict[str, tuple[str, tuple[str, ...], int]]:
@@ -321,8 +321,8 @@ def test_open_csv_reads_utf8_and_shift_jis(
     path.write_bytes(
         "address,areas,categories\r\na@example.jp,七ヶ浜町 泉区,その他\r\n".encode(encoding)
     )
-    with subscribers.open_csv(path) as lines:
-        report = subscribers.import_csv(db, areas, clock, lines)
+    with roster.open_csv(path) as lines:
+        report = roster.import_csv(db, areas, clock, lines)
     assert report.imported == 1, report.problems
     assert stored(db) == {"a@example.jp": (ACTIVE, ("izumi", "shichigahama"), 0b10000)}
 
@@ -331,14 +331,14 @@ def test_open_csv_refuses_text_in_neither_encoding(tmp_path: Path) -> None:
     path = tmp_path / "binary.csv"
     path.write_bytes(b"address,areas,categories\r\n\x82\xff,aoba,\r\n")
     with pytest.raises(ImportFileError, match="UTF-8 or Shift_JIS"):
-        subscribers.open_csv(path)
+        roster.open_csv(path)
 
 
 # --- stats ------------------------------------------------------------------------------
 
 
 def test_stats_counts_exactly(db: Database, areas: AreaMap, clock: FakeClock) -> None:
-    empty = subscribers.stats(db)
+    empty = roster.stats(db)
     assert empty == {
         "by_status": {PENDING: 0, ACTIVE: 0, SUSPENDED: 0},
         "by_area": {},
@@ -366,7 +366,7 @@ def test_stats_counts_exactly(db: Database, areas: AreaMap, clock: FakeClock) ->
                 updated_at=clock.now(),
             )
         )
-    result = subscribers.stats(db)
+    result = roster.stats(db)
     assert result["by_status"] == {PENDING: 1, ACTIVE: 3, SUSPENDED: 1}
     # Active subscribers only: d's aoba is not counted.
     assert result["by_area"] == {"all": 1, "aoba": 2, "izumi": 1}
@@ -377,7 +377,7 @@ def test_stats_counts_exactly(db: Database, areas: AreaMap, clock: FakeClock) ->
         "community": 1,
         "other": 2,
     }
-    with_map = subscribers.stats(db, areas)["by_area"]
+    with_map = roster.stats(db, areas)["by_area"]
     assert list(with_map) == [area.id for area in areas.areas()]
     assert with_map["aoba"] == 2
     assert with_map["st-izumi"] == 0
@@ -399,7 +399,7 @@ def test_export_then_import_round_trips(
         "s@example.jp,七ケ浜町,street-crime,suspended\n",
     )
     out = io.StringIO()
-    assert subscribers.export_csv(db, areas, out) == 3
+    assert roster.export_csv(db, areas, out) == 3
     exported = out.getvalue()
     assert exported.splitlines() == [
         "address,areas,categories,status",
@@ -411,13 +411,13 @@ def test_export_then_import_round_trips(
     assert report == ImportReport(imported=3, skipped=0, problems=[])
     assert stored(other_db) == stored(db)
     again = io.StringIO()
-    subscribers.export_csv(other_db, areas, again)
+    roster.export_csv(other_db, areas, again)
     assert again.getvalue() == exported
 
 
 def test_export_of_an_empty_database_is_the_header(db: Database, areas: AreaMap) -> None:
     out = io.StringIO()
-    assert subscribers.export_csv(db, areas, out) == 0
+    assert roster.export_csv(db, areas, out) == 0
     assert out.getvalue() == "address,areas,categories,status\n"
 
 
@@ -467,14 +467,14 @@ def test_a_large_import_goes_in_chunks_and_stats_agree(
         yield "user3@docomo.ne.jp,aoba,\n"
         yield "user19999@DOCOMO.ne.jp,aoba,\n"
 
-    report = subscribers.import_csv(db, areas, clock, lines())
+    report = roster.import_csv(db, areas, clock, lines())
     assert report.imported == rows
     assert lines_of(report) == [rows + 2, rows + 3]
     assert (
         report.problems[0].en
         == "duplicate in the file (u***@docomo.ne.jp, same as an earlier line)"
     )
-    result = subscribers.stats(db)
+    result = roster.stats(db)
     assert result["by_status"] == {PENDING: 0, ACTIVE: rows, SUSPENDED: 0}
     assert result["by_area"] == {
         "aoba": rows // 5,

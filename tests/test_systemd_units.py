@@ -36,9 +36,9 @@ from typing import NoReturn
 
 import pytest
 
-import maild.serve
-import maild.watchdog
-from maild.watchdog import watchdog
+import maild.service.serve
+import maild.service.watchdog
+from maild.service.watchdog import watchdog
 from tests.configs import REPO, write_config
 
 UNITS = REPO / "systemd"
@@ -190,7 +190,7 @@ def test_service_directives() -> None:
     assert "maild.socket" in unit["Unit"]["Requires"]
     assert "maild.socket" in " ".join(unit["Unit"]["After"])
     # Stop: SIGKILL only after the daemon's own SMTP drain time has passed, with room.
-    assert float(service["TimeoutStopSec"][0]) > maild.serve.SMTP_DRAIN_SECONDS + 5
+    assert float(service["TimeoutStopSec"][0]) > maild.service.serve.SMTP_DRAIN_SECONDS + 5
     # The folders come from tmpfiles.d only (one owner of modes and groups).
     assert "StateDirectory" not in service
     # The relay and the residents' mail need the network.
@@ -363,8 +363,8 @@ def free_port() -> int:
 
 
 def serve_wires_the_watchdog() -> bool:
-    names = vars(maild.serve).values()
-    return any(v is maild.watchdog or v is maild.watchdog.watchdog for v in names)
+    names = vars(maild.service.serve).values()
+    return any(v is maild.service.watchdog or v is maild.service.watchdog.watchdog for v in names)
 
 
 PR_SET_MDWE = 65
@@ -532,5 +532,5 @@ def test_socket_activated_daemon_speaks_sd_notify(tmp_path: Path, sandboxed: boo
     if not wired:
         pytest.skip(
             "READY=1, SMTP on the passed socket, STOPPING=1 and exit 0 passed; WATCHDOG=1 "
-            "not checked: maild.serve does not start maild.watchdog.watchdog yet"
+            "not checked: maild.service.serve does not start maild.service.watchdog.watchdog yet"
         )

@@ -22,8 +22,8 @@ from itsdangerous import (
 )
 from itsdangerous.encoding import base64_encode, int_to_bytes
 
-from maild.clock import FakeClock
-from maild.tokens import (
+from maild.common.clock import FakeClock
+from maild.residents.links import (
     CSRF,
     CSRF_MAX_AGE,
     MANAGE,
@@ -347,7 +347,7 @@ def test_links_check_subscriber_link_gives_what_stock_itsdangerous_gives(purpose
 
 def test_our_tokens_take_the_fast_path() -> None:
     """Not a behaviour, but the point of it: the usual token skips itsdangerous."""
-    from maild.tokens import _MISS
+    from maild.residents.links import _MISS
 
     clock = FakeClock()
     links = Links(NEW_KEY, old_keys=[OLD_KEY], clock=clock)

@@ -20,12 +20,12 @@ from werkzeug.http import dump_cookie
 from werkzeug.test import Client, TestResponse
 from werkzeug.wrappers import Response
 
-from maild.areas import CATEGORY_IDS, categories_from_mask
-from maild.clock import FakeClock
-from maild.models import ACTIVE, PENDING, OutboxMail, Subscriber
-from maild.services import Services, build_services
-from maild.tokens import CSRF
-from maild.web import wsgi
+from maild.common.clock import FakeClock
+from maild.residents.areas import CATEGORY_IDS, categories_from_mask
+from maild.residents.links import CSRF
+from maild.service import wsgi
+from maild.service.services import Services, build_services
+from maild.store.models import ACTIVE, PENDING, OutboxMail, Subscriber
 from maild.web.app import (
     CONTENT_SECURITY_POLICY,
     WebApp,

@@ -11,8 +11,8 @@ from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.routing import Map, MapAdapter, PathConverter, RequestRedirect, Rule
 from werkzeug.test import EnvironBuilder
 
-from maild.clock import FakeClock
-from maild.services import build_services
+from maild.common.clock import FakeClock
+from maild.service.services import build_services
 from maild.web.app import create_app
 from maild.web.routes import Shortcuts
 from tests.configs import make_config

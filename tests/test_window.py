@@ -7,8 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from maild.config import WindowConfig
-from maild.window import (
+from maild.alerts.window import (
     WindowRules,
     closes_at,
     is_closed_day,
@@ -16,6 +15,7 @@ from maild.window import (
     next_open,
     release_time,
 )
+from maild.common.config import WindowConfig
 
 TOKYO = ZoneInfo("Asia/Tokyo")
 NEW_YORK = ZoneInfo("America/New_York")

@@ -1,7 +1,7 @@
 """The resident-facing web pages (SPEC §8): sign-up, the registration form, change and
 cancel, unsubscribe (RFC 8058 one-click) and a health check.
 
-A small Werkzeug application. The rules live in :mod:`maild.registration`; this
+A small Werkzeug application. The rules live in :mod:`maild.residents.registration`; this
 module turns requests into calls and results into pages, and owns what is
 particular to the web: CSRF (double-submit cookie plus a signed hidden field),
 security headers, the language switch and the area picker, which works without
@@ -10,7 +10,7 @@ JavaScript on a small phone (a ``<details>`` group per block).
 Tokens sit in URL paths, so pages send ``Referrer-Policy: no-referrer`` and
 ``Cache-Control: no-store``, and the request log masks them.
 
-``/signup`` spends from the same :class:`~maild.limits.AnswerBudget` as blank
+``/signup`` spends from the same :class:`~maild.residents.limits.AnswerBudget` as blank
 mails when the daemon passes its own; past a limit it answers 429 with
 ``Retry-After`` and queues nothing. The client is ``REMOTE_ADDR``: behind a
 reverse proxy every request comes from the proxy, so put the proxy's address in
@@ -45,13 +45,21 @@ from werkzeug.utils import cached_property, redirect, send_from_directory
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import get_path_info
 
-from maild.addresses import InvalidAddress, mask_token, normalize
-from maild.areas import CATEGORIES, Area, AreaMap, UnknownArea
-from maild.clock import Clock
-from maild.config import Config
-from maild.db import Database
-from maild.limits import AnswerBudget, OverBudget
-from maild.registration import (
+from maild.common.addresses import InvalidAddress, mask_token, normalize
+from maild.common.clock import Clock
+from maild.common.config import Config
+from maild.residents.areas import CATEGORIES, Area, AreaMap, UnknownArea
+from maild.residents.limits import AnswerBudget, OverBudget
+from maild.residents.links import (
+    CSRF,
+    CSRF_MAX_AGE,
+    MANAGE,
+    REGISTER,
+    UNSUBSCRIBE,
+    LinkError,
+    Links,
+)
+from maild.residents.registration import (
     SENT_MANAGE,
     SENT_REGISTER,
     ChoiceError,
@@ -59,7 +67,7 @@ from maild.registration import (
     Registrations,
     SubscriberView,
 )
-from maild.tokens import CSRF, CSRF_MAX_AGE, MANAGE, REGISTER, UNSUBSCRIBE, LinkError, Links
+from maild.store.db import Database
 from maild.web.i18n import DEFAULT_LANG, pick_lang, text
 from maild.web.routes import Shortcuts
 
@@ -535,7 +543,7 @@ class WebApp:
 
     @config.setter
     def config(self, config: Config) -> None:
-        # A reload assigns the new config here (maild.reload); the limits go with it.
+        # A reload assigns the new config here (maild.service.reload); the limits go with it.
         self._config = config
         self.budget.reconfigure(config.limits)
 

@@ -1,0 +1,406 @@
+"""Alerts: intake, approval, the release decision, and the operator's actions.
+
+Every state change happens in one transaction together with its audit entry
+and is guarded by the state it expects (``UPDATE … WHERE status = …``), so two
+processes (the daemon and an operator's command) can never both release or
+both approve an alert. The sending window and area matching are pure functions
+elsewhere (``maild.alerts.window``, ``maild.residents.areas``); this module applies them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import case, func, insert, literal, select, update
+from sqlalchemy.orm import Session
+
+from maild.alerts import legacy_check
+from maild.alerts.alertfile import AlertDraft, AlertFileInvalid
+from maild.alerts.window import WindowRules, release_time
+from maild.common.clock import Clock
+from maild.common.config import Config
+from maild.residents.areas import AreaMap, category_bit
+from maild.store.db import Database
+from maild.store.models import (
+    ACTIVE,
+    ALERT_FAILED,
+    ALERT_SENT,
+    CANCELLED,
+    DELIVERY_DEFERRED,
+    DELIVERY_FAILED,
+    DELIVERY_QUEUED,
+    DELIVERY_SENT,
+    PENDING_APPROVAL,
+    SCHEDULED,
+    SENDING,
+    Alert,
+    AuditEntry,
+    Delivery,
+    Subscriber,
+    SubscriberArea,
+)
+
+log = logging.getLogger("maild.alerts.workflow")
+
+SYSTEM_USER = "maild"
+
+
+class AlertActionError(Exception):
+    """An operator's action that the alert's state or the rules do not allow."""
+
+
+def check_draft(config: Config, draft: AlertDraft) -> None:
+    """Checks that need the configuration, after the file itself parsed: raises
+    :class:`AlertFileInvalid` so the file is rejected with its lines named."""
+    if config.mail.legacy_charset_domains:
+        problems = legacy_check.check_draft(draft)
+        if problems:
+            raise AlertFileInvalid(problems)
+
+
+def needs_approval(config: Config, requester: str) -> bool:
+    """運用要領 5(1): with approval on, only an approver's own alert goes without one."""
+    return config.approval.required and requester not in config.approval.approvers
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where an alert came from: the spool file's claim name and its owner (the requester)."""
+
+    claim_name: str | None
+    requester: str
+
+
+class Alerts:
+    def __init__(
+        self, config: Config, db: Database, areas: AreaMap, clock: Clock, rules: WindowRules
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.areas = areas
+        self.clock = clock
+        self.rules = rules
+
+    # --- intake ---------------------------------------------------------------------
+
+    def intake(self, draft: AlertDraft, source: Source) -> int:
+        """Turn a valid alert file into an alert; returns its id.
+
+        Idempotent on ``source.claim_name``: a spool file processed again after a crash
+        between this commit and the file's move returns the alert it already made.
+        Raises :class:`AlertFileInvalid` for what :func:`check_draft` refuses.
+        """
+        check_draft(self.config, draft)
+        now = self.clock.now()
+        approval = self.config.approval
+        waits = needs_approval(self.config, source.requester)
+        # Durable: the spool moves the file out of incoming/ once this has committed.
+        with self.db.durable_session() as session:
+            if source.claim_name is not None:
+                existing = session.scalar(
+                    select(Alert.id).where(Alert.source_file == source.claim_name)
+                )
+                if existing is not None:
+                    return existing
+            alert = Alert(
+                subject=draft.subject,
+                body=draft.body,
+                category=draft.category,
+                areas=" ".join(draft.area_ids),
+                urgent=draft.urgent,
+                sender=draft.sender,
+                send_after=draft.send_after,
+                status=PENDING_APPROVAL if waits else SCHEDULED,
+                requester=source.requester,
+                source_file=source.claim_name,
+                created_at=now,
+            )
+            if not waits:
+                alert.release_at = self._release_at(alert, now)
+                if approval.required:
+                    # 運用要領 5(1)イ: the 運用責任者 may send on their own judgement.
+                    alert.approved_by = source.requester
+            session.add(alert)
+            session.flush()
+            self._audit(session, alert.id, "submitted", source.requester, draft.subject)
+            if approval.required and not waits:
+                self._audit(session, alert.id, "approved", source.requester, "own alert (approver)")
+            alert_id = alert.id
+            status = alert.status
+        log.info("alert %d accepted from %s: %s", alert_id, source.requester, status)
+        return alert_id
+
+    def _release_at(self, alert: Alert, now: dt.datetime) -> dt.datetime:
+        release = release_time(self.rules, now, urgent=alert.urgent, send_after=alert.send_after)
+        if release is None:  # no opening within two years: a misconfigured window
+            raise AlertActionError("the sending window never opens; check [window] in the config")
+        return release
+
+    # --- operator actions -------------------------------------------------------------
+
+    def approve(self, alert_id: int, user: str) -> None:
+        if user not in self.config.approval.approvers:
+            raise AlertActionError(
+                f"{user} は承認者ではありません / {user} is not an approver ([approval] approvers)"
+            )
+        now = self.clock.now()
+        with self.db.transaction() as session:
+            alert = self._get(session, alert_id)
+            if alert.status != PENDING_APPROVAL:
+                raise AlertActionError(
+                    f"alert {alert_id} is {alert.status}, not waiting for approval"
+                )
+            if alert.requester == user:
+                raise AlertActionError(
+                    f"依頼者本人は承認できません / the requester ({user}) cannot approve "
+                    f"their own alert {alert_id}"
+                )
+            alert.status = SCHEDULED
+            alert.approved_by = user
+            alert.release_at = self._release_at(alert, now)
+            self._audit(session, alert_id, "approved", user)
+        log.info("alert %d approved by %s", alert_id, user)
+
+    def cancel(self, alert_id: int, user: str) -> None:
+        """Cancel before or during sending; a fan-out under way stops within a second.
+
+        With approval on, an approver or the alert's own requester may cancel.
+        """
+        with self.db.transaction() as session:
+            alert = self._get(session, alert_id)
+            approval = self.config.approval
+            if approval.required and user not in approval.approvers and user != alert.requester:
+                raise AlertActionError(
+                    f"{user} は承認者でも依頼者でもないため取り消せません / {user} is neither an "
+                    f"approver nor the requester of alert {alert_id}"
+                )
+            if alert.status not in (PENDING_APPROVAL, SCHEDULED, SENDING):
+                raise AlertActionError(
+                    f"alert {alert_id} is {alert.status} and cannot be cancelled"
+                )
+            was = alert.status
+            alert.status = CANCELLED
+            alert.finished_at = self.clock.now()
+            self._audit(session, alert_id, "cancelled", user, f"was {was}")
+        log.info("alert %d cancelled by %s (was %s)", alert_id, user, was)
+
+    def send_now(self, alert_id: int, user: str) -> None:
+        """Release now, ignoring the window and Send-After (an approved alert only).
+
+        With approval on, sending outside the window is the 運用責任者's call (運用要領 5(2)).
+        """
+        approval = self.config.approval
+        if approval.required and user not in approval.approvers:
+            raise AlertActionError(
+                f"{user} は承認者ではありません / {user} is not an approver ([approval] approvers)"
+            )
+        with self.db.transaction() as session:
+            alert = self._get(session, alert_id)
+            if alert.status != SCHEDULED:
+                raise AlertActionError(
+                    f"alert {alert_id} is {alert.status}; only a scheduled alert can be sent now"
+                )
+            alert.release_at = self.clock.now()
+            self._audit(session, alert_id, "send-now", user)
+        log.info("alert %d released now by %s", alert_id, user)
+
+    # --- release and fan-out bookkeeping -------------------------------------------
+
+    def due(self) -> list[tuple[int, dt.datetime]]:
+        """Scheduled alerts and their release times, soonest first."""
+        with self.db.transaction() as session:
+            rows = session.execute(
+                select(Alert.id, Alert.release_at)
+                .where(Alert.status == SCHEDULED, Alert.release_at.is_not(None))
+                .order_by(Alert.release_at)
+            ).all()
+        return [(alert_id, release_at) for alert_id, release_at in rows if release_at]
+
+    def release(self, alert_id: int) -> int | None:
+        """Start the fan-out if the alert is due: writes one delivery row per recipient.
+
+        Returns the number of recipients, or None when the alert was not due (already
+        released, cancelled, or its time has not come). Safe to call from anywhere, any
+        number of times: only the first call that finds it due releases it.
+        """
+        now = self.clock.now()
+        with self.db.transaction() as session:
+            claimed = session.execute(
+                update(Alert)
+                .where(Alert.id == alert_id, Alert.status == SCHEDULED, Alert.release_at <= now)
+                .values(status=SENDING, released_at=now)
+            )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            alert = self._get(session, alert_id)
+            count = self._write_deliveries(session, alert, now)
+            self._audit(session, alert_id, "released", SYSTEM_USER, f"{count} recipients")
+            if count == 0:
+                alert.status = ALERT_SENT
+                alert.finished_at = now
+        log.info("alert %d released to %d recipients", alert_id, count)
+        return count
+
+    def _write_deliveries(self, session: Session, alert: Alert, now: dt.datetime) -> int:
+        """One INSERT … SELECT: the recipients never pass through Python (1M subscribers)."""
+        recipients = self.recipients_query(alert.area_ids, alert.category)
+        session.execute(
+            insert(Delivery).from_select(
+                ["alert_id", "subscriber_id", "status", "attempts", "next_attempt_at"],
+                select(
+                    literal(alert.id),
+                    recipients.c.id,
+                    literal(DELIVERY_QUEUED),
+                    literal(0),
+                    literal(now, type_=Delivery.__table__.c.next_attempt_at.type),
+                ),
+            )
+        )
+        count = session.scalar(
+            select(func.count()).select_from(Delivery).where(Delivery.alert_id == alert.id)
+        )
+        return count or 0
+
+    def recipients_query(self, area_ids: tuple[str, ...], category: str) -> Any:
+        """Active subscribers taking ``category`` whose areas intersect the alert's (SPEC §4)."""
+        matching = sorted(self.areas.matching_area_ids(area_ids))
+        return (
+            select(Subscriber.id)
+            .where(
+                Subscriber.status == ACTIVE,
+                Subscriber.category_mask.op("&")(category_bit(category)) != 0,
+                Subscriber.id.in_(
+                    select(SubscriberArea.subscriber_id).where(SubscriberArea.area_id.in_(matching))
+                ),
+            )
+            .subquery()
+        )
+
+    def count_recipients(self, area_ids: tuple[str, ...], category: str) -> int:
+        """How many subscribers an alert would reach now (``maild submit``)."""
+        with self.db.transaction() as session:
+            query = self.recipients_query(area_ids, category)
+            return session.scalar(select(func.count()).select_from(query)) or 0
+
+    def finish_if_done(self, session: Session, alert_id: int, now: dt.datetime) -> bool:
+        """Mark a sending alert sent once no delivery is left to try."""
+        # "Is any left?", not "how many?": called after every batch, it must not count
+        # a million rows each time.
+        left = session.scalar(
+            select(Delivery.id)
+            .where(
+                Delivery.alert_id == alert_id,
+                Delivery.status.in_((DELIVERY_QUEUED, DELIVERY_DEFERRED)),
+            )
+            .limit(1)
+        )
+        if left is not None:
+            return False
+        delivered = session.scalar(
+            select(func.count())
+            .select_from(Delivery)
+            .where(Delivery.alert_id == alert_id, Delivery.status == DELIVERY_SENT)
+        )
+        done = session.execute(
+            update(Alert)
+            .where(Alert.id == alert_id, Alert.status == SENDING)
+            # Nobody reached at all (every delivery failed) is a failed alert.
+            .values(status=ALERT_SENT if delivered else ALERT_FAILED, finished_at=now)
+        )
+        if done.rowcount == 1:  # type: ignore[attr-defined]
+            self._audit(session, alert_id, "finished", SYSTEM_USER)
+            return True
+        return False
+
+    # --- reading ----------------------------------------------------------------------
+
+    def listing(self, status: str | None = None) -> list[dict[str, Any]]:
+        with self.db.transaction() as session:
+            query = select(Alert).order_by(Alert.id.desc())
+            if status is not None:
+                query = query.where(Alert.status == status)
+            alerts = session.scalars(query).all()
+            counts = self.delivery_counts(session, [a.id for a in alerts])
+            return [self._describe(a, counts.get(a.id)) for a in alerts]
+
+    def show(self, alert_id: int) -> dict[str, Any]:
+        with self.db.transaction() as session:
+            alert = self._get(session, alert_id)
+            result = self._describe(alert, self.delivery_counts(session, [alert_id]).get(alert_id))
+            result["body"] = alert.body
+            result["audit"] = [
+                {
+                    "at": e.at.astimezone(self.config.service.tz).isoformat(),
+                    "action": e.action,
+                    "user": e.user,
+                    "detail": e.detail,
+                }
+                for e in session.scalars(
+                    select(AuditEntry)
+                    .where(AuditEntry.alert_id == alert_id)
+                    .order_by(AuditEntry.id)
+                )
+            ]
+            return result
+
+    def delivery_counts(self, session: Session, ids: list[int]) -> dict[int, dict[str, int]]:
+        if not ids:
+            return {}
+        statuses = (DELIVERY_QUEUED, DELIVERY_SENT, DELIVERY_DEFERRED, DELIVERY_FAILED)
+        columns = [func.sum(case((Delivery.status == s, 1), else_=0)).label(s) for s in statuses]
+        rows = session.execute(
+            select(Delivery.alert_id, *columns)
+            .where(Delivery.alert_id.in_(ids))
+            .group_by(Delivery.alert_id)
+        ).all()
+        return {row[0]: {s: int(row[i + 1] or 0) for i, s in enumerate(statuses)} for row in rows}
+
+    def _describe(self, alert: Alert, counts: dict[str, int] | None) -> dict[str, Any]:
+        tz = self.config.service.tz
+        if counts is None and alert.final_counts:
+            counts = json.loads(alert.final_counts)  # delivery rows pruned by housekeeping
+        return {
+            "id": alert.id,
+            "subject": alert.subject,
+            "status": alert.status,
+            "urgent": alert.urgent,
+            "release_at": alert.release_at.astimezone(tz).isoformat() if alert.release_at else None,
+            "send_after": alert.send_after.astimezone(tz).isoformat() if alert.send_after else None,
+            "areas": list(alert.area_ids),
+            "area_names": self.areas.describe(alert.area_ids) if self._known(alert) else None,
+            "category": alert.category,
+            "sender": alert.sender,
+            "requester": alert.requester,
+            "approved_by": alert.approved_by,
+            "created_at": alert.created_at.astimezone(tz).isoformat(),
+            "released_at": alert.released_at.astimezone(tz).isoformat()
+            if alert.released_at
+            else None,
+            "finished_at": alert.finished_at.astimezone(tz).isoformat()
+            if alert.finished_at
+            else None,
+            "counts": counts
+            or {DELIVERY_QUEUED: 0, DELIVERY_SENT: 0, DELIVERY_DEFERRED: 0, DELIVERY_FAILED: 0},
+        }
+
+    def _known(self, alert: Alert) -> bool:
+        return all(a in self.areas for a in alert.area_ids)
+
+    def _get(self, session: Session, alert_id: int) -> Alert:
+        alert = session.get(Alert, alert_id)
+        if alert is None:
+            raise AlertActionError(f"no alert {alert_id}")
+        return alert
+
+    def _audit(
+        self, session: Session, alert_id: int, action: str, user: str, detail: str | None = None
+    ) -> None:
+        session.add(
+            AuditEntry(
+                alert_id=alert_id, at=self.clock.now(), action=action, user=user, detail=detail
+            )
+        )

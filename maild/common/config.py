@@ -1,0 +1,545 @@
+"""The configuration schema: TOML read once, checked once, frozen.
+
+Every key of SPEC §3 lives here with its type and default;
+``config/maild.example.toml`` documents the same keys for people. Values are
+converted and checked at load time so that a bad value names its key and file
+at start, never fails later at run time (STYLE §2).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+import zoneinfo
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the person who edits the file."""
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    name: str = "みやぎSecurityメール"
+    base_url: str = "http://127.0.0.1:8080"
+    timezone: str = "Asia/Tokyo"
+    state_dir: Path = Path("/var/lib/maild")
+    old_secret_key_files: tuple[Path, ...] = ()
+
+    @property
+    def tz(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.timezone)
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = ""  # empty: SQLite file maild.store.db in service.state_dir
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    listen: ListenAddress = ListenAddress("0.0.0.0", 25)
+    hostname: str = "localhost"
+    registration_address: str = "entry@localhost"
+    bounce_address: str = "bounce@localhost"
+    max_message_size: int = 262144
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    listen: ListenAddress = ListenAddress("127.0.0.1", 8080)
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    url: str = "smtp://127.0.0.1:25"
+    username: str = ""
+    password_file: Path | None = None
+    connections: int = 8
+    max_per_second: float = 0
+    verify_tls: bool = True
+    workers: int = 1  # delivery processes besides the daemon itself
+
+    @property
+    def scheme(self) -> str:
+        """One of ``smtp``, ``smtp+starttls``, ``smtps`` or ``maildir``."""
+        return self.url.split(":", 1)[0]
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        port = urlsplit(self.url).port
+        if port is not None:
+            return port
+        return {"smtp": 25, "smtp+starttls": 587, "smtps": 465}.get(self.scheme, 25)
+
+    def password(self) -> str:
+        if self.password_file is None:
+            return ""
+        return self.password_file.read_text(encoding="utf-8").strip()
+
+
+@dataclass(frozen=True)
+class MailConfig:
+    from_address: str = "info@localhost"
+    from_name: str = "みやぎSecurityメール"
+    subject_prefix: str = "【みやぎSecurityメール】"
+    legacy_charset_domains: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DkimConfig:
+    domain: str = ""
+    selector: str = ""
+    key_file: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.domain)
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    answers_per_ip_per_minute: int = 120
+    answers_per_hour: int = 3000
+    trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    sessions_per_ip: int = 50  # concurrent inbound SMTP sessions from one untrusted IP
+    command_timeout: float = 300.0  # seconds; RFC 5321 §4.5.3.2.7 asks for at least 5 min
+    recipients_per_message: int = 100  # RFC 5321 §4.5.3.1.8: at least 100 must be taken
+
+
+@dataclass(frozen=True)
+class BouncesConfig:
+    threshold: int = 5
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    days: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri")
+    start: str = "08:30"
+    end: str = "17:15"
+    holidays: str = "JP"  # a country code for the holidays package, or "" for none
+    closed_dates: tuple[str, ...] = ("12-29", "12-30", "12-31", "01-01", "01-02", "01-03")
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    dir: Path = Path("/var/spool/maild")
+
+
+@dataclass(frozen=True)
+class ApprovalConfig:
+    required: bool = False
+    approvers: tuple[str, ...] = ()
+    test_recipients: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HousekeepingConfig:
+    keep_days: int = 30  # delivery rows of finished alerts; per-alert counts are kept
+
+
+@dataclass(frozen=True)
+class AreasConfig:
+    file: Path = Path("areas.toml")
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    service: ServiceConfig = field(default_factory=ServiceConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    web: WebConfig = field(default_factory=WebConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
+    mail: MailConfig = field(default_factory=MailConfig)
+    dkim: DkimConfig = field(default_factory=DkimConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    bounces: BouncesConfig = field(default_factory=BouncesConfig)
+    window: WindowConfig = field(default_factory=WindowConfig)
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
+    approval: ApprovalConfig = field(default_factory=ApprovalConfig)
+    housekeeping: HousekeepingConfig = field(default_factory=HousekeepingConfig)
+    areas: AreasConfig = field(default_factory=AreasConfig)
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{self.service.state_dir / 'maild.store.db'}"
+
+
+# --- conversion of one value -------------------------------------------------
+
+T = TypeVar("T")
+
+
+class _Reader:
+    """Reads one TOML table, converting and checking each key by name."""
+
+    def __init__(self, table: Mapping[str, Any], section: str, source: Path) -> None:
+        self.table = table
+        self.section = section
+        self.source = source
+        self.base = source.parent
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.source}: [{self.section}] {key}: {problem}")
+
+    def get(self, key: str, kind: type[T], default: T) -> T:
+        if key not in self.table:
+            return default
+        value = self.table[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.fail(key, f"must be {_KIND_NAMES.get(kind, kind.__name__)}, not {value!r}")
+        return value
+
+    def text(self, key: str, default: str, pattern: str | None = None, what: str = "") -> str:
+        value = self.get(key, str, default)
+        if pattern is not None and not re.fullmatch(pattern, value):
+            raise self.fail(key, f"{value!r} is not {what}")
+        return value
+
+    def integer(self, key: str, default: int, low: int, high: int | None = None) -> int:
+        value = self.get(key, int, default)
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise self.fail(key, f"must be {bound}, not {value}")
+        return value
+
+    def number(self, key: str, default: float, low: float) -> float:
+        value = self.get(key, float, default)
+        if value < low:
+            raise self.fail(key, f"must be at least {low}, not {value}")
+        return value
+
+    def texts(
+        self, key: str, default: tuple[str, ...], check: Callable[[str], bool] | None = None
+    ) -> tuple[str, ...]:
+        value = self.get(key, list, list(default))
+        for item in value:
+            if not isinstance(item, str):
+                raise self.fail(key, f"must be a list of strings; {item!r} is not one")
+            if check is not None and not check(item):
+                raise self.fail(key, f"{item!r} is not allowed here")
+        return tuple(value)
+
+    def path(self, key: str, default: Path | None) -> Path | None:
+        value = self.get(key, str, "" if default is None else str(default))
+        if value == "":
+            return None
+        return (self.base / value).resolve() if not Path(value).is_absolute() else Path(value)
+
+    def existing_file(self, key: str) -> Path | None:
+        path = self.path(key, None)
+        if path is not None and not path.is_file():
+            raise self.fail(key, f"file {path} does not exist")
+        return path
+
+    def listen(self, key: str, default: ListenAddress) -> ListenAddress:
+        if key not in self.table:
+            return default
+        value = self.get(key, str, "")
+        match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", value)
+        if not match:
+            raise self.fail(key, f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:8025 or [::1]:25)")
+        host = match.group(1) or match.group(3)
+        port = int(match.group(2) or match.group(4))
+        if not 0 <= port <= 65535:
+            raise self.fail(key, f"port {port} is out of range 0–65535")
+        return ListenAddress(host, port)
+
+    def address(self, key: str, default: str) -> str:
+        value = self.get(key, str, default)
+        if not re.fullmatch(r"[^@\s]+@[^@\s]+\.?[^@\s]*", value):
+            raise self.fail(key, f"{value!r} is not a mail address")
+        return value
+
+
+_KIND_NAMES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    list: "a list",
+}
+
+_HHMM = r"([01]\d|2[0-3]):[0-5]\d"
+_MMDD = r"(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])"
+
+
+def _read_service(r: _Reader) -> ServiceConfig:
+    d = ServiceConfig()
+    timezone = r.text("timezone", d.timezone)
+    try:
+        zoneinfo.ZoneInfo(timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise r.fail("timezone", f"{timezone!r} is not a known time zone") from None
+    base_url = r.text("base_url", d.base_url, r"https?://[^\s/]+(/[^\s]*)?", "an http(s) URL")
+    old_keys = tuple((r.base / p).resolve() for p in r.texts("old_secret_key_files", ()))
+    for key_file in old_keys:
+        if not key_file.is_file():
+            raise r.fail("old_secret_key_files", f"file {key_file} does not exist")
+    return ServiceConfig(
+        name=r.text("name", d.name),
+        base_url=base_url.rstrip("/"),
+        timezone=timezone,
+        state_dir=r.path("state_dir", d.state_dir) or d.state_dir,
+        old_secret_key_files=old_keys,
+    )
+
+
+def _read_database(r: _Reader) -> DatabaseConfig:
+    url = r.text("url", "")
+    if url and not re.match(r"(sqlite|postgresql)(\+\w+)?://", url):
+        raise r.fail("url", f"{url!r} is not a sqlite:// or postgresql:// URL")
+    return DatabaseConfig(url=url)
+
+
+def _read_smtp(r: _Reader) -> SmtpConfig:
+    d = SmtpConfig()
+    cert = r.existing_file("tls_cert_file")
+    key = r.existing_file("tls_key_file")
+    if (cert is None) != (key is None):
+        raise r.fail("tls_cert_file", "tls_cert_file and tls_key_file must be set together")
+    return SmtpConfig(
+        listen=r.listen("listen", d.listen),
+        hostname=r.text("hostname", d.hostname, r"[A-Za-z0-9.-]+", "a host name"),
+        registration_address=r.address("registration_address", d.registration_address),
+        bounce_address=r.address("bounce_address", d.bounce_address),
+        max_message_size=r.integer("max_message_size", d.max_message_size, 1024),
+        tls_cert_file=cert,
+        tls_key_file=key,
+    )
+
+
+def _read_web(r: _Reader) -> WebConfig:
+    return WebConfig(listen=r.listen("listen", WebConfig().listen))
+
+
+def _read_relay(r: _Reader) -> RelayConfig:
+    d = RelayConfig()
+    url = r.text("url", d.url)
+    if url.startswith("maildir:"):
+        folder = url.removeprefix("maildir:")
+        if not folder:
+            raise r.fail("url", "maildir: needs a folder, e.g. maildir:var/maildir")
+        url = "maildir:" + str((r.base / folder).resolve())
+    elif not re.fullmatch(r"(smtp|smtp\+starttls|smtps)://[^\s/:]+(:\d{1,5})?/?", url):
+        raise r.fail(
+            "url",
+            f"{url!r} is not smtp://HOST[:PORT], smtp+starttls://…, smtps://… or maildir:PATH",
+        )
+    username = r.text("username", d.username)
+    password_file = r.existing_file("password_file")
+    if username and password_file is None:
+        raise r.fail("password_file", "a username needs a password_file")
+    return RelayConfig(
+        url=url,
+        username=username,
+        password_file=password_file,
+        connections=r.integer("connections", d.connections, 1, 256),
+        max_per_second=r.number("max_per_second", d.max_per_second, 0),
+        workers=r.integer("workers", d.workers, 0, 64),
+        verify_tls=r.get("verify_tls", bool, d.verify_tls),
+    )
+
+
+def _read_mail(r: _Reader) -> MailConfig:
+    d = MailConfig()
+    return MailConfig(
+        from_address=r.address("from_address", d.from_address),
+        from_name=r.text("from_name", d.from_name),
+        subject_prefix=r.text("subject_prefix", d.subject_prefix),
+        legacy_charset_domains=tuple(
+            x.lower() for x in r.texts("legacy_charset_domains", d.legacy_charset_domains)
+        ),
+    )
+
+
+def _read_dkim(r: _Reader) -> DkimConfig:
+    d = DkimConfig()
+    config = DkimConfig(
+        domain=r.text("domain", d.domain),
+        selector=r.text("selector", d.selector),
+        key_file=r.existing_file("key_file"),
+    )
+    if config.domain and (not config.selector or config.key_file is None):
+        raise r.fail("domain", "DKIM signing needs selector and key_file as well")
+    return config
+
+
+MIN_COMMAND_TIMEOUT = 0.1
+MAX_COMMAND_TIMEOUT = 3600.0
+
+
+def _read_limits(r: _Reader) -> LimitsConfig:
+    d = LimitsConfig()
+    networks = []
+    for text in r.texts("trusted_networks", ()):
+        try:
+            networks.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise r.fail("trusted_networks", f"{text!r} is not a network (CIDR)") from None
+    timeout = r.get("command_timeout", float, d.command_timeout)
+    # Below a tenth of a second no real client could answer; above an hour a dead peer
+    # holds a session slot for too long.
+    if not MIN_COMMAND_TIMEOUT <= timeout <= MAX_COMMAND_TIMEOUT:
+        raise r.fail(
+            "command_timeout",
+            f"must be between {MIN_COMMAND_TIMEOUT} and {MAX_COMMAND_TIMEOUT:.0f} seconds,"
+            f" not {timeout}",
+        )
+    return LimitsConfig(
+        answers_per_ip_per_minute=r.integer(
+            "answers_per_ip_per_minute", d.answers_per_ip_per_minute, 1
+        ),
+        answers_per_hour=r.integer("answers_per_hour", d.answers_per_hour, 1),
+        trusted_networks=tuple(networks),
+        sessions_per_ip=r.integer("sessions_per_ip", d.sessions_per_ip, 1, 10000),
+        command_timeout=timeout,
+        recipients_per_message=r.integer(
+            "recipients_per_message", d.recipients_per_message, 1, 10000
+        ),
+    )
+
+
+def _read_bounces(r: _Reader) -> BouncesConfig:
+    # Never suspend on the first failure (SPEC §10): carriers say "unknown user" for filters too.
+    return BouncesConfig(threshold=r.integer("threshold", BouncesConfig().threshold, 2))
+
+
+def _read_window(r: _Reader) -> WindowConfig:
+    d = WindowConfig()
+    start = r.text("start", d.start, _HHMM, "a time HH:MM")
+    end = r.text("end", d.end, _HHMM, "a time HH:MM")
+    if end <= start:
+        raise r.fail("end", f"must be later than start ({start}), not {end}")
+    return WindowConfig(
+        days=r.texts("days", d.days, lambda x: x in WEEKDAYS),
+        start=start,
+        end=end,
+        holidays=r.text("holidays", d.holidays, r"([A-Z]{2})?", "a country code such as JP"),
+        closed_dates=r.texts(
+            "closed_dates", d.closed_dates, lambda x: bool(re.fullmatch(_MMDD, x))
+        ),
+    )
+
+
+def _read_spool(r: _Reader) -> SpoolConfig:
+    return SpoolConfig(dir=r.path("dir", SpoolConfig().dir) or SpoolConfig().dir)
+
+
+def _read_approval(r: _Reader) -> ApprovalConfig:
+    d = ApprovalConfig()
+    return ApprovalConfig(
+        required=r.get("required", bool, d.required),
+        approvers=r.texts("approvers", d.approvers),
+        test_recipients=r.texts("test_recipients", d.test_recipients, lambda x: "@" in x),
+    )
+
+
+def _read_housekeeping(r: _Reader) -> HousekeepingConfig:
+    return HousekeepingConfig(
+        keep_days=r.integer("keep_days", HousekeepingConfig().keep_days, 1, 3650)
+    )
+
+
+def _read_areas(r: _Reader) -> AreasConfig:
+    path = r.path("file", AreasConfig().file)
+    assert path is not None
+    if not path.is_file():
+        raise r.fail("file", f"area file {path} does not exist")
+    return AreasConfig(file=path)
+
+
+_READERS: dict[str, Callable[[_Reader], Any]] = {
+    "service": _read_service,
+    "database": _read_database,
+    "smtp": _read_smtp,
+    "web": _read_web,
+    "relay": _read_relay,
+    "mail": _read_mail,
+    "dkim": _read_dkim,
+    "limits": _read_limits,
+    "bounces": _read_bounces,
+    "window": _read_window,
+    "spool": _read_spool,
+    "approval": _read_approval,
+    "housekeeping": _read_housekeeping,
+    "areas": _read_areas,
+}
+
+# The keys each section accepts: the dataclass fields, so the two never drift.
+_KEYS: dict[str, set[str]] = {
+    name: {f.name for f in fields(cls)}
+    for name, cls in {
+        "service": ServiceConfig,
+        "database": DatabaseConfig,
+        "smtp": SmtpConfig,
+        "web": WebConfig,
+        "relay": RelayConfig,
+        "mail": MailConfig,
+        "dkim": DkimConfig,
+        "limits": LimitsConfig,
+        "bounces": BouncesConfig,
+        "window": WindowConfig,
+        "spool": SpoolConfig,
+        "approval": ApprovalConfig,
+        "housekeeping": HousekeepingConfig,
+        "areas": AreasConfig,
+    }.items()
+}
+
+
+def parse_config(data: Mapping[str, Any], source: Path) -> Config:
+    """Build a :class:`Config` from parsed TOML; ``source`` anchors relative paths."""
+    for section, table in data.items():
+        if section not in _READERS:
+            raise ConfigError(f"{source}: unknown section [{section}]")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: {section} must be a table [{section}]")
+        for key in table:
+            if key not in _KEYS[section]:
+                raise ConfigError(f"{source}: [{section}] {key}: unknown key")
+    values = {
+        section: reader(_Reader(data.get(section, {}), section, source))
+        for section, reader in _READERS.items()
+    }
+    return Config(path=source, **values)
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and check the config file at ``path``; raise ConfigError with one clear sentence."""
+    source = Path(path).resolve()
+    try:
+        with source.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {source} does not exist") from None
+    except PermissionError:
+        raise ConfigError(f"config file {source} cannot be read (permission denied)") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    return parse_config(data, source)

@@ -1,0 +1,372 @@
+"""The fan-out: sends the delivery rows of released alerts through the relay.
+
+Rows are claimed in batches (a lease in ``claimed_until``), sent over the
+relay's pooled connections, one recipient per message (SPEC §10), and their
+results written back in one transaction per batch, so memory does not grow
+with the number of subscribers and the database stays off the per-message
+path. A crash repeats at most the batch in flight. A cancelled alert's rows
+are simply no longer claimed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from maild.alerts.workflow import Alerts
+from maild.common.addresses import mask
+from maild.common.clock import Clock
+from maild.common.config import Config
+from maild.delivery.alertmail import AlertContent, AlertTemplate, Personal, template_for
+from maild.mail.compose import ISO_2022_JP, UTF8, Charset, charset_for
+from maild.mail.legacy import LegacyCharsetError
+from maild.mail.outbox import retry_delay
+from maild.mail.relay import DeliveryError, PermanentFailure, Relay, TemporaryFailure
+from maild.residents.bounces import Bounces, relay_failure_counts
+from maild.residents.links import MANAGE, UNSUBSCRIBE, Links, VerpTokens
+from maild.store.db import Database
+from maild.store.models import (
+    ACTIVE,
+    DELIVERY_DEFERRED,
+    DELIVERY_FAILED,
+    DELIVERY_QUEUED,
+    DELIVERY_SENT,
+    SENDING,
+    Alert,
+    Delivery,
+    Subscriber,
+)
+
+log = logging.getLogger("maild.delivery")
+
+BATCH = 500
+LEASE = dt.timedelta(minutes=5)
+# 4xx and connection failures are retried for a day (issue 3), then recorded as failed.
+GIVE_UP_AFTER = dt.timedelta(days=1)
+IDLE_POLL_SECONDS = 1.0
+CANCEL_CHECK_SECONDS = 0.5
+
+
+_Templates = dict[tuple[int, Charset], AlertTemplate | LegacyCharsetError]
+
+
+@dataclass(frozen=True)
+class _Row:
+    delivery_id: int
+    alert_id: int
+    attempts: int
+    subscriber_id: int
+    address: str | None  # None: the subscriber was erased or is no longer active
+    link_key: str
+
+
+@dataclass(frozen=True)
+class _Result:
+    row: _Row
+    error: DeliveryError | None
+    skipped: bool = False  # the alert was cancelled while the batch was going out
+
+
+class FanoutSender:
+    def __init__(
+        self,
+        config: Config,
+        db: Database,
+        alerts: Alerts,
+        relay: Relay,
+        links: Links,
+        verp: VerpTokens,
+        clock: Clock,
+        bounces: Bounces | None = None,
+    ) -> None:
+        self.bounces = bounces
+        self.config = config
+        self.db = db
+        self.alerts = alerts
+        self.relay = relay
+        self.links = links
+        self.verp = verp
+        self.clock = clock
+        self._templates: dict[tuple[int, Charset], AlertTemplate | LegacyCharsetError] = {}
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._paused_until: dt.datetime | None = None
+        self._outage_attempts = 0
+
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config: new templates from the next batch on (area names, From…)."""
+        self.config = config
+        self._templates.clear()
+
+    def wake(self) -> None:
+        """Callable from any thread: an alert was released."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake.set)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        while not stopping.is_set():
+            self._wake.clear()
+            try:
+                busy = await self.send_batch()
+            except Exception:
+                log.exception("fan-out pass failed; retrying shortly")
+                busy = False
+            if busy:
+                continue
+            try:
+                await asyncio.wait_for(self._wake.wait(), IDLE_POLL_SECONDS)
+            except TimeoutError:
+                pass
+
+    def release_claims(self) -> None:
+        """At the daemon's start, before any worker runs: claims left by a crashed run
+        (whose workers died with it) are free again at once, not after their lease."""
+        with self.db.transaction() as session:
+            session.execute(
+                update(Delivery)
+                .where(Delivery.claimed_until.is_not(None))
+                .values(claimed_until=None)
+            )
+
+    async def send_batch(self) -> bool:
+        """Claim and send one batch; False when there was nothing to do."""
+        now = self.clock.now()
+        if self._paused_until is not None and now < self._paused_until:
+            return False
+        rows = await asyncio.to_thread(self._claim, now)
+        if not rows:
+            return False
+        keys = {(r.alert_id, charset_for(self.config, r.address or "")) for r in rows}
+        templates = await asyncio.to_thread(self._templates_for, keys)
+        cancelled: set[int] = set()
+        results: list[_Result] = []
+        pending = iter(rows)  # shared by the lanes: each row is taken by exactly one
+
+        async def lane() -> None:
+            # One lane per relay connection rather than one task per row: only as many
+            # messages wait for the relay as it has connections, so a cancel noticed
+            # mid-batch stops the rest instead of a queue of hundreds.
+            for row in pending:
+                if row.alert_id in cancelled:
+                    results.append(_Result(row, None, skipped=True))
+                else:
+                    results.append(await self._send_one(row, templates))
+
+        watcher = asyncio.create_task(self._watch_cancel({r.alert_id for r in rows}, cancelled))
+        try:
+            await asyncio.gather(
+                *(lane() for _ in range(min(self.config.relay.connections, len(rows))))
+            )
+        finally:
+            watcher.cancel()
+        await asyncio.to_thread(self._record, results, self.clock.now())
+        return True
+
+    async def _watch_cancel(self, alert_ids: set[int], cancelled: set[int]) -> None:
+        """While a (possibly long, paced) batch goes out, notice an operator's cancel."""
+        while True:
+            await asyncio.sleep(CANCEL_CHECK_SECONDS)
+            cancelled |= await asyncio.to_thread(self._cancelled_among, alert_ids)
+
+    def _cancelled_among(self, alert_ids: set[int]) -> set[int]:
+        with self.db.transaction() as session:
+            return set(
+                session.scalars(
+                    select(Alert.id).where(Alert.id.in_(alert_ids), Alert.status != SENDING)
+                )
+            )
+
+    async def _send_one(self, row: _Row, templates: _Templates) -> _Result:
+        if row.address is None:
+            gone = PermanentFailure(None, "subscriber no longer active", stage="compose")
+            return _Result(row, gone)
+        template = templates[(row.alert_id, charset_for(self.config, row.address))]
+        if isinstance(template, LegacyCharsetError):
+            # Never fall back to UTF-8 for an old phone: it would show mojibake.
+            return _Result(row, PermanentFailure(None, template.en, stage="compose"))
+        base = self.config.service.base_url
+        manage = self.links.subscriber_link(MANAGE, row.subscriber_id, row.link_key)
+        unsubscribe = self.links.subscriber_link(UNSUBSCRIBE, row.subscriber_id, row.link_key)
+        local, _, domain = self.config.smtp.bounce_address.rpartition("@")
+        personal = Personal(
+            address=row.address,
+            subscriber_id=row.subscriber_id,
+            manage_url=f"{base}/manage/{manage}",
+            unsubscribe_url=f"{base}/unsubscribe/{unsubscribe}",
+            envelope_from=f"{local}+{self.verp.make(row.subscriber_id)}@{domain}",
+        )
+        data = template.personalise(personal)
+        try:
+            await self.relay.send(personal.envelope_from, row.address, data)
+        except DeliveryError as e:
+            return _Result(row, e)
+        return _Result(row, None)
+
+    def _claim(self, now: dt.datetime) -> list[_Row]:
+        """Take up to BATCH due rows in ONE statement, so that several workers (processes
+        here, machines on PostgreSQL later) never take the same row."""
+        claim = secrets.token_hex(16)
+        with self.db.transaction() as session:
+            sending = session.scalars(
+                select(Alert.id)
+                .where(Alert.status == SENDING)
+                .order_by(Alert.urgent.desc(), Alert.id)
+            ).all()
+            wanted = BATCH
+            for alert_id in sending:  # urgent alerts first
+                # One alert at a time and no ORDER BY, so the (alert, status, time) index
+                # finds the rows and the scan stops at the limit, however long the list.
+                due = (
+                    select(Delivery.id)
+                    .where(
+                        Delivery.alert_id == alert_id,
+                        Delivery.status.in_((DELIVERY_QUEUED, DELIVERY_DEFERRED)),
+                        Delivery.next_attempt_at <= now,
+                        (Delivery.claimed_until.is_(None)) | (Delivery.claimed_until < now),
+                    )
+                    .limit(wanted)
+                    .with_for_update(skip_locked=True)  # PostgreSQL; SQLite ignores it
+                )
+                taken = session.execute(
+                    update(Delivery)
+                    .where(Delivery.id.in_(due.scalar_subquery()))
+                    .values(claimed_until=now + LEASE, claim=claim)
+                    .execution_options(synchronize_session=False)
+                )
+                wanted -= taken.rowcount  # type: ignore[attr-defined]
+                if wanted <= 0:
+                    break
+            if wanted == BATCH:
+                return []
+            found = session.execute(
+                select(
+                    Delivery.id,
+                    Delivery.alert_id,
+                    Delivery.attempts,
+                    Delivery.subscriber_id,
+                    Subscriber.address,
+                    Subscriber.link_key,
+                    Subscriber.status,
+                )
+                .outerjoin(Subscriber, Subscriber.id == Delivery.subscriber_id)
+                .where(Delivery.claim == claim)
+                .order_by(Delivery.id)
+            ).all()
+        return [
+            _Row(
+                delivery_id=r[0],
+                alert_id=r[1],
+                attempts=r[2],
+                subscriber_id=r[3],
+                address=r[4] if r[6] in (ACTIVE,) else None,
+                link_key=r[5] or "",
+            )
+            for r in found
+        ]
+
+    def _templates_for(self, keys: set[tuple[int, Charset]]) -> _Templates:
+        missing = keys - self._templates.keys()
+        if missing:
+            with self.db.transaction() as session:
+                alerts = {
+                    alert.id: alert
+                    for alert in session.scalars(
+                        select(Alert).where(Alert.id.in_({a for a, _ in missing}))
+                    )
+                }
+            for alert_id, charset in missing:
+                try:
+                    self._templates[(alert_id, charset)] = self.template(alerts[alert_id], charset)
+                except LegacyCharsetError as e:
+                    log.warning("alert %d cannot go to old phones: %s", alert_id, e.en)
+                    self._templates[(alert_id, charset)] = e
+        return {key: self._templates[key] for key in keys}
+
+    def template(self, alert: Alert, charset: Charset = UTF8) -> AlertTemplate:
+        content = AlertContent(
+            alert_id=alert.id,
+            subject=alert.subject,
+            area_label=self.alerts.areas.describe(alert.area_ids),
+            body=alert.body,
+            sender=alert.sender,
+        )
+        return template_for(self.config, content, alert.released_at or self.clock.now(), charset)
+
+    def _record(self, results: list[_Result], now: dt.datetime) -> None:
+        sent = [r.row.delivery_id for r in results if r.error is None and not r.skipped]
+        skipped = [r.row.delivery_id for r in results if r.skipped]
+        outage = bool(results) and all(
+            isinstance(r.error, TemporaryFailure) and r.error.stage == "connect" for r in results
+        )
+        with self.db.transaction() as session:
+            if sent:
+                session.execute(
+                    update(Delivery)
+                    .where(Delivery.id.in_(sent))
+                    .values(status=DELIVERY_SENT, claimed_until=None, last_error=None)
+                )
+            if skipped:  # left queued: a cancelled alert's rows are never claimed again
+                session.execute(
+                    update(Delivery).where(Delivery.id.in_(skipped)).values(claimed_until=None)
+                )
+            for result in results:
+                if result.error is not None:
+                    self._record_failure(session, result, now)
+            for alert_id in {r.row.alert_id for r in results}:
+                if self.alerts.finish_if_done(session, alert_id, now):
+                    for charset in (UTF8, ISO_2022_JP):
+                        self._templates.pop((alert_id, charset), None)
+                    counts = self.alerts.delivery_counts(session, [alert_id]).get(alert_id, {})
+                    log.info(
+                        "alert %d finished: %d sent, %d failed",
+                        alert_id,
+                        counts.get(DELIVERY_SENT, 0),
+                        counts.get(DELIVERY_FAILED, 0),
+                    )
+        if outage:
+            # The relay is down: pause the whole fan-out instead of failing row after row.
+            self._outage_attempts += 1
+            self._paused_until = now + retry_delay(self._outage_attempts)
+            log.warning("relay unreachable; fan-out paused until %s", self._paused_until)
+        else:
+            self._outage_attempts = 0
+            self._paused_until = None
+        if sent:
+            log.info(
+                "fan-out: %d sent, %d not sent in this batch", len(sent), len(results) - len(sent)
+            )
+
+    def _record_failure(self, session: Session, result: _Result, now: dt.datetime) -> None:
+        row, error = result.row, result.error
+        assert error is not None
+        released = session.scalar(select(Alert.released_at).where(Alert.id == row.alert_id))
+        too_old = released is not None and now - released > GIVE_UP_AFTER
+        if isinstance(error, PermanentFailure) or too_old:
+            values: dict[str, object] = {
+                "status": DELIVERY_FAILED,
+                "claimed_until": None,
+                "last_error": str(error),
+            }
+            if row.address is not None:
+                log.info("delivery to %s failed: %s", mask(row.address), error)
+                if self.bounces is not None and relay_failure_counts(error):
+                    # 5xx from the relay counts like a bounce (same transaction: SQLite).
+                    self.bounces.score(session, row.subscriber_id, str(error))
+        else:
+            attempts = row.attempts + 1
+            values = {
+                "status": DELIVERY_DEFERRED,
+                "attempts": attempts,
+                "next_attempt_at": now + retry_delay(attempts),
+                "claimed_until": None,
+                "last_error": str(error),
+            }
+        session.execute(update(Delivery).where(Delivery.id == row.delivery_id).values(**values))

@@ -1,0 +1,253 @@
+"""``maild serve``: one process, one event loop, one supervisor (STYLE §3, §4).
+
+The loop runs the SMTP listener, the outbox sender (registration mails), the
+spool watcher, the release scheduler and the alert fan-out; the web app runs in
+waitress's own thread. Registration mails have a relay connection pool of
+their own, so a resident's answer never queues behind a large fan-out.
+
+Signal contract: SIGTERM and SIGINT stop (stop accepting, let the SMTP
+transaction under way finish, let the senders finish their batch, close the
+web server, dispose of the engine, exit 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from maild.alerts.alertfile import AlertDraft
+from maild.alerts.release import ReleaseScheduler
+from maild.alerts.spool import FileMeta, SpoolWatcher, ensure_layout
+from maild.alerts.workflow import Source
+from maild.common.clock import Clock, clock_from_environment
+from maild.common.config import Config
+from maild.delivery.fanout import FanoutSender
+from maild.inbound.listener import InboundHandler, InboundServer
+from maild.mail.dkim import DkimSigner, signing
+from maild.mail.outbox import OutboxSender
+from maild.mail.relay import open_relay
+from maild.service import systemd
+from maild.service.housekeeping import Housekeeping
+from maild.service.metrics import Metrics
+from maild.service.reload import Reloader
+from maild.service.services import Services, build_services
+from maild.service.watchdog import watchdog
+from maild.service.workers import WorkerPool, fanout_relay_config
+from maild.web.app import WebApp, create_app, database_health
+from maild.web.server import web_server
+
+log = logging.getLogger("maild")
+
+SMTP_DRAIN_SECONDS = 10.0
+# Registration answers and notices get connections of their own (issue 3: priority).
+OUTBOX_CONNECTIONS = 2
+HOUSEKEEPING_INTERVAL = dt.timedelta(minutes=15)
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message says why in one sentence."""
+
+
+@dataclass
+class Daemon:
+    config: Config
+    clock: Clock = field(default_factory=clock_from_environment)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    log_level: str = "INFO"
+    _reload_task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        os.umask(0o077)  # everything we create (keys, maildir files, db) is ours alone
+        services = await asyncio.to_thread(self._build)
+        config = self.config
+        metrics = Metrics(services.db, sessions=lambda: inbound.session_count)
+        try:
+            signer = DkimSigner.from_config(config.dkim)
+        except ValueError as e:
+            raise StartupError(str(e)) from None
+        # Signing wraps the timing, so relay latency measures the relay alone.
+        outbox_relay = signing(
+            metrics.timed(
+                open_relay(
+                    dataclasses.replace(config.relay, connections=OUTBOX_CONNECTIONS),
+                    config.smtp.hostname,
+                ),
+                "outbox",
+            ),
+            signer,
+        )
+        alert_relay = signing(
+            metrics.timed(open_relay(fanout_relay_config(config), config.smtp.hostname), "alert"),
+            signer,
+        )
+        sender = OutboxSender(services.db, outbox_relay, self.clock, OUTBOX_CONNECTIONS)
+        services.registrations.wake_outbox = sender.wake
+        fanout = FanoutSender(
+            config,
+            services.db,
+            services.alerts,
+            alert_relay,
+            services.links,
+            services.verp,
+            self.clock,
+            bounces=services.bounces,
+        )
+        scheduler = ReleaseScheduler(
+            services.db, services.alerts, self.clock, lambda alert_id: fanout.wake()
+        )
+
+        def intake(draft: AlertDraft, meta: FileMeta) -> int:
+            alert_id = services.alerts.intake(draft, Source(meta.claim_name, meta.owner))
+            try:
+                scheduler.reconcile()  # an urgent alert goes now, a held one gets its job
+            except Exception:
+                # The alert is safe in the database; the next reconcile pass releases it.
+                log.exception("releasing alert %d at intake failed", alert_id)
+            return alert_id
+
+        await asyncio.to_thread(ensure_layout, config.spool.dir)
+        spool = SpoolWatcher(
+            config.spool.dir,
+            intake,
+            lambda text: services.areas.resolve(text).id,
+            config.service.tz,
+            clock=self.clock,
+        )
+
+        handler = InboundHandler(
+            config,
+            services.registrations,
+            on_outcome=metrics.registration,
+            verp=services.verp,
+            bounces=services.bounces,
+            budget=services.budget,
+        )
+        inbound = InboundServer(handler, config.smtp)
+        passed = systemd.listen_sockets()
+        try:
+            await inbound.start(passed[0] if passed else None, config.smtp.listen)
+        except OSError as e:
+            raise StartupError(f"cannot listen for SMTP on {config.smtp.listen}: {e}") from e
+
+        check_database = database_health(services.db)
+
+        def health() -> dict[str, Any]:
+            report = dict(check_database())
+            report["smtp"] = "listening" if not inbound.closing else "closing"
+            return report
+
+        app, web, web_thread = self._start_web(services, health, metrics.render)
+        await asyncio.to_thread(fanout.release_claims)  # before any worker claims
+        workers = WorkerPool(config, config.relay.workers, self.log_level)
+        workers.start()
+        reloader = Reloader(services, handler, app, fanout)
+
+        def status() -> str:  # for systemctl status; in-memory figures only, no database
+            return f"accepting mail; {inbound.session_count} SMTP sessions"
+
+        scheduler.start()
+        housekeeping = Housekeeping(config, services.db, services.alerts, self.clock)
+        scheduler.every(HOUSEKEEPING_INTERVAL, housekeeping.run, "housekeeping")
+        tasks = [
+            asyncio.create_task(sender.run(self.stopping), name="outbox"),
+            asyncio.create_task(fanout.run(self.stopping), name="fanout"),
+            asyncio.create_task(scheduler.run(self.stopping), name="scheduler"),
+            asyncio.create_task(spool.run(self.stopping), name="spool"),
+            asyncio.create_task(watchdog(self.stopping, status), name="watchdog"),
+            asyncio.create_task(workers.supervise(self.stopping), name="workers"),
+        ]
+        self._install_signals(reloader, workers)
+        log.info(
+            "ready: smtp %s:%s, web http://%s:%s/, relay %s, spool %s",
+            config.smtp.listen.host,
+            inbound.port,
+            config.web.listen.host,
+            web.effective_port,
+            _relay_label(config),
+            config.spool.dir,
+        )
+        systemd.notify("READY=1\nSTATUS=accepting mail")
+        try:
+            await self.stopping.wait()
+        finally:
+            systemd.notify("STOPPING=1")
+            log.info("stopping: draining SMTP sessions (up to %.0f s)", SMTP_DRAIN_SECONDS)
+            await inbound.close(SMTP_DRAIN_SECONDS)
+            self.stopping.set()
+            await workers.stop(SMTP_DRAIN_SECONDS)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            scheduler.shutdown()
+            await _close_web(web, web_thread)
+            await outbox_relay.close()
+            await alert_relay.close()
+            services.db.dispose()
+            log.info("stopped")
+
+    def _build(self) -> Services:
+        return build_services(self.config, self.clock)
+
+    def _start_web(
+        self, services: Services, health: Callable[[], dict[str, Any]], metrics: Callable[[], bytes]
+    ) -> tuple[WebApp, Any, threading.Thread]:
+        app = create_app(
+            self.config,
+            services.registrations,
+            services.areas,
+            services.links,
+            self.clock,
+            health,
+            metrics,
+            budget=services.budget,
+        )
+        listen = self.config.web.listen
+        try:
+            server = web_server(app, listen.host, listen.port)
+        except OSError as e:
+            raise StartupError(f"cannot listen for the web on {listen}: {e}") from e
+        thread = threading.Thread(target=server.run, name="web", daemon=True)
+        thread.start()
+        return app, server, thread
+
+    def _install_signals(self, reloader: Reloader, workers: WorkerPool) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_stop_signal, signum)
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal, reloader, workers)
+
+    def _on_reload_signal(self, reloader: Reloader, workers: WorkerPool) -> None:
+        log.info("received SIGHUP: reloading")
+        systemd.notify("RELOADING=1")
+
+        async def reload() -> None:
+            if await reloader.reload():
+                workers.signal(signal.SIGHUP)  # the delivery workers take the same files
+            systemd.notify("READY=1")
+
+        self._reload_task = asyncio.create_task(reload(), name="reload")
+
+    def _on_stop_signal(self, signum: int) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        self.stopping.set()
+
+
+async def _close_web(server: Any, thread: threading.Thread) -> None:
+    await asyncio.to_thread(server.close)
+    await asyncio.to_thread(thread.join, 10)
+
+
+def _relay_label(config: Config) -> str:
+    if config.relay.scheme == "maildir":
+        return config.relay.url
+    return f"{config.relay.scheme}://{config.relay.host}:{config.relay.port}"
+
+
+def serve(config: Config, log_level: str = "INFO") -> None:
+    asyncio.run(Daemon(config, log_level=log_level).run())

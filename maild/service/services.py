@@ -1,0 +1,68 @@
+"""Builds the long-lived objects every entry point shares, in one place.
+
+The daemon, the separate WSGI entry point and the command line all need the
+same database, signing keys, area map and registration service; building them
+here keeps them from drifting apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from maild.alerts.window import WindowRules
+from maild.alerts.workflow import Alerts
+from maild.common.clock import Clock
+from maild.common.config import Config
+from maild.residents.areas import AreaMap
+from maild.residents.bounces import Bounces
+from maild.residents.limits import AnswerBudget
+from maild.residents.links import Links, VerpTokens, load_or_create_key, read_key
+from maild.residents.registration import Registrations
+from maild.store.db import Database
+
+
+@dataclass
+class Services:
+    config: Config
+    clock: Clock
+    db: Database
+    links: Links
+    areas: AreaMap
+    registrations: Registrations
+    alerts: Alerts
+    verp: VerpTokens
+    rules: WindowRules
+    bounces: Bounces
+    budget: AnswerBudget  # registration answers, shared by SMTP and /signup
+
+
+def build_services(
+    config: Config,
+    clock: Clock | None = None,
+    wake_outbox: Callable[[], None] = lambda: None,
+    migrate: bool = True,
+) -> Services:
+    clock = clock or Clock()
+    db = Database(config.database_url, create=migrate)
+    if migrate:
+        db.upgrade()
+    else:
+        db.check_schema()
+    key = load_or_create_key(config.service.state_dir)
+    old_keys = [read_key(p) for p in config.service.old_secret_key_files]
+    links = Links(key, old_keys, clock)
+    areas = AreaMap.load(config.areas.file)
+    registrations = Registrations(config, db, links, areas, clock, wake_outbox)
+    rules = window_rules(config)
+    alerts = Alerts(config, db, areas, clock, rules)
+    verp = VerpTokens(key, old_keys)
+    bounces = Bounces.from_config(config, db, clock)
+    budget = AnswerBudget(config.limits, clock)
+    return Services(
+        config, clock, db, links, areas, registrations, alerts, verp, rules, bounces, budget
+    )
+
+
+def window_rules(config: Config) -> WindowRules:
+    return WindowRules.from_config(config.window, config.service.timezone)

@@ -1,0 +1,181 @@
+"""Delivery worker processes: a large fan-out uses every core.
+
+Python runs one core per process; personalising and sending messages is CPU
+work, so ``maild serve`` starts ``[relay] workers`` extra processes
+(``maild deliver``) that run the same fan-out loop as the daemon. They share
+nothing but the database: each claims its batches with one UPDATE
+(``FanoutSender._claim``), the same way several machines will share one
+PostgreSQL database. A worker dies with its parent (PR_SET_PDEATHSIG), so a
+crashed daemon leaves no orphan sending on; a worker that dies on its own is
+started again by the daemon (its claimed rows are free again after their lease).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import dataclasses
+import logging
+import signal
+import subprocess
+import sys
+import time
+
+from maild.common.clock import clock_from_environment
+from maild.common.config import Config, ConfigError, RelayConfig, load_config
+from maild.delivery.fanout import FanoutSender
+from maild.mail.dkim import DkimSigner, signing
+from maild.mail.relay import open_relay
+from maild.residents.areas import AreaFileError, AreaMap
+from maild.service.services import Services, build_services
+
+log = logging.getLogger("maild.delivery")
+
+PR_SET_PDEATHSIG = 1
+
+
+def fanout_relay_config(config: Config) -> RelayConfig:
+    """The relay settings of one fan-out process: ``max_per_second`` is for the service
+    as a whole, so each of the ``workers + 1`` processes keeps to its share."""
+    share = config.relay.max_per_second / (config.relay.workers + 1)
+    return dataclasses.replace(config.relay, max_per_second=share)
+
+
+# A worker that died is started again after this long, doubling while it keeps dying
+# within STABLE_AFTER of its start (a worker that cannot start must not spin).
+RESTART_DELAY = 1.0
+RESTART_DELAY_MAX = 60.0
+STABLE_AFTER = 60.0
+SUPERVISE_EVERY = 0.5
+
+
+class WorkerPool:
+    """The ``maild deliver`` children of one daemon: started, watched, restarted, stopped."""
+
+    def __init__(self, config: Config, count: int, log_level: str) -> None:
+        self.command = [
+            sys.executable, "-m", "maild", "--config", str(config.path),
+            "--log-level", log_level, "deliver",
+        ]  # fmt: skip
+        self.count = count
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self._started: list[float] = []
+        self._delays: list[float] = []
+        self.restarts = 0
+
+    def start(self) -> None:
+        now = time.monotonic()
+        self.processes = [subprocess.Popen(self.command) for _ in range(self.count)]
+        self._started = [now] * self.count
+        self._delays = [RESTART_DELAY] * self.count
+
+    def signal(self, signum: int) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signum)
+
+    async def supervise(self, stopping: asyncio.Event) -> None:
+        """Start a worker again when it dies on its own (until the daemon stops)."""
+        due: dict[int, float] = {}  # slot -> when to start it again
+        while not stopping.is_set():
+            now = time.monotonic()
+            for slot, process in enumerate(self.processes):
+                code = process.poll()
+                if code is None or stopping.is_set():
+                    continue
+                if slot not in due:
+                    if now - self._started[slot] >= STABLE_AFTER:
+                        self._delays[slot] = RESTART_DELAY
+                    log.warning(
+                        "delivery worker %d (pid %d) exited with %s; starting another in %.0f s",
+                        slot + 1,
+                        process.pid,
+                        _exit_text(code),
+                        self._delays[slot],
+                    )
+                    due[slot] = now + self._delays[slot]
+                    self._delays[slot] = min(self._delays[slot] * 2, RESTART_DELAY_MAX)
+                elif now >= due[slot]:
+                    del due[slot]
+                    self.processes[slot] = subprocess.Popen(self.command)
+                    self._started[slot] = now
+                    self.restarts += 1
+                    log.info("delivery worker %d started again", slot + 1)
+            try:
+                await asyncio.wait_for(stopping.wait(), SUPERVISE_EVERY)
+            except TimeoutError:
+                pass
+
+    async def stop(self, timeout: float) -> None:
+        self.signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                await asyncio.to_thread(process.wait, timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _exit_text(code: int) -> str:
+    return f"signal {signal.Signals(-code).name}" if code < 0 else f"status {code}"
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the daemon still stops us with SIGTERM
+        log.debug("PR_SET_PDEATHSIG unavailable")
+
+
+def _reload(services: Services, fanout: FanoutSender) -> None:
+    """The daemon forwards its SIGHUP: take the new config and area names for new batches.
+
+    The daemon has already checked the files and logged any problem; a worker that finds
+    them broken keeps what it has.
+    """
+    try:
+        config = load_config(services.config.path)
+        areas = AreaMap.load(config.areas.file)
+    except (ConfigError, AreaFileError, OSError) as e:
+        log.warning("delivery worker keeps its configuration: %s", e)
+        return
+    services.config, services.areas = config, areas
+    services.alerts.config, services.alerts.areas = config, areas
+    fanout.reconfigure(config)
+
+
+def run_worker(config: Config) -> None:
+    _die_with_parent()
+    # A reload that arrives before the loop's handler is installed must not end us.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    asyncio.run(_work(config))
+
+
+async def _work(config: Config) -> None:
+    clock = clock_from_environment()
+    services = await asyncio.to_thread(build_services, config, clock, migrate=False)
+    relay = signing(
+        open_relay(fanout_relay_config(config), config.smtp.hostname),
+        DkimSigner.from_config(config.dkim),
+    )
+    fanout = FanoutSender(
+        config,
+        services.db,
+        services.alerts,
+        relay,
+        services.links,
+        services.verp,
+        clock,
+        bounces=services.bounces,
+    )
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload, services, fanout)
+    log.info("delivery worker ready")
+    try:
+        await fanout.run(stopping)
+    finally:
+        await relay.close()
+        services.db.dispose()

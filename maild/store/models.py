@@ -1,0 +1,168 @@
+"""Tables, as SQLAlchemy 2 typed models. Migrations in ``maild/migrations`` follow them.
+
+A subscriber's categories are an integer mask (see ``maild.residents.areas.category_bit``)
+and their areas rows of ``subscriber_areas``, so that a fan-out selects its
+recipients with one indexed query rather than by reading every subscriber.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from maild.store.db import Base, UTCDateTime
+
+# Subscriber.status values
+PENDING = "pending"  # sent a blank mail / used /signup, has not completed the form
+ACTIVE = "active"
+SUSPENDED = "suspended"  # too many permanent bounces; kept, not deleted (SPEC §10)
+
+# OutboxMail.status values
+QUEUED = "queued"
+SENT = "sent"
+FAILED = "failed"
+
+
+class Subscriber(Base):
+    __tablename__ = "subscribers"
+    # AUTOINCREMENT: an erased subscriber's id is never handed to someone else.
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    address: Mapped[str] = mapped_column(String(320), unique=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    category_mask: Mapped[int] = mapped_column(Integer, default=0)
+    # Random; part of every signed link. Replacing it revokes all of the subscriber's links.
+    link_key: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    activated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_answer_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    bounce_score: Mapped[int] = mapped_column(Integer, default=0)
+    last_bounce_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    areas: Mapped[list[SubscriberArea]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True, lazy="selectin"
+    )
+
+    @property
+    def area_ids(self) -> list[str]:
+        return sorted(a.area_id for a in self.areas)
+
+
+class SubscriberArea(Base):
+    __tablename__ = "subscriber_areas"
+    __table_args__ = (Index("ix_subscriber_areas_area", "area_id", "subscriber_id"),)
+
+    subscriber_id: Mapped[int] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="CASCADE"), primary_key=True
+    )
+    area_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class OutboxMail(Base):
+    """A single mail waiting for the relay: registration answers and notices.
+
+    Rows are kept until sent (or failed), so a crash or relay outage loses
+    nothing; sent rows are pruned by housekeeping.
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    purpose: Mapped[str] = mapped_column(String(32))
+    envelope_from: Mapped[str] = mapped_column(String(320))
+    recipient: Mapped[str] = mapped_column(String(320))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+# Alert.status values (SPEC §2)
+PENDING_APPROVAL = "pending_approval"
+SCHEDULED = "scheduled"
+SENDING = "sending"
+ALERT_SENT = "sent"
+CANCELLED = "cancelled"
+ALERT_FAILED = "failed"
+ALERT_STATUSES = (PENDING_APPROVAL, SCHEDULED, SENDING, ALERT_SENT, CANCELLED, ALERT_FAILED)
+
+# Delivery.status values
+DELIVERY_QUEUED = "queued"
+DELIVERY_SENT = "sent"
+DELIVERY_DEFERRED = "deferred"  # a 4xx or connection failure; retried with backoff
+DELIVERY_FAILED = "failed"
+
+
+class Alert(Base):
+    """An operator's alert: what to send, to which areas, and where it stands."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subject: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str] = mapped_column(Text)
+    category: Mapped[str] = mapped_column(String(32))
+    # Area ids separated by spaces, as resolved at intake.
+    areas: Mapped[str] = mapped_column(Text)
+    urgent: Mapped[bool] = mapped_column(default=False)
+    sender: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    send_after: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    release_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    requester: Mapped[str] = mapped_column(String(64))
+    approved_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    source_file: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    released_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Delivery counts as JSON, written when housekeeping prunes the alert's delivery rows.
+    final_counts: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    @property
+    def area_ids(self) -> tuple[str, ...]:
+        return tuple(self.areas.split())
+
+
+class Delivery(Base):
+    """One recipient of one alert. Rows are written in batches at release."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        Index("ix_deliveries_due", "alert_id", "status", "next_attempt_at"),
+        Index("ix_deliveries_unique", "alert_id", "subscriber_id", unique=True),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id", ondelete="CASCADE"))
+    # No foreign key: an erased subscriber's row stays (its counts do), it just isn't sent.
+    subscriber_id: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Set while a worker holds the row; a claim older than its lease is free again.
+    claimed_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Which claim (one batch of one worker) holds the row: set by the single UPDATE that
+    # claims, so concurrent workers can never take the same row.
+    claim: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class AuditEntry(Base):
+    """Every change of an alert's state, with the Unix user who made it (SPEC §2)."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id", ondelete="CASCADE"), index=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    action: Mapped[str] = mapped_column(String(32))
+    user: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
