@@ -1,0 +1,213 @@
+"""``maild submit``, ``maild alerts …`` and ``maild window``: the operators' commands
+for alerts (SPEC §2). ``submit`` itself is :mod:`maild.cli.submit`; these print what it
+and the alert workflow answer."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from maild.alerts import window
+from maild.alerts.workflow import AlertActionError
+from maild.cli.common import (
+    EXIT_FAILURE,
+    CommandError,
+    invoker,
+    opened_services,
+    print_json,
+    user_name,
+)
+from maild.cli.submit import Checked, CountRecipients, Submitter
+from maild.common.clock import clock_from_environment
+from maild.common.config import Config
+from maild.residents.areas import AreaMap
+from maild.service.services import Services, window_rules
+
+
+def cmd_submit(config: Config, args: argparse.Namespace) -> int:
+    with ExitStack() as stack:
+        try:
+            # Operators run this as themselves; the database may well not be theirs to read.
+            services = stack.enter_context(opened_services(config))
+            count: CountRecipients | None = services.alerts.count_recipients
+        except CommandError:
+            count = None
+        return _submit(config, args, count)
+
+
+def _submit(config: Config, args: argparse.Namespace, count: CountRecipients | None) -> int:
+    areas = AreaMap.load(config.areas.file)
+    clock = clock_from_environment()
+    submitter = Submitter(
+        config, areas, window_rules(config), clock.now(), user_name(os.getuid()), count
+    )
+    results = [submitter.check(Path(f)) for f in args.files]
+    all_valid = all(r.valid for r in results)
+    sent_problems: list[str] = []
+    if all_valid and not args.check:
+        for result in results:
+            assert result.draft is not None
+            if args.test:
+                try:
+                    sent_problems += submitter.test_send(result.draft)
+                except ValueError as e:
+                    raise CommandError(str(e)) from None
+            else:
+                submitter.place(result)
+    if args.json:
+        print_json([r.as_json() for r in results])
+    else:
+        _print_submitted(results, args, len(config.approval.test_recipients))
+    for problem in sent_problems:
+        print(f"maild: test send failed: {problem}", file=sys.stderr)
+    return 0 if all_valid and not sent_problems else EXIT_FAILURE
+
+
+def _print_submitted(results: list[Checked], args: argparse.Namespace, testers: int) -> None:
+    for r in results:
+        if not r.valid:
+            print(f"{r.file}: 不備があります / invalid")
+            for error in r.errors:
+                print(f"  {error}")
+            continue
+        if args.check:
+            what = "問題ありません / valid (not placed: --check)"
+        elif args.test:
+            what = f"テスト送信しました / test-sent to {testers} test recipient(s)"
+        else:
+            what = "受け付けました / placed in the spool"
+        print(f"{r.file}: {what}")
+        print(f"  配信エリア / areas: {'、'.join(r.areas)}")
+        if r.pending_approval:
+            print("  送信 / release: 承認待ちになります / waits for an approver")
+        else:
+            print(f"  送信 / release: {r.release_at or '-'}")
+        shown = (
+            "不明（データベースを読めません） / unknown" if r.recipients is None else r.recipients
+        )
+        print(f"  現在の対象者数 / recipients now: {shown}")
+    if not all(r.valid for r in results):
+        print(
+            "不備のあるファイルがあるため、何も送信・投入していません。"
+            " / Nothing was sent or placed because a file is invalid."
+        )
+
+
+def cmd_list(config: Config, args: argparse.Namespace) -> int:
+    with opened_services(config) as services:
+        alerts = services.alerts.listing(args.status)
+    if args.json:
+        print_json(alerts)
+        return 0
+    if not alerts:
+        print("no alerts")
+    for a in alerts:
+        c = a["counts"]
+        print(
+            f"{a['id']:>5}  {a['status']:<16} {'URGENT ' if a['urgent'] else ''}"
+            f"release {a['release_at'] or '-'}  sent {c['sent']}/"
+            f"{sum(c.values())}  {a['subject']}"
+        )
+    return 0
+
+
+def cmd_show(config: Config, args: argparse.Namespace) -> int:
+    alert = _alert_action(lambda s: s.alerts.show(args.id), config)
+    if args.json:
+        print_json(alert)
+        return 0
+    c = alert["counts"]
+    for key in (
+        "id",
+        "subject",
+        "status",
+        "urgent",
+        "category",
+        "area_names",
+        "sender",
+        "requester",
+        "approved_by",
+        "send_after",
+        "release_at",
+        "released_at",
+        "finished_at",
+    ):
+        print(f"{key:>12}: {alert[key] if alert[key] is not None else '-'}")
+    print(
+        f"{'counts':>12}: queued {c['queued']}, sent {c['sent']}, deferred {c['deferred']}, "
+        f"failed {c['failed']}"
+    )
+    print("       audit:")
+    for entry in alert["audit"]:
+        detail = f" ({entry['detail']})" if entry["detail"] else ""
+        print(f"              {entry['at']}  {entry['action']} by {entry['user']}{detail}")
+    return 0
+
+
+def _alert_action(action: Callable[[Services], Any], config: Config) -> Any:
+    try:
+        with opened_services(config) as services:
+            return action(services)
+    except AlertActionError as e:
+        raise CommandError(str(e)) from None
+
+
+def cmd_approve(config: Config, args: argparse.Namespace) -> int:
+    _alert_action(lambda s: s.alerts.approve(args.id, invoker(config)), config)
+    print(f"alert {args.id} approved")
+    return 0
+
+
+def cmd_cancel(config: Config, args: argparse.Namespace) -> int:
+    _alert_action(lambda s: s.alerts.cancel(args.id, invoker(config)), config)
+    print(f"alert {args.id} cancelled")
+    return 0
+
+
+def cmd_send_now(config: Config, args: argparse.Namespace) -> int:
+    _alert_action(lambda s: s.alerts.send_now(args.id, invoker(config)), config)
+    print(f"alert {args.id} will be released now")
+    return 0
+
+
+def cmd_window(config: Config, args: argparse.Namespace) -> int:
+    rules = window_rules(config)
+    if args.at:
+        try:
+            at = dt.datetime.fromisoformat(args.at)
+        except ValueError:
+            raise CommandError(f"--at {args.at!r} is not an ISO date and time") from None
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=config.service.tz)
+    else:
+        at = clock_from_environment().now()
+    at = at.astimezone(config.service.tz)
+    is_open = window.is_open(rules, at)
+    upcoming = None if is_open else window.next_open(rules, at)
+    closes = window.closes_at(rules, at)
+    reason = window.is_closed_day(rules, at.date())
+    if args.json:
+        print_json(
+            {
+                "at": at.isoformat(),
+                "open": is_open,
+                "next_open": upcoming.isoformat() if upcoming else None,
+                "closes_at": closes.isoformat() if closes else None,
+                "closed_reason": reason,
+            }
+        )
+    elif is_open:
+        print(f"{at.isoformat()}: 送信可 / open until {closes.isoformat() if closes else '?'}")
+    else:
+        why = f" ({reason})" if reason else ""
+        print(
+            f"{at.isoformat()}: 送信時間外 / closed{why}; next opening "
+            f"{upcoming.isoformat() if upcoming else 'never (check [window])'}"
+        )
+    return 0

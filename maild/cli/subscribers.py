@@ -1,0 +1,79 @@
+"""``maild subscribers …``: the data owner's commands (SPEC §2): import from an older
+system, counts, export, erasure. The rules are :mod:`maild.residents.roster` and
+:mod:`maild.residents.subscribers`; these open the database and print."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from maild.cli.common import CommandError, opened_services, print_json
+from maild.common.addresses import InvalidAddress, mask
+from maild.common.config import Config
+from maild.residents import roster, subscribers
+
+EXPORT_WARNING = (
+    "maild: 注意: 出力には個人情報（メールアドレス）が含まれます。取り扱いに注意してください。"
+    " / warning: the output holds personal data (mail addresses); handle it with care."
+)
+
+
+def cmd_import(config: Config, args: argparse.Namespace) -> int:
+    with opened_services(config) as services:
+        try:
+            with roster.open_csv(Path(args.csv)) as lines:
+                report = roster.import_csv(services.db, services.areas, services.clock, lines)
+        except roster.ImportFileError as e:
+            raise CommandError(f"{e.ja} / {e.en}") from None
+        except OSError as e:
+            raise CommandError(f"{args.csv}: {e.strerror}") from None
+    if args.json:
+        print_json(
+            {
+                "imported": report.imported,
+                "skipped": report.skipped,
+                "problems": [{"line": p.line, "ja": p.ja, "en": p.en} for p in report.problems],
+            }
+        )
+    else:
+        for problem in report.problems:
+            print(problem, file=sys.stderr)
+        print(f"{report.imported} 件登録しました / imported, {report.skipped} skipped")
+    return 0
+
+
+def cmd_stats(config: Config, args: argparse.Namespace) -> int:
+    with opened_services(config) as services:
+        numbers = roster.stats(services.db, services.areas)
+    if args.json:
+        print_json(numbers)
+        return 0
+    areas = services.areas
+    print("status:   " + ", ".join(f"{k} {v}" for k, v in numbers["by_status"].items()))
+    print("category: " + ", ".join(f"{k} {v}" for k, v in numbers["by_category"].items()))
+    print("areas (active subscribers who chose each):")
+    for area_id, count in numbers["by_area"].items():
+        name = areas.get(area_id).name_ja if area_id in areas else area_id
+        print(f"  {name} ({area_id}): {count}")
+    return 0
+
+
+def cmd_export(config: Config, args: argparse.Namespace) -> int:
+    with opened_services(config) as services:
+        print(EXPORT_WARNING, file=sys.stderr)
+        count = roster.export_csv(services.db, services.areas, sys.stdout)
+    print(f"maild: {count} subscribers exported", file=sys.stderr)
+    return 0
+
+
+def cmd_remove(config: Config, args: argparse.Namespace) -> int:
+    with opened_services(config) as services:
+        try:
+            removed = subscribers.remove(services.db, args.address)
+        except InvalidAddress as e:
+            raise CommandError(str(e)) from None
+    if not removed:
+        raise CommandError(f"{mask(args.address)} is not registered")
+    print(f"{mask(args.address)} を削除しました / erased")
+    return 0
