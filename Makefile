@@ -2,16 +2,27 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+# The lock files (`make lock` writes them from pyproject.toml): what every venv installs.
+LOCK        := requirements/test.txt
+BENCH_LOCK  := requirements/bench.txt
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint format check-config bench clean
+# uv resolves the locks (`make lock` only); pip installs them, with their hashes.
+# `make lock UPGRADE=` keeps the locked versions that pyproject.toml still allows.
+UV_VERSION := 0.13.9
+UPGRADE    ?= --upgrade
+UV_COMPILE := $(BIN)/uv pip compile pyproject.toml --quiet --universal --python-version 3.11 \
+	--generate-hashes --custom-compile-command 'make lock' $(UPGRADE)
+
+.PHONY: run test lint format lock check-config bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test]'
+$(STAMP): pyproject.toml $(LOCK) | $(BIN)/python
+	$(BIN)/pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps -e .
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -36,9 +47,16 @@ format: $(STAMP)
 	$(BIN)/ruff format maild tests bench
 	$(BIN)/ruff check --fix maild tests bench
 
+## lock: resolve pyproject.toml again to the newest versions it allows (requirements/)
+lock: | $(BIN)/python
+	$(BIN)/pip install --quiet uv==$(UV_VERSION)
+	$(UV_COMPILE) -o requirements/app.txt
+	$(UV_COMPILE) --extra test -c requirements/app.txt -o $(LOCK)
+	$(UV_COMPILE) --extra test --extra bench -c $(LOCK) -o $(BENCH_LOCK)
+
 ## bench: the benchmark suite against Postfix's smtp-sink/smtp-source (bench/README.md)
 bench: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/pip install --quiet --require-hashes -r $(BENCH_LOCK)
 	$(BIN)/python -m bench
 
 check-config: $(STAMP)
