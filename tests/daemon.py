@@ -1,8 +1,12 @@
 """Starts the real daemon as a subprocess and polls until it is ready (Werkzeug's
-``DevServerClient``); the tests talk to it over SMTP and HTTP on loopback."""
+``DevServerClient``); the tests talk to it over SMTP and HTTP on loopback, and run the
+operators' ``maild`` commands beside it (in the test's process)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import re
 import signal
@@ -10,7 +14,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+
+from maild.cli.main import main
 
 READY = re.compile(r"ready: smtp (\S+):(\d+), web http://(\S+):(\d+)/")
 
@@ -82,14 +89,61 @@ class DaemonProcess:
 def maild_command(
     config_path: Path, *args: str, env: dict[str, str] | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    """Run one ``maild`` command as an operator would; fails the test on an unexpected status."""
-    done = subprocess.run(
-        [sys.executable, "-m", "maild", "--config", str(config_path), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=120,
+    """Run one ``maild`` command as an operator would; fails the test on an unexpected status.
+
+    It runs in this process, through the entry point's own ``main``: a new interpreter
+    per command cost a second of start-up, many times per test while the daemon shared the
+    cores. ``env`` is set for the command only, stdout and stderr are what it printed, and
+    the logging set-up ``main`` does is undone afterwards. ``python -m maild`` itself is
+    started as a process by tests/test_config.py and by the daemon's fixtures.
+    """
+    argv = ["--config", str(config_path), *args]
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with _environment(env or {}), _logging_restored():
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                status = main(argv)
+            except SystemExit as e:  # argparse: usage errors and --help
+                status = e.code if isinstance(e.code, int) else 1
+    done = subprocess.CompletedProcess(
+        ["maild", *argv], status, stdout.getvalue(), stderr.getvalue()
     )
     if check and done.returncode != 0:
         raise AssertionError(f"maild {' '.join(args)} exited {done.returncode}:\n{done.stderr}")
     return done
+
+
+@contextlib.contextmanager
+def _environment(changes: dict[str, str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in changes}
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
+def _logging_restored() -> Iterator[None]:
+    """The root logger's handlers and every logger's level as they were before."""
+    root = logging.getLogger()
+    handlers = root.handlers[:]
+    levels = {
+        name: logger.level
+        for name, logger in logging.Logger.manager.loggerDict.items()
+        if isinstance(logger, logging.Logger)
+    }
+    root_level = root.level
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(root_level)
+        for name, logger in list(logging.Logger.manager.loggerDict.items()):
+            level = levels.get(name, logging.NOTSET)
+            if isinstance(logger, logging.Logger) and logger.level != level:
+                logger.setLevel(level)  # each call clears every logger's cache: only changes
