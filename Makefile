@@ -1,7 +1,12 @@
 # Two commands do all set-up on a fresh machine: `make run` and `make test`.
+# `make check` is the inner loop: lint and the tests that start no daemon.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# Worker processes for pytest: the daemon tests wait on sockets and subprocesses more
+# than they compute, so more workers than cores pays (README, "Two commands").
+WORKERS ?= 4
+
 # The lock files (`make lock` writes them from pyproject.toml): what every venv installs.
 LOCK        := requirements/test.txt
 BENCH_LOCK  := requirements/bench.txt
@@ -14,7 +19,7 @@ UPGRADE    ?= --upgrade
 UV_COMPILE := $(BIN)/uv pip compile pyproject.toml --quiet --universal --python-version 3.11 \
 	--generate-hashes --custom-compile-command 'make lock' $(UPGRADE)
 
-.PHONY: run test lint format lock check-config bench clean
+.PHONY: run test check lint format lock check-config bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,9 +39,13 @@ run: $(STAMP)
 	@echo "maild: then open the /register/ URL in the newest file of var/maildir/new/"
 	$(BIN)/maild --config config/dev.toml serve
 
-## test: install what the tests need and run linters and the test suite
+## test: the full suite, as CI runs it: linters, then every test in parallel workers
 test: $(STAMP) lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(WORKERS)
+
+## check: the inner loop: linters and the tests that start no daemon, browser or systemd
+check: $(STAMP) lint
+	$(BIN)/pytest -n $(WORKERS) -m 'not e2e'
 
 lint: $(STAMP)
 	$(BIN)/ruff check maild tests bench

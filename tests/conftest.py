@@ -1,4 +1,9 @@
-"""Shared fixtures: config factory, a real daemon subprocess, a real SMTP sink."""
+"""Shared fixtures: config factory, a real daemon subprocess, a real SMTP sink.
+
+Every test that starts the daemon is marked ``e2e`` here (the other end-to-end tests,
+browser and systemd, carry the mark themselves), so ``make check`` can leave them out
+and a new daemon test needs no mark of its own.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,12 @@ import pytest
 from tests.configs import write_config
 from tests.daemon import DaemonProcess
 from tests.smtpsink import SmtpSink
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "daemon" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture

@@ -51,10 +51,13 @@ PHONE: ViewportSize = {"width": 360, "height": 740}
 BRAND_BLUE = "rgb(11, 79, 138)"  # --brand in maild.css: proves the stylesheet passed the CSP
 
 # CI sets MAILD_REQUIRE_BROWSER so a missing browser fails instead of skipping quietly.
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists() and not os.environ.get("MAILD_REQUIRE_BROWSER"),
-    reason="Debian's chromium is not installed at /usr/bin/chromium",
-)
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        not CHROMIUM.exists() and not os.environ.get("MAILD_REQUIRE_BROWSER"),
+        reason="Debian's chromium is not installed at /usr/bin/chromium",
+    ),
+]
 
 
 @dataclass

@@ -491,6 +491,7 @@ def start_activated(
     raise AssertionError("unreachable")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("sandboxed", [False, True], ids=["plain", "seccomp-wx"])
 def test_socket_activated_daemon_speaks_sd_notify(tmp_path: Path, sandboxed: bool) -> None:
     """The sd_notify and socket-activation contract; with ``seccomp-wx`` also under the
