@@ -10,7 +10,12 @@ WORKERS ?= 4
 # The lock files (`make lock` writes them from pyproject.toml): what every venv installs.
 LOCK        := requirements/test.txt
 BENCH_LOCK  := requirements/bench.txt
+OLDEST_LOCK := requirements/oldest.txt
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | cksum | cut -d' ' -f1)
+
+# The oldest versions pyproject.toml allows, in a venv of their own.
+OLDEST       := .venv-oldest
+OLDEST_STAMP := $(OLDEST)/.installed-$(shell cat pyproject.toml $(OLDEST_LOCK) | cksum | cut -d' ' -f1)
 
 # uv resolves the locks (`make lock` only); pip installs them, with their hashes.
 # `make lock UPGRADE=` keeps the locked versions that pyproject.toml still allows.
@@ -19,7 +24,7 @@ UPGRADE    ?= --upgrade
 UV_COMPILE := $(BIN)/uv pip compile pyproject.toml --quiet --universal --python-version 3.11 \
 	--generate-hashes --custom-compile-command 'make lock' $(UPGRADE)
 
-.PHONY: run test check lint format lock check-config bench clean
+.PHONY: run test check check-oldest lint format lock check-config bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +52,18 @@ test: $(STAMP) lint
 check: $(STAMP) lint
 	$(BIN)/pytest -n $(WORKERS) -m 'not e2e'
 
+## check-oldest: the fast tests at the oldest versions pyproject.toml allows (.venv-oldest)
+check-oldest: $(OLDEST_STAMP)
+	$(OLDEST)/bin/pytest -n $(WORKERS) -m 'not e2e' -p no:cacheprovider
+
+$(OLDEST_STAMP): pyproject.toml $(OLDEST_LOCK)
+	rm -rf $(OLDEST)
+	$(PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/pip install --quiet --upgrade pip
+	$(OLDEST)/bin/pip install --quiet --require-hashes -r $(OLDEST_LOCK)
+	$(OLDEST)/bin/pip install --quiet --no-deps -e .
+	touch $@
+
 lint: $(STAMP)
 	$(BIN)/ruff check maild tests bench
 	$(BIN)/ruff format --check maild tests bench
@@ -62,6 +79,7 @@ lock: | $(BIN)/python
 	$(UV_COMPILE) -o requirements/app.txt
 	$(UV_COMPILE) --extra test -c requirements/app.txt -o $(LOCK)
 	$(UV_COMPILE) --extra test --extra bench -c $(LOCK) -o $(BENCH_LOCK)
+	$(UV_COMPILE) --extra test --resolution lowest-direct -o $(OLDEST_LOCK)
 
 ## bench: the benchmark suite against Postfix's smtp-sink/smtp-source (bench/README.md)
 bench: $(STAMP)
@@ -72,4 +90,4 @@ check-config: $(STAMP)
 	$(BIN)/maild --config config/dev.toml check-config
 
 clean:
-	rm -rf $(VENV) var build dist *.egg-info
+	rm -rf $(VENV) $(OLDEST) var build dist *.egg-info

@@ -299,6 +299,9 @@ def test_key_is_read_once(keys: dict[str, Path], tmp_path: Path) -> None:
             "not a PEM private key",
         ),
     ],
+    # Named, not shown: three keys are made anew at each collection, and every pytest-xdist
+    # worker must collect the same names.
+    ids=["text", "no-key-in-pem", "ec-key", "encrypted", "public-key"],
 )
 def test_bad_key_file_is_named(tmp_path: Path, content: bytes, problem: str) -> None:
     bad = tmp_path / "bad-dkim.pem"
