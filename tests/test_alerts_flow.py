@@ -275,7 +275,8 @@ def test_cp932_file_accepted_and_bad_file_rejected_with_line(
     drop(spool, "bad.txt", alert_text("青葉区").replace("Area: 青葉区", "Area: 青葉村"))
     sink.wait_for(1, timeout=10)
     deadline = time.monotonic() + 10
-    while not (spool / "rejected" / "bad.txt.error").exists() and time.monotonic() < deadline:
+    # The file is moved last, after its report is whole (the .error name is taken first).
+    while not (spool / "rejected" / "bad.txt").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     report = (spool / "rejected" / "bad.txt.error").read_text(encoding="utf-8")
     assert "2行目" in report and "line 2" in report and "青葉村" in report
@@ -465,7 +466,8 @@ def test_old_phones_get_iso_2022_jp_and_unsendable_characters_are_refused(
 
     drop(spool, "emoji.txt", alert_text("青葉区").replace("発生しました。", "発生しました😀"))
     deadline = time.monotonic() + 10
-    while not (spool / "rejected" / "emoji.txt.error").exists() and time.monotonic() < deadline:
+    # The file is moved last, after its report is whole (the .error name is taken first).
+    while not (spool / "rejected" / "emoji.txt").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     report = (spool / "rejected" / "emoji.txt.error").read_text(encoding="utf-8")
     assert "7行目" in report and "GRINNING FACE" in report and "ISO-2022-JP" in report
