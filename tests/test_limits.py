@@ -17,7 +17,8 @@ from werkzeug.test import Client as WebClient
 
 from maild.common.clock import FakeClock
 from maild.common.config import ConfigError, LimitsConfig
-from maild.inbound.listener import InboundHandler, InboundServer
+from maild.inbound.handler import InboundHandler
+from maild.inbound.listener import InboundServer
 from maild.residents.limits import (
     HOURLY,
     IP_RATE,

@@ -9,10 +9,8 @@ says. Time is a FakeClock; nothing sleeps to make time pass.
 from __future__ import annotations
 
 import asyncio
-import collections
 import email
 import email.policy
-import inspect
 import logging
 import re
 import socket
@@ -22,17 +20,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import trustme
-from aiosmtpd.smtp import SMTP
 from sqlalchemy import select, text
 
 from maild.common.clock import FakeClock
 from maild.common.config import Config
-from maild.inbound.listener import InboundHandler, InboundServer, _Session
+from maild.inbound.handler import InboundHandler
+from maild.inbound.listener import InboundServer
 from maild.residents.areas import AreaMap
 from maild.residents.bounces import Bounces
 from maild.residents.links import MANAGE, Links, VerpTokens
@@ -702,53 +699,6 @@ def test_a_sessions_command_limits_are_its_own(tmp_path: Path) -> None:
     run(tmp_path, scenario)
 
 
-def test_each_session_is_set_up_as_aiosmtpd_sets_one_up(tmp_path: Path) -> None:
-    """A replica has every attribute a session built by aiosmtpd has, with the same values,
-    except what belongs to one connection: that is its own."""
-
-    async def scenario(h: Harness) -> None:
-        settings: dict[str, Any] = {"hostname": "mail.example.jp", "timeout": 30.0}
-        settings.update(auth_exclude_mechanism=("LOGIN",), data_size_limit=1000)
-        handler = h.server.handler
-        model = _Session(h.server, handler, **settings)
-        built = _Session(h.server, handler, **settings)
-        replica = model.replica()
-        assert type(replica) is _Session
-        assert vars(replica).keys() == vars(built).keys()
-        for name, value in vars(replica).items():
-            expected = vars(built)[name]
-            if name in ("_smtp_methods", "_auth_methods"):
-                assert value.keys() == expected.keys() and value, name
-                for key, method in value.items():
-                    bound, wanted = (
-                        getattr(method, "method", method),
-                        getattr(expected[key], "method", expected[key]),
-                    )
-                    assert bound.__func__ is wanted.__func__, (name, key)
-                    owner = replica if bound.__self__ is not handler else handler
-                    assert bound.__self__ is owner and wanted.__self__ in (built, handler)
-            elif inspect.ismethod(value):
-                assert value.__func__ is expected.__func__ and value.__self__ is replica, name
-            elif name in ("_stream_reader_wr", "_strong_reader", "_closed", "_drain_waiters"):
-                assert value is not vars(model)[name], name  # its own reader and future
-            elif isinstance(value, dict | list | set | collections.deque):
-                assert value == expected and value is not vars(model)[name], name
-            else:
-                assert value == expected, name
-        # Nothing in it points back at the model, the session it was copied from.
-        for name, value in vars(replica).items():
-            assert value is not model, name
-            inner = value.values() if isinstance(value, dict) else ()
-            assert all(getattr(v, "__self__", None) is not model for v in inner), name
-            assert all(
-                getattr(v[0], "__self__", None) is not model for v in inner if isinstance(v, tuple)
-            ), name
-        # And it serves: a real connection over it.
-        assert await h.send("<taro@docomo.ne.jp>") == [250, 250, 250]
-
-    run(tmp_path, scenario)
-
-
 def test_sessions_from_a_trusted_network_are_not_counted(tmp_path: Path) -> None:
     async def scenario(h: Harness) -> None:
         clients = [await h.client() for _ in range(4)]
@@ -1068,36 +1018,3 @@ def test_starttls_presents_the_configured_certificate(tmp_path: Path) -> None:
         },
         limits={"sessions_per_ip": 1},
     )
-
-
-GETADDR_CASES = [
-    "",
-    "<>",
-    "<taro@docomo.ne.jp>",
-    "<taro@docomo.ne.jp> SIZE=1000 BODY=8BITMIME",
-    "taro@docomo.ne.jp",
-    "taro@docomo.ne.jp SIZE=10",
-    "  <taro@docomo.ne.jp>",
-    "<taro..dots.@docomo.ne.jp>",  # a legacy docomo address
-    '<"quoted local"@docomo.ne.jp>',
-    "<@relay.example:taro@docomo.ne.jp>",  # a source route
-    "<taro@[192.0.2.1]>",
-    "<taro>",
-    "<taro@docomo.ne.jp",
-    "<<taro@docomo.ne.jp>>",
-    "taro",
-    "@docomo.ne.jp",
-    "<" + "a" * 80 + "@docomo.ne.jp>",
-    "<太郎@docomo.ne.jp>",
-    "(comment) <taro@docomo.ne.jp>",
-    "<taro@docomo.ne.jp> (comment)",
-    "\t",
-    "<\\>",
-]
-
-
-@pytest.mark.parametrize("limit", [0, 64])
-def test_addresses_in_mail_and_rcpt_are_read_as_aiosmtpd_reads_them(limit: int) -> None:
-    session = SimpleNamespace(local_part_limit=limit)  # all either reads of the session
-    for arg in GETADDR_CASES:
-        assert _Session._getaddr(session, arg) == SMTP._getaddr(session, arg), arg  # type: ignore[arg-type]

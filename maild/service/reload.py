@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from maild.alerts.window import WindowRules
 from maild.common.config import Config, ConfigError, load_config
 from maild.delivery.fanout import FanoutSender
-from maild.inbound.listener import InboundHandler
+from maild.inbound.handler import InboundHandler
 from maild.mail.dkim import DkimSigner
 from maild.residents.areas import AreaFileError, AreaMap
 from maild.service.services import Services, window_rules

@@ -30,7 +30,9 @@ from maild.alerts.workflow import Source
 from maild.common.clock import Clock, clock_from_environment
 from maild.common.config import Config
 from maild.delivery.fanout import FanoutSender
-from maild.inbound.listener import InboundHandler, InboundServer
+from maild.inbound.aiosmtpd_compat import UnsupportedAiosmtpd
+from maild.inbound.handler import InboundHandler
+from maild.inbound.listener import InboundServer
 from maild.mail.dkim import DkimSigner, signing
 from maild.mail.outbox import OutboxSender
 from maild.mail.relay import open_relay
@@ -130,7 +132,10 @@ class Daemon:
             bounces=services.bounces,
             budget=services.budget,
         )
-        inbound = InboundServer(handler, config.smtp)
+        try:
+            inbound = InboundServer(handler, config.smtp)
+        except UnsupportedAiosmtpd as e:
+            raise StartupError(str(e)) from None
         passed = systemd.listen_sockets()
         try:
             await inbound.start(passed[0] if passed else None, config.smtp.listen)
