@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import trustme
+from aiosmtpd.smtp import SMTP
 from sqlalchemy import select, text
 
 from maild.common.clock import FakeClock
@@ -37,6 +38,7 @@ from maild.residents.registration import Registrations
 from maild.store.db import Database
 from maild.store.models import OutboxMail
 from tests.configs import make_config
+from tests.test_aiosmtpd_compat import ADDRESSES
 
 CORPUS = Path(__file__).parent / "corpus" / "autoreply"
 REGISTRATION = "entry@mail.example.jp"
@@ -1018,3 +1020,30 @@ def test_starttls_presents_the_configured_certificate(tmp_path: Path) -> None:
         },
         limits={"sessions_per_ip": 1},
     )
+
+
+def test_mail_from_is_read_as_stock_aiosmtpd_reads_it(tmp_path: Path) -> None:
+    # maild's MAIL is aiosmtpd's own (no hook changes it): the same reply for every argument.
+    async def scenario(h: Harness) -> None:
+        loop = asyncio.get_running_loop()
+        stock = await loop.create_server(
+            lambda: SMTP(object(), data_size_limit=1024, hostname="mail.example.jp", loop=loop),
+            "127.0.0.1",
+            0,
+        )
+        try:
+            ours = await h.client()
+            theirs = await Client.connect(stock.sockets[0].getsockname()[1])
+            assert (await theirs.command("EHLO client.example.jp"))[0] == 250
+            for arg in ADDRESSES:
+                expected = await theirs.command(f"MAIL FROM:{arg}")
+                assert await ours.command(f"MAIL FROM:{arg}") == expected, arg
+                for client in (ours, theirs):
+                    assert (await client.command("RSET"))[0] == 250
+            for client in (ours, theirs):
+                await client.close()
+        finally:
+            stock.close()
+            await stock.wait_closed()
+
+    run(tmp_path, scenario, smtp={"max_message_size": 1024})
