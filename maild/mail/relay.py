@@ -10,9 +10,9 @@ One recipient per message, many messages per connection (SPEC §10: docomo drops
 a whole session with too many recipients, and one bad recipient can fail the
 others). aiosmtplib opens each connection (TLS, EHLO, AUTH); the transactions
 then run over :class:`maild.mail.smtp_wire.SmtpWire`, pipelined when the relay says
-PIPELINING. Recipients are written on the wire exactly as
-:func:`maild.common.addresses.smtp_path` gives them, keeping
-``RCPT TO:<"taro..yamada"@docomo.ne.jp>`` intact.
+PIPELINING (:mod:`maild.mail.aiosmtplib_compat` hands the connection over).
+Recipients are written on the wire exactly as :func:`maild.common.addresses.smtp_path`
+gives them, keeping ``RCPT TO:<"taro..yamada"@docomo.ne.jp>`` intact.
 
 ``maildir:PATH`` writes every message into a Maildir instead, so people trying
 maild out (``make run``) see each mail as a file.
@@ -37,6 +37,7 @@ import aiosmtplib
 
 from maild.common.addresses import mask, smtp_path
 from maild.common.config import ConfigError, RelayConfig
+from maild.mail.aiosmtplib_compat import HandOffError, check_version, take_transport
 from maild.mail.smtp_wire import SmtpWire, WireClosed, WireError, data_payload
 
 log = logging.getLogger("maild.delivery")
@@ -189,6 +190,7 @@ class SmtpRelay:
     ) -> None:
         if config.scheme not in ("smtp", "smtp+starttls", "smtps"):
             raise ConfigError(f"[relay] url: {config.url!r} is not an SMTP URL")
+        check_version()  # UnsupportedAiosmtplib: the daemon does not start
         self.host = config.host
         self.port = config.port
         self._hostname = hostname
@@ -338,11 +340,12 @@ class SmtpRelay:
         except BaseException:
             smtp.close()
             raise
-        transport = smtp.transport
-        if not isinstance(transport, asyncio.Transport) or transport.is_closing():
+        try:
+            # aiosmtplib has opened and greeted; the transactions go over our own wire.
+            transport = take_transport(smtp)
+        except HandOffError as e:
             smtp.close()
-            raise TemporaryFailure(None, f"relay {self._where} closed the connection")
-        # aiosmtplib has opened and greeted; the transactions go over our own wire.
+            raise TemporaryFailure(None, f"relay {self._where}: {e}") from None
         conn = _Connection(
             SmtpWire(transport, self._timeout),
             number,

@@ -33,6 +33,7 @@ from maild.delivery.fanout import FanoutSender
 from maild.inbound.aiosmtpd_compat import UnsupportedAiosmtpd
 from maild.inbound.handler import InboundHandler
 from maild.inbound.listener import InboundServer
+from maild.mail.aiosmtplib_compat import UnsupportedAiosmtplib
 from maild.mail.dkim import DkimSigner, signing
 from maild.mail.outbox import OutboxSender
 from maild.mail.relay import open_relay
@@ -75,21 +76,15 @@ class Daemon:
             signer = DkimSigner.from_config(config.dkim)
         except ValueError as e:
             raise StartupError(str(e)) from None
+        try:
+            outbox_relay_config = dataclasses.replace(config.relay, connections=OUTBOX_CONNECTIONS)
+            outbox_transport = open_relay(outbox_relay_config, config.smtp.hostname)
+            alert_transport = open_relay(fanout_relay_config(config), config.smtp.hostname)
+        except UnsupportedAiosmtplib as e:
+            raise StartupError(str(e)) from None
         # Signing wraps the timing, so relay latency measures the relay alone.
-        outbox_relay = signing(
-            metrics.timed(
-                open_relay(
-                    dataclasses.replace(config.relay, connections=OUTBOX_CONNECTIONS),
-                    config.smtp.hostname,
-                ),
-                "outbox",
-            ),
-            signer,
-        )
-        alert_relay = signing(
-            metrics.timed(open_relay(fanout_relay_config(config), config.smtp.hostname), "alert"),
-            signer,
-        )
+        outbox_relay = signing(metrics.timed(outbox_transport, "outbox"), signer)
+        alert_relay = signing(metrics.timed(alert_transport, "alert"), signer)
         sender = OutboxSender(services.db, outbox_relay, self.clock, OUTBOX_CONNECTIONS)
         services.registrations.wake_outbox = sender.wake
         fanout = FanoutSender(
