@@ -103,6 +103,7 @@ class _Session(SMTPSession):
         self.say_goodbye(self.reply(SHUTTING_DOWN))
 
     def reply(self, template: str) -> str:
+        """``template`` with our hostname in it."""
         return template.format(hostname=self.hostname)
 
 
