@@ -23,11 +23,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
 import re
-import socket
 import ssl
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +35,7 @@ import aiosmtplib
 from maild.common.addresses import mask, smtp_path
 from maild.common.config import ConfigError, RelayConfig
 from maild.mail.aiosmtplib_compat import HandOffError, check_version, take_transport
+from maild.mail.maildir import Maildir
 from maild.mail.smtp_wire import SmtpWire, WireClosed, WireError, data_payload
 
 log = logging.getLogger("maild.delivery")
@@ -477,66 +475,18 @@ def _describe(error: BaseException) -> str:
 
 
 class MaildirRelay:
-    """Writes each message into a Maildir (``tmp`` → fsync → rename into ``new``)."""
+    """Writes each message into a Maildir (:class:`maild.mail.maildir.Maildir`)."""
 
     def __init__(self, path: Path, hostname: str) -> None:
         self.path = path
-        # Maildir names must not contain "/" or ":" (maildir(5)).
-        self._host = (hostname or socket.gethostname()).replace("/", r"\057").replace(":", r"\072")
-        self._numbers = itertools.count(1)
-        self._lock = threading.Lock()
+        self.maildir = Maildir(path, hostname)
 
     async def send(self, envelope_from: str, recipient: str, data: bytes) -> None:
         try:
-            written = await asyncio.to_thread(self.deliver, envelope_from, recipient, data)
+            written = await asyncio.to_thread(self.maildir.deliver, envelope_from, recipient, data)
         except OSError as e:
             raise TemporaryFailure(None, f"cannot write to {self.path}: {e.strerror}") from None
         log.info("mail for %s written to %s", mask(recipient), written.name)
 
     async def close(self) -> None:
         return None
-
-    def deliver(self, envelope_from: str, recipient: str, data: bytes) -> Path:
-        """Write one message; returns its path in ``new``. Blocking: run it in a thread."""
-        for sub in ("tmp", "new", "cur"):
-            (self.path / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
-        trace = (
-            f"Return-Path: <{smtp_path(envelope_from) if envelope_from else ''}>\n"
-            f"Delivered-To: {smtp_path(recipient)}\n"
-        ).encode("ascii", "replace")
-        # Maildir files hold LF line endings (maildir(5)); CRLF is a wire format.
-        content = trace + data.replace(b"\r\n", b"\n")
-        while True:
-            name = self._unique_name()
-            tmp = self.path / "tmp" / name
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                continue
-            break
-        try:
-            os.fchmod(fd, 0o600)
-            view = memoryview(content)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        final = self.path / "new" / name
-        os.rename(tmp, final)
-        dir_fd = os.open(self.path / "new", os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        return final
-
-    def _unique_name(self) -> str:
-        with self._lock:
-            number = next(self._numbers)
-        now = time.time_ns()
-        seconds, micro = divmod(now // 1000, 1_000_000)
-        return f"{seconds}.M{micro}P{os.getpid()}Q{number}.{self._host}"
