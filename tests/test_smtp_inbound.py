@@ -683,8 +683,8 @@ def mail_command(length: int) -> str:
 
 def test_a_sessions_command_limits_are_its_own(tmp_path: Path) -> None:
     # EHLO raises the MAIL line limit by the SIZE parameter's 26 (512 → 538). aiosmtpd
-    # keeps the limits on its class: another session's start reset them, and with sessions
-    # copied rather than built, every EHLO would raise them for all.
+    # keeps the limits on its class: another session's start reset them, and every EHLO
+    # raised them for all (aiosmtpd_compat.SMTPSession gives each session its own).
     async def scenario(h: Harness) -> None:
         first = await h.client()
         other, code, _ = await greeting(h.port)  # connected, no EHLO yet
