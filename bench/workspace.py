@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.procs import BenchError
-from maild.alerts.spool import place_in_spool
+from maild.alerts.spool_files import place_in_spool
 from maild.common.config import Config, load_config
 from maild.delivery.alertmail import AlertContent, Personal, template_for
 from maild.residents.areas import AreaMap

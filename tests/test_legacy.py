@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from maild.alerts.alertfile import FileProblem, error_report
+from maild.alerts.alertfile import FileProblem
 from maild.alerts.legacy_check import check_alert_for_legacy
+from maild.alerts.spool_files import error_report
 from maild.common.config import RelayConfig
 from maild.delivery.alertmail import AlertContent, AlertTemplate, Personal, body_text
 from maild.mail.compose import compose, encode_body

@@ -15,13 +15,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from maild.alerts.alertfile import AlertDraft, AlertFileInvalid, FileProblem
-from maild.alerts.spool import (
-    FileMeta,
-    Outcome,
-    SpoolWatcher,
-    ensure_layout,
-    place_in_spool,
-)
+from maild.alerts.spool import FileMeta, Outcome, SpoolWatcher
+from maild.alerts.spool_files import ensure_layout, place_in_spool
 from maild.residents.areas import AreaMap
 
 TOKYO = ZoneInfo("Asia/Tokyo")

@@ -40,16 +40,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import errno
 import logging
 import os
-import pwd
 import re
 import secrets
 import stat
 import time
-import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -60,23 +57,34 @@ from maild.alerts.alertfile import (
     AlertDraft,
     AlertFileInvalid,
     FileProblem,
-    error_report,
     parse_alert,
+)
+from maild.alerts.spool_files import (
+    ACCEPTED,
+    INCOMING,
+    MAX_NAME_BYTES,
+    PROCESSING,
+    REJECTED,
+    AttemptCounter,
+    claim_of_attempts_file,
+    ensure_layout,
+    error_report,
+    fsync_dir,
+    is_ignored,
+    numbered,
+    owner_name,
+    printable,
+    reserve,
+    shorten,
+    write_durably,
 )
 from maild.common.clock import Clock
 
 log = logging.getLogger("maild.alerts.spool")
 
-INCOMING = "incoming"
-PROCESSING = "processing"
-ACCEPTED = "accepted"
-REJECTED = "rejected"
-
 MAX_ATTEMPTS = 5
-# Room for the claim prefix, "ALERTID-", "-N" and ".error" inside NAME_MAX (255 bytes).
-_MAX_NAME_BYTES = 180
+
 _CLAIM_NAME = re.compile(r"\d{8}T\d{6}-[0-9a-f]{8}-(.+)", re.DOTALL)
-_ATTEMPTS_SUFFIX = ".attempts"
 
 
 @dataclass(frozen=True)
@@ -119,169 +127,6 @@ class _Sighting:
     signature: tuple[int, int, int]  # inode, size, mtime_ns
     since: float  # monotonic time the signature was first seen
     warned: bool = False
-
-
-# --- files and directories ----------------------------------------------------------------
-
-
-def ensure_layout(spool: Path) -> None:
-    """Create the spool and its four folders where missing.
-
-    Existing folders are left as they are: in production their owner, group and mode come
-    from systemd-tmpfiles (incoming 2770, group of the operators).
-    """
-    for path, mode in (
-        (spool, 0o750),
-        (spool / INCOMING, 0o2770),
-        (spool / PROCESSING, 0o750),
-        (spool / ACCEPTED, 0o750),
-        (spool / REJECTED, 0o750),
-    ):
-        try:
-            path.mkdir(mode=mode, parents=True)
-        except FileExistsError:
-            continue
-        # mkdir applies the umask and ignores the setgid bit.
-        os.chmod(path, mode)
-
-
-def is_ignored(name: str) -> bool:
-    """Names a writer is still working on: hidden files and temp files."""
-    return name.startswith(".") or name.lower().endswith(".tmp")
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_durably(path: Path, data: bytes, mode: int = 0o640) -> None:
-    """Write ``path`` whole or not at all: a hidden temp beside it, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        try:
-            os.fchmod(fd, mode)  # the daemon's umask (0077) would hide .error files from operators
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _shorten(name: str, limit: int = _MAX_NAME_BYTES) -> str:
-    """``name`` cut to ``limit`` UTF-8 bytes, keeping a short extension."""
-    if len(name.encode()) <= limit:
-        return name
-    stem, dot, ext = name.rpartition(".")
-    if not dot or not stem or len(ext) > 10:
-        stem, ext = name, ""
-    else:
-        ext = "." + ext
-    budget = limit - len(ext.encode())
-    cut = stem.encode()[:budget].decode(errors="ignore")
-    return cut + ext
-
-
-def _printable(raw: str) -> str:
-    """A file name fit for a database row, a log line and an error report.
-
-    Names from Windows shares may arrive as CP932 bytes (undecodable: surrogate escapes).
-    """
-    if any("\udc80" <= c <= "\udcff" for c in raw):
-        data = raw.encode("utf-8", "surrogateescape")
-        try:
-            raw = data.decode("cp932")
-        except UnicodeDecodeError:
-            raw = data.decode("utf-8", "replace")
-    cleaned = "".join("_" if unicodedata.category(c) in ("Cc", "Cs") else c for c in raw)
-    return _shorten(unicodedata.normalize("NFC", cleaned)) or "_"
-
-
-def _numbered(name: str) -> Iterator[str]:
-    """``name``, then ``stem-2.ext``, ``stem-3.ext``, … for a free name beside a taken one."""
-    yield name
-    stem, dot, ext = name.rpartition(".")
-    if not dot or not stem:
-        stem, ext = name, ""
-    else:
-        ext = "." + ext
-    for n in range(2, 1000):
-        yield f"{stem}-{n}{ext}"
-    while True:
-        yield f"{stem}-{secrets.token_hex(4)}{ext}"
-
-
-def _reserve(folder: Path, name: str) -> bool:
-    """Take ``folder/name`` by creating it empty; a rename over it then cannot overwrite."""
-    try:
-        os.close(os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640))
-    except FileExistsError:
-        return False
-    return True
-
-
-def place_in_spool(spool_dir: Path, name: str, data: bytes) -> Path:
-    """Put an alert file into ``incoming/`` atomically; return where it landed.
-
-    For ``maild submit``: a hidden temp file, fsync, then a hard link to the final name
-    (which fails instead of overwriting; ``NAME-2`` … is used when ``NAME`` is taken),
-    then the directory is fsynced. The watcher never sees a half-written file.
-    """
-    if not name or "/" in name or "\0" in name or is_ignored(name) or name in (".", ".."):
-        raise ValueError(f"not a usable spool file name: {name!r}")
-    incoming = spool_dir / INCOMING
-    incoming.mkdir(mode=0o2770, parents=True, exist_ok=True)  # before the daemon's first start
-    tmp = incoming / f".{secrets.token_hex(6)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
-    try:
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-            # The file is complete before it gets its name, so let the watcher take it at
-            # once: a file whose mtime is older than the settle time counts as stable.
-            settled = time.time() - 60
-            os.utime(fd, (settled, settled))
-        finally:
-            os.close(fd)
-        for candidate in _numbered(_shorten(name, 200)):
-            target = incoming / candidate
-            try:
-                os.link(tmp, target)
-            except FileExistsError:
-                continue
-            except OSError as e:
-                if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
-                    raise
-                # A file system without hard links: check, then rename (a racing writer
-                # of the very same name could be overwritten; maild submit is the only one).
-                if os.path.lexists(target):
-                    continue
-                os.rename(tmp, target)
-            break
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(incoming)
-    return target
-
-
-def _owner(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
 
 
 # --- the watcher -----------------------------------------------------------------------
@@ -329,6 +174,7 @@ class SpoolWatcher:
         self.interval = interval
         self.max_bytes = max_bytes
         self.max_attempts = max_attempts
+        self.attempts = AttemptCounter(self.processing)
         # Attempt n+1 waits retry_delay * 2**(n-1): 2, 4, 8, 16 s by default, so a database
         # restart is ridden out and a file that always fails is set aside within a minute.
         self.retry_delay = retry_delay
@@ -359,7 +205,7 @@ class SpoolWatcher:
             if entry.name not in self._retry:
                 self._retry[entry.name] = _Claim(entry.name, _original_of(entry.name), now)
         for entry in os.scandir(self.processing):
-            claim = _claim_of_attempts_file(entry.name)
+            claim = claim_of_attempts_file(entry.name)
             if claim is not None and claim not in names:
                 Path(entry.path).unlink(missing_ok=True)  # its file was moved on; a crash left it
         return self._run_retries(now)
@@ -445,7 +291,7 @@ class SpoolWatcher:
         return [name for _, name in sorted(stable)]
 
     def _claim(self, name: str) -> _Claim | None:
-        original = _printable(name)
+        original = printable(name)
         stamp = self.clock.now().astimezone(self.tz).strftime("%Y%m%dT%H%M%S")
         claim_name = f"{stamp}-{secrets.token_hex(4)}-{original}"
         while os.path.lexists(self.processing / claim_name):  # rename would overwrite it
@@ -467,11 +313,11 @@ class SpoolWatcher:
         for claim in due:
             del self._retry[claim.claim_name]
             try:
-                started = self._attempts(claim)
+                started = self.attempts.started(claim.claim_name)
                 if started >= self.max_attempts:
                     outcome: Outcome | None = self._give_up(claim, started)
                 else:
-                    self._set_attempts(claim, started + 1)
+                    self.attempts.set(claim.claim_name, started + 1)
                     outcome = self._attempt(claim, now)
             except Exception:
                 log.exception("cannot retry %s; trying again later", claim.claim_name)
@@ -487,7 +333,7 @@ class SpoolWatcher:
         try:
             return self._process(claim)
         except Exception:
-            started = self._attempts(claim)
+            started = self.attempts.started(claim.claim_name)
             log.exception(
                 "alert file %s failed (attempt %d of %d)",
                 claim.claim_name,
@@ -518,14 +364,14 @@ class SpoolWatcher:
                 raise
             # Another watcher's recovery took it up; it is that watcher's now.
             log.info("%s left processing/ under another watcher", claim.claim_name)
-            self._forget_attempts(claim)
+            self.attempts.forget(claim.claim_name)
             return None
         except _Unreadable as e:
             return self._reject(claim, [e.problem])
         except AlertFileInvalid as e:
             return self._reject(claim, e.problems)
         target = self._move(path, self.accepted, f"{alert_id}-{claim.original_name}")
-        self._forget_attempts(claim)
+        self.attempts.forget(claim.claim_name)
         log.info(
             "accepted %s as alert %d (requester %s) -> %s",
             claim.original_name,
@@ -568,7 +414,7 @@ class SpoolWatcher:
         meta = FileMeta(
             original_name=claim.original_name,
             claim_name=claim.claim_name,
-            owner=_owner(st.st_uid),
+            owner=owner_name(st.st_uid),
             uid=st.st_uid,
             size=len(data),
             mtime=dt.datetime.fromtimestamp(st.st_mtime, dt.UTC),
@@ -582,7 +428,7 @@ class SpoolWatcher:
         report = error_report(claim.original_name, problems)
         error_path = self.rejected / f"{name}.error"
         try:
-            _write_durably(error_path, report.encode("utf-8"))
+            write_durably(error_path, report.encode("utf-8"))
             os.rename(path, self.rejected / name)
         except BaseException:
             (self.rejected / name).unlink(missing_ok=True)
@@ -590,7 +436,7 @@ class SpoolWatcher:
             raise
         fsync_dir(self.rejected)
         fsync_dir(self.processing)
-        self._forget_attempts(claim)
+        self.attempts.forget(claim.claim_name)
         log.warning(
             "rejected %s (%d problem(s); see %s.error)", claim.original_name, len(problems), name
         )
@@ -615,8 +461,8 @@ class SpoolWatcher:
 
     def _move(self, path: Path, folder: Path, name: str) -> Path:
         """Move ``path`` into ``folder`` as ``name`` (or a numbered variant), never overwriting."""
-        for candidate in _numbered(_shorten(name, _MAX_NAME_BYTES + 24)):
-            if _reserve(folder, candidate):
+        for candidate in numbered(shorten(name, MAX_NAME_BYTES + 24)):
+            if reserve(folder, candidate):
                 break
         target = folder / candidate
         try:
@@ -630,47 +476,18 @@ class SpoolWatcher:
 
     def _reserve_pair(self, name: str) -> str:
         """A name free in rejected/ both for the file and for its ``.error``; both reserved."""
-        for candidate in _numbered(name):
-            if not _reserve(self.rejected, f"{candidate}.error"):
+        for candidate in numbered(name):
+            if not reserve(self.rejected, f"{candidate}.error"):
                 continue
-            if _reserve(self.rejected, candidate):
+            if reserve(self.rejected, candidate):
                 return candidate
             (self.rejected / f"{candidate}.error").unlink()
-        raise AssertionError("unreachable: _numbered never ends")
-
-    # --- the attempts counter: started attempts; the claim itself is the first
-
-    def _attempts_path(self, claim: _Claim) -> Path:
-        return self.processing / f".{claim.claim_name}{_ATTEMPTS_SUFFIX}"
-
-    def _attempts(self, claim: _Claim) -> int:
-        try:
-            text = self._attempts_path(claim).read_text(encoding="ascii")
-        except FileNotFoundError:
-            return 1
-        try:
-            return max(1, int(text.strip()))
-        except ValueError:
-            log.warning("bad attempts counter for %s: %r", claim.claim_name, text)
-            return 1
-
-    def _set_attempts(self, claim: _Claim, attempts: int) -> None:
-        # Written before the attempt, so an attempt that kills the process still counts.
-        _write_durably(self._attempts_path(claim), f"{attempts}\n".encode("ascii"))
-
-    def _forget_attempts(self, claim: _Claim) -> None:
-        self._attempts_path(claim).unlink(missing_ok=True)
+        raise AssertionError("unreachable: numbered never ends")
 
 
 def _original_of(claim_name: str) -> str:
     match = _CLAIM_NAME.fullmatch(claim_name)
-    return match.group(1) if match else _printable(claim_name)
-
-
-def _claim_of_attempts_file(name: str) -> str | None:
-    if name.startswith(".") and name.endswith(_ATTEMPTS_SUFFIX):
-        return name[1 : -len(_ATTEMPTS_SUFFIX)]
-    return None
+    return match.group(1) if match else printable(claim_name)
 
 
 def _too_large(size: int, limit: int) -> FileProblem:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from maild.alerts.alertfile import AlertDraft, AlertFileInvalid, parse_alert
-from maild.alerts.spool import place_in_spool
+from maild.alerts.spool_files import place_in_spool
 from maild.alerts.window import WindowRules, release_time
 from maild.alerts.workflow import check_draft, needs_approval
 from maild.common.addresses import mask

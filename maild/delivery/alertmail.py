@@ -16,9 +16,9 @@ appended per recipient.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass
 
-from maild.alerts.alertfile import subject_with_area
 from maild.common.config import Config
 from maild.mail.compose import (
     AUTO_GENERATED,
@@ -149,6 +149,17 @@ class AlertTemplate:
         else:
             tail = base64_lines(self._body_rest + canonical_utf8(personal.manage_url))
         return self._head + personal_head + self._body_head + tail
+
+
+_TRAILING_AREA = re.compile(r"【[^【】]*】\s*$")
+
+
+def subject_with_area(subject: str, area_label: str) -> str:
+    """The subject as sent: ``area_label`` in 【】 appended unless one ends it already."""
+    subject = subject.rstrip()
+    if not area_label or _TRAILING_AREA.search(subject):
+        return subject
+    return f"{subject}【{area_label}】"
 
 
 def _header_address(address: str) -> str:

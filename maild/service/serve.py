@@ -25,7 +25,8 @@ from typing import Any
 
 from maild.alerts.alertfile import AlertDraft
 from maild.alerts.release import ReleaseScheduler
-from maild.alerts.spool import FileMeta, SpoolWatcher, ensure_layout
+from maild.alerts.spool import FileMeta, SpoolWatcher
+from maild.alerts.spool_files import ensure_layout
 from maild.alerts.workflow import Source
 from maild.common.clock import Clock, clock_from_environment
 from maild.common.config import Config
