@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,6 +118,7 @@ class Alerts:
                 status=PENDING_APPROVAL if waits else SCHEDULED,
                 requester=source.requester,
                 source_file=source.claim_name,
+                message_key=secrets.token_hex(8),
                 created_at=now,
             )
             if not waits:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import logging
 import secrets
 from dataclasses import dataclass
@@ -23,7 +24,13 @@ from maild.alerts.workflow import Alerts
 from maild.common.addresses import mask
 from maild.common.clock import Clock
 from maild.common.config import Config
-from maild.delivery.alertmail import AlertContent, AlertTemplate, Personal, template_for
+from maild.delivery.alertmail import (
+    AlertContent,
+    AlertTemplate,
+    Personal,
+    date_header,
+    template_for,
+)
 from maild.mail.compose import ISO_2022_JP, UTF8, Charset, charset_for
 from maild.mail.legacy import LegacyCharsetError
 from maild.mail.outbox import retry_delay
@@ -98,6 +105,8 @@ class FanoutSender:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._paused_until: dt.datetime | None = None
         self._outage_attempts = 0
+        self._date_second = -1
+        self._date_text = ""
 
     def reconfigure(self, config: Config) -> None:
         """A reloaded config: new templates from the next batch on (area names, From…)."""
@@ -203,12 +212,20 @@ class FanoutSender:
             unsubscribe_url=f"{base}/unsubscribe/{unsubscribe}",
             envelope_from=f"{local}+{self.verp.make(row.subscriber_id)}@{domain}",
         )
-        data = template.personalise(personal)
+        data = template.personalise(personal, self._date_now())
         try:
             await self.relay.send(personal.envelope_from, row.address, data)
         except DeliveryError as e:
             return _Result(row, e)
         return _Result(row, None)
+
+    def _date_now(self) -> str:
+        """The Date header for a message handed to the relay now, made once a second."""
+        now = self.clock.now()
+        second = int(now.timestamp())
+        if second != self._date_second:
+            self._date_second, self._date_text = second, date_header(now, self.config)
+        return self._date_text
 
     def _claim(self, now: dt.datetime) -> list[_Row]:
         """Take up to BATCH due rows in ONE statement, so that several workers (processes
@@ -297,8 +314,9 @@ class FanoutSender:
             area_label=self.alerts.areas.describe(alert.area_ids),
             body=alert.body,
             sender=alert.sender,
+            message_key=alert.message_key or _legacy_message_key(alert),
         )
-        return template_for(self.config, content, alert.released_at or self.clock.now(), charset)
+        return template_for(self.config, content, charset)
 
     def _record(self, results: list[_Result], now: dt.datetime) -> None:
         sent = [r.row.delivery_id for r in results if r.error is None and not r.skipped]
@@ -370,3 +388,10 @@ class FanoutSender:
                 "last_error": str(error),
             }
         session.execute(update(Delivery).where(Delivery.id == row.delivery_id).values(**values))
+
+
+def _legacy_message_key(alert: Alert) -> str:
+    """A stable key for an alert stored without one (migration 0005 gives every alert
+    one; this only guards a row written by older code on another node)."""
+    seed = f"{alert.id}|{alert.source_file}|{alert.created_at.isoformat()}"
+    return hashlib.sha256(seed.encode()).hexdigest()[:16]

@@ -33,8 +33,9 @@ separate days, never on the first one, and never deleted.
 - Only active subscribers are scored; pending ones have never been sent an alert.
 
 A suspended subscriber gets no alerts (the recipient query selects active
-ones). :func:`maild.residents.subscribers.revive` makes them active again when they show they are there:
-a blank mail from the address, or a visit to their manage page.
+ones). :func:`maild.residents.subscribers.revive` makes them active again when
+they show they are there: a blank mail from the address, or a visit to their
+manage page.
 """
 
 from __future__ import annotations
