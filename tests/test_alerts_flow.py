@@ -226,6 +226,37 @@ def test_alerts_reach_exactly_the_matching_subscribers(
     assert maild.stop() == 0
 
 
+def test_a_file_written_with_a_pause_is_sent_whole(
+    prepared: Callable[..., Path],
+    daemon: Callable[..., DaemonProcess],
+    sink: SmtpSink,
+    clock: Clock,
+    tmp_path: Path,
+) -> None:
+    # Issue 13.1: an operator's copy that pauses mid-file (a file share, an editor that
+    # writes in two steps) was taken after 0.5 s of stillness and sent cut short.
+    config = prepared([("aoba@example.jp", "aoba", "")])
+    maild = daemon(config, clock.env)
+    spool = tmp_path / "spool"
+    lines = "".join(
+        f"{n}. 付近で不審な人物を見かけたら110番通報してください。\n" for n in range(30)
+    )
+    text = (alert_text("青葉区") + lines).encode()
+    with open(spool / "incoming" / "slow.txt", "wb") as writer:
+        writer.write(text[: len(text) // 2])
+        writer.flush()
+        time.sleep(3)
+        writer.write(text[len(text) // 2 :])
+    (mail,) = sink.wait_for(1, timeout=15)
+    [accepted] = (spool / "accepted").iterdir()
+    assert accepted.read_bytes() == text
+    _, sent = text_of(mail.data)
+
+    # Every line of the file, in order, in the one mail sent.
+    assert [line for line in sent.splitlines() if line and line in lines] == lines.splitlines()
+    assert maild.stop() == 0
+
+
 def test_alert_mail_headers_and_one_click_unsubscribe(
     prepared: Callable[..., Path],
     daemon: Callable[..., DaemonProcess],

@@ -10,22 +10,21 @@ Layout under ``SPOOL`` (``config.spool.dir``)::
 The protocol is Mailman's switchboard (STYLE §5), without the pickle:
 
 * Writers put a hidden temp file (``.NAME.tmp``-style) into ``incoming/``, fsync it and
-  rename it to its final name (:func:`place_in_spool` does this for ``maild submit``).
-  Names starting with ``.`` or ending in ``.tmp`` are never taken.
-* Any other file is taken once it is *stable*: its (inode, size, mtime) did not change
-  between two scans at least ``settle`` seconds apart, or its mtime was already older than
-  ``settle`` when first seen (a file renamed into place is complete at once).
+  rename it to its final name (``maild submit`` does). Names starting with ``.`` or ending
+  in ``.tmp`` are never taken; one left over a minute is logged once as ignored.
+* Any other file is taken once it is *stable*: no process has it open for writing, it
+  was closed at least ``settle`` seconds ago (both as inotify reports,
+  :mod:`maild.alerts.spool_ready`), and its (inode, size, mtime) did not change between
+  two scans ``settle`` apart or its mtime was older than ``settle`` when first seen.
 * A stable file is *claimed* by renaming it into ``processing/`` under a unique name
   ``YYYYmmddTHHMMSS-RANDOM-NAME`` (the *claim name*). Rename is atomic, so of two
   watchers only one can win; the loser gets FileNotFoundError and moves on.
 * The claimed file is read (at most ``max_bytes``; larger files are rejected unread),
-  parsed with :func:`maild.alerts.alertfile.parse_alert`, and handed to the ``intake`` callback.
-  Success moves it to ``accepted/``; :class:`~maild.alerts.alertfile.AlertFileInvalid` moves it
-  to ``rejected/`` with an error report; anything else leaves it in ``processing/`` to be
-  retried with a growing delay. A file is attempted at most ``max_attempts`` times,
-  counting attempts cut short by a crash (the count lives in ``processing/.CLAIM.attempts``),
-  then set aside in ``rejected/`` as an internal error. Nothing is ever deleted or
-  overwritten.
+  parsed (:mod:`maild.alerts.alertfile`) and handed to the ``intake`` callback. Success
+  moves it to ``accepted/``; one that does not parse goes to ``rejected/`` with a report;
+  any other failure retries it with a growing delay, at most ``max_attempts`` times counting
+  attempts cut short by a crash (``processing/.CLAIM.attempts``), then sets it aside in
+  ``rejected/`` as an internal error. Nothing is ever deleted or overwritten.
 
 **The intake contract** -- what makes "no file is processed twice" hold across crashes:
 ``intake(draft, meta)`` must store ``meta.claim_name`` with the alert (``Alert.source_file``)
@@ -39,10 +38,10 @@ other exception (the file is retried).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import os
-import re
 import secrets
 import stat
 import time
@@ -66,25 +65,26 @@ from maild.alerts.spool_files import (
     PROCESSING,
     REJECTED,
     AttemptCounter,
+    Unreadable,
     claim_of_attempts_file,
     ensure_layout,
     error_report,
     fsync_dir,
-    is_ignored,
     numbered,
+    original_of,
     owner_name,
     printable,
     reserve,
     shorten,
+    too_large,
     write_durably,
 )
+from maild.alerts.spool_ready import ReadyFiles
 from maild.common.clock import Clock
 
 log = logging.getLogger("maild.alerts.spool")
 
 MAX_ATTEMPTS = 5
-
-_CLAIM_NAME = re.compile(r"\d{8}T\d{6}-[0-9a-f]{8}-(.+)", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -122,22 +122,7 @@ class _Claim:
     due: float = 0.0  # monotonic time of the next attempt
 
 
-@dataclass
-class _Sighting:
-    signature: tuple[int, int, int]  # inode, size, mtime_ns
-    since: float  # monotonic time the signature was first seen
-    warned: bool = False
-
-
 # --- the watcher -----------------------------------------------------------------------
-
-
-class _Unreadable(Exception):
-    """The claimed file cannot be an alert file at all (not a regular file, too big, …)."""
-
-    def __init__(self, problem: FileProblem) -> None:
-        super().__init__(problem.en)
-        self.problem = problem
 
 
 class SpoolWatcher:
@@ -182,7 +167,7 @@ class SpoolWatcher:
         # when thousands of files arrive at once.
         self.batch = batch
         self.clock = clock or Clock()
-        self._seen: dict[str, _Sighting] = {}
+        self.ready = ReadyFiles(self.incoming, settle)
         self._retry: dict[str, _Claim] = {}
         self._recovered = False
 
@@ -203,7 +188,7 @@ class SpoolWatcher:
                 continue
             names.add(entry.name)
             if entry.name not in self._retry:
-                self._retry[entry.name] = _Claim(entry.name, _original_of(entry.name), now)
+                self._retry[entry.name] = _Claim(entry.name, original_of(entry.name), now)
         for entry in os.scandir(self.processing):
             claim = claim_of_attempts_file(entry.name)
             if claim is not None and claim not in names:
@@ -217,15 +202,12 @@ class SpoolWatcher:
         """
         outcomes = self._run_retries(now)
         claims: list[_Claim] = []
-        for name in self._stable_names(now)[: self.batch]:
+        for name in self.ready.names(now)[: self.batch]:
             try:
                 claim = self._claim(name)
             except Exception:
-                sighting = self._seen.get(name)
-                if sighting is None or not sighting.warned:
+                if self.ready.warn_once(name):
                     log.exception("cannot claim %r from incoming/; leaving it there", name)
-                if sighting is not None:
-                    sighting.warned = True
                 continue
             if claim is not None:
                 claims.append(claim)
@@ -247,48 +229,18 @@ class SpoolWatcher:
                 await asyncio.to_thread(self.recover, time.monotonic())
             except Exception:
                 log.exception("spool recovery failed; going on with new files")
-        while not stopping.is_set():
-            try:
-                await asyncio.to_thread(self.scan_once, time.monotonic())
-            except Exception:
-                # Per-file errors are handled inside; this is the folder itself (removed,
-                # unreadable). Keep trying: the sysadmin may fix it.
-                log.exception("spool scan failed")
-            try:
-                await asyncio.wait_for(stopping.wait(), self.interval)
-            except TimeoutError:
-                pass
-
-    # --- finding stable files
-
-    def _stable_names(self, now: float) -> list[str]:
-        wall = time.time()  # file mtimes are the kernel's real time, not the service clock
-        stable: list[tuple[int, str]] = []
-        present = set()
-        with os.scandir(self.incoming) as entries:
-            for entry in entries:
-                if is_ignored(entry.name):
-                    continue
+        try:
+            while not stopping.is_set():
                 try:
-                    if entry.is_dir(follow_symlinks=False):
-                        continue
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                present.add(entry.name)
-                signature = (st.st_ino, st.st_size, st.st_mtime_ns)
-                sighting = self._seen.get(entry.name)
-                if sighting is None or sighting.signature != signature:
-                    sighting = _Sighting(signature, now)
-                    self._seen[entry.name] = sighting
-                    settled = wall - st.st_mtime_ns / 1e9 >= self.settle
-                else:
-                    settled = now - sighting.since >= self.settle
-                if settled:
-                    stable.append((st.st_mtime_ns, entry.name))
-        for gone in self._seen.keys() - present:
-            del self._seen[gone]
-        return [name for _, name in sorted(stable)]
+                    await asyncio.to_thread(self.scan_once, time.monotonic())
+                except Exception:
+                    # Per-file errors are handled inside; this is the folder itself
+                    # (removed, unreadable). Keep trying: the sysadmin may fix it.
+                    log.exception("spool scan failed")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), self.interval)
+        finally:
+            self.ready.close()
 
     def _claim(self, name: str) -> _Claim | None:
         original = printable(name)
@@ -299,9 +251,9 @@ class SpoolWatcher:
         try:
             os.rename(self.incoming / name, self.processing / claim_name)
         except FileNotFoundError:
-            self._seen.pop(name, None)
+            self.ready.forget(name)
             return None  # another watcher took it
-        self._seen.pop(name, None)
+        self.ready.forget(name)
         log.debug("claimed %r as %s", name, claim_name)
         return _Claim(claim_name, original)
 
@@ -366,7 +318,7 @@ class SpoolWatcher:
             log.info("%s left processing/ under another watcher", claim.claim_name)
             self.attempts.forget(claim.claim_name)
             return None
-        except _Unreadable as e:
+        except Unreadable as e:
             return self._reject(claim, [e.problem])
         except AlertFileInvalid as e:
             return self._reject(claim, e.problems)
@@ -384,7 +336,7 @@ class SpoolWatcher:
     def _read(self, claim: _Claim, path: Path) -> tuple[bytes, FileMeta]:
         st = os.lstat(path)
         if not stat.S_ISREG(st.st_mode):
-            raise _Unreadable(
+            raise Unreadable(
                 FileProblem(
                     None,
                     "通常のファイルではありません（シンボリックリンク等）。ファイルそのものを置いてください",
@@ -392,11 +344,11 @@ class SpoolWatcher:
                 )
             )
         if st.st_size > self.max_bytes:
-            raise _Unreadable(_too_large(st.st_size, self.max_bytes))
+            raise Unreadable(too_large(st.st_size, self.max_bytes))
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except PermissionError:
-            raise _Unreadable(
+            raise Unreadable(
                 FileProblem(
                     None,
                     "ファイルを読み取れません（権限がありません）。"
@@ -410,7 +362,7 @@ class SpoolWatcher:
             # One byte past the limit tells a file that grew since the lstat.
             data = f.read(self.max_bytes + 1)
         if len(data) > self.max_bytes:
-            raise _Unreadable(_too_large(max(st.st_size, len(data)), self.max_bytes))
+            raise Unreadable(too_large(max(st.st_size, len(data)), self.max_bytes))
         meta = FileMeta(
             original_name=claim.original_name,
             claim_name=claim.claim_name,
@@ -483,16 +435,3 @@ class SpoolWatcher:
                 return candidate
             (self.rejected / f"{candidate}.error").unlink()
         raise AssertionError("unreachable: numbered never ends")
-
-
-def _original_of(claim_name: str) -> str:
-    match = _CLAIM_NAME.fullmatch(claim_name)
-    return match.group(1) if match else printable(claim_name)
-
-
-def _too_large(size: int, limit: int) -> FileProblem:
-    return FileProblem(
-        None,
-        f"ファイルが大きすぎます（{size}バイト、上限{limit}バイト）",
-        f"the file is too large ({size} bytes, at most {limit})",
-    )

@@ -8,6 +8,7 @@ import errno
 import logging
 import os
 import pwd
+import re
 import secrets
 import time
 import unicodedata
@@ -245,3 +246,27 @@ def error_report(file_name: str, problems: Iterable[FileProblem]) -> str:
         "Fix the file and put it into the incoming folder again, or submit it with maild submit.",
     ]
     return "\n".join(lines) + "\n"
+
+
+_CLAIM_NAME = re.compile(r"\d{8}T\d{6}-[0-9a-f]{8}-(.+)", re.DOTALL)
+
+
+class Unreadable(Exception):
+    """The claimed file cannot be an alert file at all (not a regular file, too big, …)."""
+
+    def __init__(self, problem: FileProblem) -> None:
+        super().__init__(problem.en)
+        self.problem = problem
+
+
+def original_of(claim_name: str) -> str:
+    match = _CLAIM_NAME.fullmatch(claim_name)
+    return match.group(1) if match else printable(claim_name)
+
+
+def too_large(size: int, limit: int) -> FileProblem:
+    return FileProblem(
+        None,
+        f"ファイルが大きすぎます（{size}バイト、上限{limit}バイト）",
+        f"the file is too large ({size} bytes, at most {limit})",
+    )
