@@ -1,11 +1,11 @@
 """The fan-out: sends the delivery rows of released alerts through the relay.
 
 Rows are claimed in batches (a lease in ``claimed_until``), sent over the
-relay's pooled connections, one recipient per message (SPEC §10), and their
-results written back in one transaction per batch, so memory does not grow
-with the number of subscribers and the database stays off the per-message
-path. A crash repeats at most the batch in flight. A cancelled alert's rows
-are simply no longer claimed.
+relay's pooled connections, one recipient per message (SPEC §10), the
+result of each sent message recorded before its lane sends the next one (a group
+commit gathers the lanes' results into one transaction), so a crash repeats at
+most one message per relay connection. Memory does not grow with the number of
+subscribers. A cancelled alert's rows are simply no longer claimed.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from maild.mail.relay import DeliveryError, PermanentFailure, Relay, TemporaryFa
 from maild.residents.bounces import Bounces, relay_failure_counts
 from maild.residents.links import MANAGE, UNSUBSCRIBE, Links, VerpTokens
 from maild.store.db import Database
+from maild.store.groupcommit import GroupCommit
 from maild.store.models import (
     ACTIVE,
     DELIVERY_DEFERRED,
@@ -107,6 +108,7 @@ class FanoutSender:
         self._outage_attempts = 0
         self._date_second = -1
         self._date_text = ""
+        self._sent: GroupCommit[int, None] = GroupCommit(self._record_sent)
 
     def reconfigure(self, config: Config) -> None:
         """A reloaded config: new templates from the next batch on (area names, From…)."""
@@ -167,7 +169,12 @@ class FanoutSender:
                 if row.alert_id in cancelled:
                     results.append(_Result(row, None, skipped=True))
                 else:
-                    results.append(await self._send_one(row, templates))
+                    result = await self._send_one(row, templates)
+                    if result.error is None:
+                        # Recorded before this lane sends again: a crash now repeats at
+                        # most one message per relay connection, not the whole batch.
+                        await self._sent.submit(row.delivery_id)
+                    results.append(result)
 
         watcher = asyncio.create_task(self._watch_cancel({r.alert_id for r in rows}, cancelled))
         try:
@@ -318,19 +325,23 @@ class FanoutSender:
         )
         return template_for(self.config, content, charset)
 
+    def _record_sent(self, delivery_ids: list[int]) -> list[None]:
+        with self.db.transaction() as session:
+            session.execute(
+                update(Delivery)
+                .where(Delivery.id.in_(delivery_ids))
+                .values(status=DELIVERY_SENT, claimed_until=None, last_error=None)
+            )
+        return [None] * len(delivery_ids)
+
     def _record(self, results: list[_Result], now: dt.datetime) -> None:
+        """The rest of a batch's results; its sent messages are recorded already."""
         sent = [r.row.delivery_id for r in results if r.error is None and not r.skipped]
         skipped = [r.row.delivery_id for r in results if r.skipped]
         outage = bool(results) and all(
             isinstance(r.error, TemporaryFailure) and r.error.stage == "connect" for r in results
         )
         with self.db.transaction() as session:
-            if sent:
-                session.execute(
-                    update(Delivery)
-                    .where(Delivery.id.in_(sent))
-                    .values(status=DELIVERY_SENT, claimed_until=None, last_error=None)
-                )
             if skipped:  # left queued: a cancelled alert's rows are never claimed again
                 session.execute(
                     update(Delivery).where(Delivery.id.in_(skipped)).values(claimed_until=None)

@@ -53,11 +53,11 @@ from maild.common.addresses import InvalidAddress, mask, mask_token, normalize
 from maild.common.clock import Clock
 from maild.common.config import Config, ListenAddress, SmtpConfig
 from maild.inbound import autoreply
-from maild.inbound.groupcommit import GroupCommit
 from maild.residents.bounces import Bounces, Classification, classify
 from maild.residents.limits import AnswerBudget, OverBudget, is_trusted, peer_key
 from maild.residents.links import LinkError, VerpTokens
 from maild.residents.registration import SENT_MANAGE, SENT_REGISTER, Registrations, Request
+from maild.store.groupcommit import GroupCommit
 
 log = logging.getLogger("maild.smtp")
 
