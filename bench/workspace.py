@@ -73,7 +73,7 @@ class Workspace:
 
     @property
     def database(self) -> Path:
-        return self.folder / "state" / "maild.store.db"
+        return self.folder / "state" / "maild.db"
 
     @property
     def spool(self) -> Path:

@@ -13,7 +13,7 @@ from maild.store.db import Base, upgrade
 
 
 def test_models_and_migrations_agree(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'maild.store.db'}"
+    url = f"sqlite:///{tmp_path / 'maild.db'}"
     upgrade(url)
     engine = create_engine(url)
 

@@ -41,7 +41,7 @@ def new_db(path: Path) -> Iterator[Database]:
 
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
-    yield from new_db(tmp_path / "maild.store.db")
+    yield from new_db(tmp_path / "maild.db")
 
 
 @pytest.fixture

@@ -46,7 +46,7 @@ class ServiceConfig:
 
 @dataclass(frozen=True)
 class DatabaseConfig:
-    url: str = ""  # empty: SQLite file maild.store.db in service.state_dir
+    url: str = ""  # empty: SQLite file maild.db in service.state_dir
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,7 @@ class Config:
 
     @property
     def database_url(self) -> str:
-        return self.database.url or f"sqlite:///{self.service.state_dir / 'maild.store.db'}"
+        return self.database.url or f"sqlite:///{self.service.state_dir / 'maild.db'}"
 
 
 def sections() -> dict[str, type]:
