@@ -96,6 +96,10 @@ class ReleaseScheduler:
             replace_existing=True,
         )
 
+    def run_now(self, name: str) -> None:
+        """Run the periodic job ``name`` once now; its interval goes on from there."""
+        self._scheduler.modify_job(name, jobstore=CHORES, next_run_time=dt.datetime.now(dt.UTC))
+
     def release(self, alert_id: int) -> int | None:
         """The job function: release if due by the service clock (blocking; a worker thread).
 

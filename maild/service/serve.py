@@ -167,7 +167,9 @@ class Daemon:
             asyncio.create_task(watchdog(self.stopping, status), name="watchdog"),
             asyncio.create_task(workers.supervise(self.stopping), name="workers"),
         ]
-        self._install_signals(components, workers)
+        # A reload runs housekeeping at once: a shorter keep_days erases now, not at the
+        # next pass.
+        self._install_signals(components, workers, lambda: scheduler.run_now("housekeeping"))
         log.info(
             "ready: smtp %s:%s, web http://%s:%s/, relay %s, spool %s",
             config.smtp.listen.host,
@@ -216,13 +218,25 @@ class Daemon:
         thread.start()
         return app, server, thread
 
-    def _install_signals(self, components: list[Reconfigurable], workers: WorkerPool) -> None:
+    def _install_signals(
+        self,
+        components: list[Reconfigurable],
+        workers: WorkerPool,
+        after_reload: Callable[[], None],
+    ) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_stop_signal, signum)
-        loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal, components, workers)
+        loop.add_signal_handler(
+            signal.SIGHUP, self._on_reload_signal, components, workers, after_reload
+        )
 
-    def _on_reload_signal(self, components: list[Reconfigurable], workers: WorkerPool) -> None:
+    def _on_reload_signal(
+        self,
+        components: list[Reconfigurable],
+        workers: WorkerPool,
+        after_reload: Callable[[], None],
+    ) -> None:
         log.info("received SIGHUP: reloading")
         systemd.notify("RELOADING=1")
 
@@ -235,6 +249,7 @@ class Daemon:
                 reconfigure_all(components, config)
                 self.config = config
                 log.info("reloaded %s", config.path)
+                after_reload()
                 workers.signal(signal.SIGHUP)  # the delivery workers take the same files
             systemd.notify("READY=1")
 
