@@ -22,7 +22,7 @@ import logging
 from collections.abc import Iterable
 
 from maild.alerts.window import WindowRules
-from maild.common.config import Config, ConfigError, config_keys, load_config
+from maild.common.config import Config, ConfigError, load_config
 from maild.mail.dkim import DkimSigner
 from maild.residents.areas import AreaFileError, shared_area_map
 from maild.service.services import Reconfigurable
@@ -93,9 +93,3 @@ def reconfigure_all(components: Iterable[Reconfigurable], config: Config) -> Non
     """Give ``config`` to every component: the one call a reload makes on each."""
     for component in components:
         component.reconfigure(config)
-
-
-def restart_or_reload_keys() -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
-    """(restart-only keys, keys applied by SIGHUP): together, every key of the schema."""
-    every = set(config_keys())
-    return set(RESTART_KEYS) & every, every - RESTART_KEYS
