@@ -409,6 +409,10 @@ class Bounces:
     def from_config(cls, config: Config, db: Database, clock: Clock) -> Bounces:
         return cls(db, clock, config.bounces.threshold, config.service.tz)
 
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config (SIGHUP): the threshold for the next failure scored."""
+        self.threshold = config.bounces.threshold
+
     def record_permanent(
         self, subscriber_id: int, reason: str, recipients: Collection[str] = ()
     ) -> str:
