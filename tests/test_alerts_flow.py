@@ -306,7 +306,9 @@ def test_cp932_file_accepted_and_bad_file_rejected_with_line(
     drop(spool, "bad.txt", alert_text("青葉区").replace("Area: 青葉区", "Area: 青葉村"))
     sink.wait_for(1, timeout=10)
     deadline = time.monotonic() + 10
-    while not (spool / "rejected" / "bad.txt.error").exists() and time.monotonic() < deadline:
+    # Both names are reserved empty first; the report is complete once it has content.
+    error = spool / "rejected" / "bad.txt.error"
+    while not (error.exists() and error.stat().st_size) and time.monotonic() < deadline:
         time.sleep(0.1)
     report = (spool / "rejected" / "bad.txt.error").read_text(encoding="utf-8")
     assert "2行目" in report and "line 2" in report and "青葉村" in report
