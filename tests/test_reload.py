@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from maild.alerts.window import WindowRules
 from maild.common.clock import FakeClock
@@ -91,10 +91,18 @@ def files(folder: Path) -> dict[str, Path]:
             serialization.NoEncryption(),
         )
     )
+    rsa_key = folder / "dkim-rsa.pem"
+    rsa_key.write_bytes(
+        rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     areas = folder / "areas.toml"
     text = AREAS_FILE.read_text(encoding="utf-8")
     areas.write_text(text.replace('name_ja = "青葉区"', 'name_ja = "あおば区"', 1), "utf-8")
-    return {"plain": plain, "dkim": key, "areas": areas}
+    return {"plain": plain, "dkim": key, "dkim_rsa": rsa_key, "areas": areas}
 
 
 # For each key, the sections to write so that the key (and only what must go with it)
@@ -140,6 +148,8 @@ CHANGES: dict[Key, Callable[[dict[str, Path]], dict[str, dict[str, Any]]]] = {
     ("dkim", "domain"): lambda f: _dkim(f),
     ("dkim", "selector"): lambda f: _dkim(f),
     ("dkim", "key_file"): lambda f: _dkim(f),
+    ("dkim", "second_selector"): lambda f: _dkim(f, second=True),
+    ("dkim", "second_key_file"): lambda f: _dkim(f, second=True),
     ("limits", "answers_per_ip_per_minute"): lambda f: {"limits": {"answers_per_ip_per_minute": 9}},
     ("limits", "answers_per_hour"): lambda f: {"limits": {"answers_per_hour": 99}},
     ("limits", "trusted_networks"): lambda f: {"limits": {"trusted_networks": ["10.0.0.0/8"]}},
@@ -163,8 +173,11 @@ CHANGES: dict[Key, Callable[[dict[str, Path]], dict[str, dict[str, Any]]]] = {
 }
 
 
-def _dkim(f: dict[str, Path]) -> dict[str, dict[str, Any]]:
-    return {"dkim": {"domain": "mail.example.jp", "selector": "s1", "key_file": str(f["dkim"])}}
+def _dkim(f: dict[str, Path], second: bool = False) -> dict[str, dict[str, Any]]:
+    dkim = {"domain": "mail.example.jp", "selector": "s1", "key_file": str(f["dkim"])}
+    if second:
+        dkim |= {"second_selector": "s2", "second_key_file": str(f["dkim_rsa"])}
+    return {"dkim": dkim}
 
 
 def _rules(c: Config) -> WindowRules:
@@ -183,6 +196,10 @@ PROBES: dict[Key, Callable[[Daemon, Config], bool]] = {
     ),
     ("dkim", "selector"): lambda d, c: (
         d.relay.signer is not None and d.relay.signer.selector == c.dkim.selector
+    ),
+    ("dkim", "second_selector"): lambda d, c: (
+        d.relay.signer is not None
+        and [k.selector for k in d.relay.signer.keys] == [c.dkim.selector, c.dkim.second_selector]
     ),
     ("dkim", "key_file"): lambda d, c: d.relay.signer is not None,
     ("bounces", "threshold"): lambda d, c: d.services.bounces.threshold == c.bounces.threshold,

@@ -23,7 +23,7 @@ from maild.cli.submit import Checked, CountRecipients, Submitter
 from maild.common.addresses import InvalidAddress, mask
 from maild.common.clock import clock_from_environment
 from maild.common.config import Config, ConfigError, load_config
-from maild.mail.dkim import DkimSigner
+from maild.mail.dkim import signer_for
 from maild.mail.legacy import legacy_problems, problem_texts
 from maild.residents import roster, subscribers
 from maild.residents.areas import AreaFileError, AreaMap
@@ -69,7 +69,7 @@ def _cmd_deliver(config: Config, args: argparse.Namespace) -> int:
 def _cmd_check_config(config: Config, args: argparse.Namespace) -> int:
     areas = AreaMap.load(config.areas.file)
     try:
-        DkimSigner.from_config(config.dkim)
+        signer_for(config)
     except ValueError as e:
         raise ConfigError(f"{config.path}: [dkim] key_file: {e}") from None
     if config.mail.legacy_charset_domains:

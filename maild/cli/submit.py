@@ -35,7 +35,7 @@ from maild.delivery.alertmail import (
     template_for,
 )
 from maild.mail.compose import Charset, charset_for
-from maild.mail.dkim import DkimSigner, signing
+from maild.mail.dkim import signer_for, signing
 from maild.mail.relay import DeliveryError, open_relay
 from maild.residents.areas import AreaMap
 
@@ -142,9 +142,7 @@ class Submitter:
         self, templates: dict[Charset, AlertTemplate], recipients: tuple[str, ...]
     ) -> list[str]:
         config = self.config
-        relay = signing(
-            open_relay(config.relay, config.smtp.hostname), DkimSigner.from_config(config.dkim)
-        )
+        relay = signing(open_relay(config.relay, config.smtp.hostname), signer_for(config))
         problems = []
         try:
             for number, address in enumerate(recipients, start=1):

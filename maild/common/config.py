@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
+import urllib.parse
 import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import fields
@@ -259,9 +260,19 @@ def _read_dkim(r: _Reader) -> DkimConfig:
         domain=r.text("domain", d.domain),
         selector=r.text("selector", d.selector),
         key_file=r.existing_file("key_file"),
+        second_selector=r.text("second_selector", d.second_selector),
+        second_key_file=r.existing_file("second_key_file"),
     )
     if config.domain and (not config.selector or config.key_file is None):
         raise r.fail("domain", "DKIM signing needs selector and key_file as well")
+    if bool(config.second_selector) != (config.second_key_file is not None):
+        raise r.fail(
+            "second_selector", "a second key needs both second_selector and second_key_file"
+        )
+    if config.second_selector and not config.domain:
+        raise r.fail("second_selector", "a second key needs domain, selector and key_file first")
+    if config.second_selector and config.second_selector == config.selector:
+        raise r.fail("second_selector", "the two keys need different selectors")
     return config
 
 
@@ -386,7 +397,32 @@ def parse_config(data: Mapping[str, Any], source: Path) -> Config:
         section: reader(_Reader(data.get(section, {}), section, source))
         for section, reader in _READERS.items()
     }
-    return Config(path=source, **values)
+    config = Config(path=source, **values)
+    _check_links_are_https(config, source)
+    return config
+
+
+def _check_links_are_https(config: Config, source: Path) -> None:
+    """With a real relay, every link residents get must be https: RFC 8058 one-click
+    unsubscribe requires it, and a manage link over http shows a resident's choices to
+    anyone on the path. A loopback base_url (a developer's or a test's machine) and the
+    maildir relay (``make run``) are not real deliveries."""
+    if config.relay.url.startswith("maildir:") or config.service.base_url.startswith("https://"):
+        return
+    host = urllib.parse.urlsplit(config.service.base_url).hostname or ""
+    if host == "localhost" or _is_loopback(host):
+        return
+    raise ConfigError(
+        f"{source}: [service] base_url: {config.service.base_url} must be https:// when mail"
+        " goes to a real relay ([relay] url): RFC 8058 one-click unsubscribe needs it"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_config(path: Path | str) -> Config:

@@ -110,6 +110,9 @@ class DkimConfig:
     domain: str = ""
     selector: str = ""
     key_file: Path | None = None
+    # A second key of the other kind: RSA and Ed25519 together, two signatures (RFC 8463).
+    second_selector: str = ""
+    second_key_file: Path | None = None
 
     @property
     def enabled(self) -> bool:

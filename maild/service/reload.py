@@ -23,7 +23,7 @@ from collections.abc import Iterable
 
 from maild.alerts.window import WindowRules
 from maild.common.config import Config, ConfigError, load_config
-from maild.mail.dkim import DkimSigner
+from maild.mail.dkim import signer_for
 from maild.residents.areas import AreaFileError, shared_area_map
 from maild.service.services import Reconfigurable
 
@@ -70,7 +70,7 @@ def reload_config(running: Config) -> Config:
     try:
         new = load_config(running.path)
         shared_area_map(new.areas.file)
-        DkimSigner.from_config(new.dkim)
+        signer_for(new)
         WindowRules.from_config(new.window, new.service.timezone)
     except (ConfigError, AreaFileError, ValueError, OSError) as e:
         raise ReloadRefused(str(e)) from None

@@ -32,7 +32,7 @@ from maild.common.clock import Clock, clock_from_environment
 from maild.common.config import Config
 from maild.delivery.fanout import FanoutSender
 from maild.inbound.listener import InboundHandler, InboundServer
-from maild.mail.dkim import DkimSigner, SigningRelay
+from maild.mail.dkim import SigningRelay, signer_for
 from maild.mail.outbox import OutboxSender
 from maild.mail.relay import open_relay
 from maild.service import systemd
@@ -71,7 +71,7 @@ class Daemon:
         db = await asyncio.to_thread(open_database, config)
         metrics = Metrics(db, sessions=lambda: inbound.session_count)
         try:
-            signer = DkimSigner.from_config(config.dkim)
+            signer = signer_for(config)
         except ValueError as e:
             raise StartupError(str(e)) from None
         # Signing wraps the timing, so relay latency measures the relay alone.

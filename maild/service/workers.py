@@ -24,7 +24,7 @@ import time
 from maild.common.clock import clock_from_environment
 from maild.common.config import Config, RelayConfig
 from maild.delivery.fanout import FanoutSender
-from maild.mail.dkim import DkimSigner, SigningRelay
+from maild.mail.dkim import SigningRelay, signer_for
 from maild.mail.relay import open_relay
 from maild.service.reload import ReloadRefused, reconfigure_all, reload_config
 from maild.service.services import Reconfigurable, build_services
@@ -160,7 +160,7 @@ async def _work(config: Config) -> None:
     services = await asyncio.to_thread(build_services, config, clock, migrate=False)
     relay = SigningRelay(
         open_relay(fanout_relay_config(config), config.smtp.hostname),
-        DkimSigner.from_config(config.dkim),
+        signer_for(config),
     )
     fanout = FanoutSender(
         config,
