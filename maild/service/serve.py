@@ -41,7 +41,8 @@ from maild.service.reload import Reloader
 from maild.service.services import Services, build_services
 from maild.service.watchdog import watchdog
 from maild.service.workers import WorkerPool, fanout_relay_config
-from maild.web.app import WebApp, create_app, database_health
+from maild.web.app import WebApp, create_app
+from maild.web.health import database_health
 from maild.web.server import web_server
 
 log = logging.getLogger("maild")
