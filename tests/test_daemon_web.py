@@ -14,10 +14,12 @@ from typing import Any
 
 import pytest
 
+from maild.cli import main as cli
 from maild.common.config import ListenAddress
+from maild.service import serve as serve_module
 from maild.service.serve import Daemon, ServiceFailure
 from maild.web.server import WebServer
-from tests.configs import make_config
+from tests.configs import make_config, write_config
 from tests.daemon import DaemonProcess
 from tests.test_web_server import DUAL_STACK_LOCALHOST, port_free_on
 
@@ -88,3 +90,15 @@ def test_the_daemon_stops_and_fails_when_its_web_server_ends(
     assert "stopped" in [r.getMessage() for r in caplog.records]  # the orderly shutdown ran
     if server_class is CrashingServer:
         assert "the web server failed" in caplog.text and "Bad file descriptor" in caplog.text
+
+
+def test_maild_serve_exits_1_when_the_daemon_stopped_on_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def failed(config: Any, log_level: str = "INFO") -> None:
+        raise ServiceFailure("the web server stopped unexpectedly")
+
+    monkeypatch.setattr(serve_module, "serve", failed)
+    monkeypatch.setattr(cli, "setup_logging", lambda level: None)  # pytest keeps the logging
+    assert cli.main(["--config", str(write_config(tmp_path)), "serve"]) == 1
+    assert "maild: the web server stopped unexpectedly" in capsys.readouterr().err
