@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from werkzeug.test import Client
 
 from maild.alerts.window import WindowRules
 from maild.common.clock import FakeClock
@@ -180,6 +181,12 @@ def _dkim(f: dict[str, Path], second: bool = False) -> dict[str, dict[str, Any]]
     return {"dkim": dkim}
 
 
+def _csrf_cookie(app: WebApp) -> str:
+    """The Set-Cookie of a form page the app serves now."""
+    response = Client(app).get("/signup")
+    return response.headers.get("Set-Cookie", "")
+
+
 def _rules(c: Config) -> WindowRules:
     return WindowRules.from_config(c.window, c.service.timezone)
 
@@ -187,8 +194,7 @@ def _rules(c: Config) -> WindowRules:
 # The component that acts on a key shows the new value (beyond holding the new config).
 PROBES: dict[Key, Callable[[Daemon, Config], bool]] = {
     ("service", "base_url"): lambda d, c: (
-        d.web.secure_cookie
-        and "Secure" in d.web.cookie_header("", "v")
+        "Secure" in _csrf_cookie(d.web)
         and d.services.registrations.url("manage", "t").startswith(c.service.base_url)
     ),
     ("dkim", "domain"): lambda d, c: (

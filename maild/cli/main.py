@@ -47,11 +47,11 @@ Handler = Callable[[Config, argparse.Namespace], int]
 
 
 def _cmd_serve(config: Config, args: argparse.Namespace) -> int:
-    from maild.service.serve import StartupError, serve
+    from maild.service.serve import ServiceFailure, StartupError, serve
 
     try:
         serve(config, args.log_level)
-    except StartupError as e:
+    except (StartupError, ServiceFailure) as e:
         raise CommandError(str(e)) from None
     return 0
 

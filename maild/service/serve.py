@@ -2,8 +2,11 @@
 
 The loop runs the SMTP listener, the outbox sender (registration mails), the
 spool watcher, the release scheduler and the alert fan-out; the web app runs in
-waitress's own thread. Registration mails have a relay connection pool of
-their own, so a resident's answer never queues behind a large fan-out.
+waitress's own thread. That thread is watched: if it ends while the daemon is not
+stopping, the daemon logs it, stops as on SIGTERM and exits non-zero
+(:class:`ServiceFailure`), so that systemd (``Restart=on-failure``) starts it again.
+Registration mails have a relay connection pool of their own, so a resident's answer
+never queues behind a large fan-out.
 
 Signal contract: SIGTERM and SIGINT stop (stop accepting, let the SMTP
 transaction under way finish, let the senders finish their batch, close the
@@ -29,7 +32,7 @@ from maild.alerts.spool import FileMeta, SpoolWatcher
 from maild.alerts.spool_files import ensure_layout
 from maild.alerts.workflow import Source
 from maild.common.clock import Clock, clock_from_environment
-from maild.common.config import Config
+from maild.common.config import Config, ListenAddress
 from maild.delivery.fanout import FanoutSender
 from maild.inbound.listener import InboundHandler, InboundServer
 from maild.mail.dkim import SigningRelay, signer_for
@@ -42,8 +45,9 @@ from maild.service.reload import ReloadRefused, reconfigure_all, reload_config
 from maild.service.services import Reconfigurable, Services, build_services, open_database
 from maild.service.watchdog import watchdog
 from maild.service.workers import WorkerPool, fanout_relay_config
-from maild.web.app import WebApp, create_app, database_health
-from maild.web.server import web_server
+from maild.web.app import WebApp, create_app
+from maild.web.health import database_health
+from maild.web.server import WebServer
 
 log = logging.getLogger("maild")
 
@@ -57,13 +61,23 @@ class StartupError(Exception):
     """The daemon cannot start; the message says why in one sentence."""
 
 
+class ServiceFailure(Exception):
+    """A part of the daemon ended while it ran; the daemon has stopped. The message says
+    which part, in one sentence."""
+
+
+WebServerFactory = Callable[[WebApp, ListenAddress], WebServer]
+
+
 @dataclass
 class Daemon:
     config: Config
     clock: Clock = field(default_factory=clock_from_environment)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     log_level: str = "INFO"
+    web_server: WebServerFactory = WebServer
     _reload_task: asyncio.Task[None] | None = None
+    _failure: str | None = None
 
     async def run(self) -> None:
         os.umask(0o077)  # everything we create (keys, maildir files, db) is ours alone
@@ -172,11 +186,10 @@ class Daemon:
         # next pass.
         self._install_signals(components, workers, lambda: scheduler.run_now("housekeeping"))
         log.info(
-            "ready: smtp %s:%s, web http://%s:%s/, relay %s, spool %s",
+            "ready: smtp %s:%s, web %s, relay %s, spool %s",
             config.smtp.listen.host,
             inbound.port,
-            config.web.listen.host,
-            web.effective_port,
+            " ".join(_url(host, port) for host, port in web.addresses),
             _relay_label(config),
             config.spool.dir,
         )
@@ -196,10 +209,12 @@ class Daemon:
             await alert_relay.close()
             services.db.dispose()
             log.info("stopped")
+        if self._failure is not None:
+            raise ServiceFailure(self._failure)
 
     def _start_web(
         self, services: Services, health: Callable[[], dict[str, Any]], metrics: Callable[[], bytes]
-    ) -> tuple[WebApp, Any, threading.Thread]:
+    ) -> tuple[WebApp, WebServer, threading.Thread]:
         app = create_app(
             self.config,
             services.registrations,
@@ -212,12 +227,32 @@ class Daemon:
         )
         listen = self.config.web.listen
         try:
-            server = web_server(app, listen.host, listen.port)
-        except OSError as e:
+            server = self.web_server(app, listen)
+        except (OSError, ValueError) as e:  # ValueError: waitress cannot resolve the host
             raise StartupError(f"cannot listen for the web on {listen}: {e}") from e
-        thread = threading.Thread(target=server.run, name="web", daemon=True)
+        loop = asyncio.get_running_loop()
+
+        def serve_web() -> None:
+            try:
+                server.run()
+            except Exception:
+                log.exception("the web server failed")
+            finally:
+                try:
+                    loop.call_soon_threadsafe(self._on_web_ended)
+                except RuntimeError:  # the loop is closed: the daemon has stopped already
+                    pass
+
+        thread = threading.Thread(target=serve_web, name="web", daemon=True)
         thread.start()
         return app, server, thread
+
+    def _on_web_ended(self) -> None:
+        if self.stopping.is_set():
+            return  # closed by the daemon itself
+        log.error("the web server stopped while the daemon was running; stopping maild")
+        self._failure = "the web server stopped unexpectedly"
+        self.stopping.set()
 
     def _install_signals(
         self,
@@ -261,9 +296,13 @@ class Daemon:
         self.stopping.set()
 
 
-async def _close_web(server: Any, thread: threading.Thread) -> None:
+async def _close_web(server: WebServer, thread: threading.Thread) -> None:
     await asyncio.to_thread(server.close)
     await asyncio.to_thread(thread.join, 10)
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
 def _relay_label(config: Config) -> str:
