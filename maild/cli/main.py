@@ -25,7 +25,7 @@ from maild.common.clock import clock_from_environment
 from maild.common.config import Config, ConfigError, load_config
 from maild.mail.dkim import signer_for
 from maild.mail.legacy import legacy_problems, problem_texts
-from maild.residents import roster, subscribers
+from maild.residents import roster, roster_read, subscribers
 from maild.residents.areas import AreaFileError, AreaMap
 from maild.residents.qr import write_qr
 from maild.service.logs import setup_logging
@@ -332,9 +332,9 @@ def _cmd_window(config: Config, args: argparse.Namespace) -> int:
 def _cmd_subscribers_import(config: Config, args: argparse.Namespace) -> int:
     services = _services(config)
     try:
-        with roster.open_csv(Path(args.csv)) as lines:
+        with roster_read.open_csv(Path(args.csv)) as lines:
             report = roster.import_csv(services.db, services.areas, services.clock, lines)
-    except roster.ImportFileError as e:
+    except roster_read.ImportFileError as e:
         raise CommandError(f"{e.ja} / {e.en}") from None
     except OSError as e:
         raise CommandError(f"{args.csv}: {e.strerror}") from None
