@@ -16,7 +16,6 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from playwright.sync_api import (
@@ -87,11 +86,11 @@ def site(tmp_path: Path) -> Iterator[Site]:
     clock = FakeClock()
     services = build_services(config, clock)
     app = create_app(config, services.registrations, services.areas, services.links, clock)
-    server: Any = web_server(app, "127.0.0.1", 0)
+    server = web_server(app, "127.0.0.1", 0)
     thread = threading.Thread(target=server.run, name="web", daemon=True)
     thread.start()
     try:
-        yield Site(f"http://127.0.0.1:{server.effective_port}", services)
+        yield Site(f"http://127.0.0.1:{server.port}", services)
     finally:
         server.close()
         thread.join(10)

@@ -23,9 +23,9 @@ from maild.cli.submit import Checked, CountRecipients, Submitter
 from maild.common.addresses import InvalidAddress, mask
 from maild.common.clock import clock_from_environment
 from maild.common.config import Config, ConfigError, load_config
-from maild.mail.dkim import DkimSigner
+from maild.mail.dkim import signer_for
 from maild.mail.legacy import legacy_problems, problem_texts
-from maild.residents import roster, subscribers
+from maild.residents import roster, roster_read, subscribers
 from maild.residents.areas import AreaFileError, AreaMap
 from maild.residents.qr import write_qr
 from maild.service.logs import setup_logging
@@ -47,11 +47,11 @@ Handler = Callable[[Config, argparse.Namespace], int]
 
 
 def _cmd_serve(config: Config, args: argparse.Namespace) -> int:
-    from maild.service.serve import StartupError, serve
+    from maild.service.serve import ServiceFailure, StartupError, serve
 
     try:
         serve(config, args.log_level)
-    except StartupError as e:
+    except (StartupError, ServiceFailure) as e:
         raise CommandError(str(e)) from None
     return 0
 
@@ -69,7 +69,7 @@ def _cmd_deliver(config: Config, args: argparse.Namespace) -> int:
 def _cmd_check_config(config: Config, args: argparse.Namespace) -> int:
     areas = AreaMap.load(config.areas.file)
     try:
-        DkimSigner.from_config(config.dkim)
+        signer_for(config)
     except ValueError as e:
         raise ConfigError(f"{config.path}: [dkim] key_file: {e}") from None
     if config.mail.legacy_charset_domains:
@@ -332,9 +332,9 @@ def _cmd_window(config: Config, args: argparse.Namespace) -> int:
 def _cmd_subscribers_import(config: Config, args: argparse.Namespace) -> int:
     services = _services(config)
     try:
-        with roster.open_csv(Path(args.csv)) as lines:
+        with roster_read.open_csv(Path(args.csv)) as lines:
             report = roster.import_csv(services.db, services.areas, services.clock, lines)
-    except roster.ImportFileError as e:
+    except roster_read.ImportFileError as e:
         raise CommandError(f"{e.ja} / {e.en}") from None
     except OSError as e:
         raise CommandError(f"{args.csv}: {e.strerror}") from None

@@ -130,8 +130,6 @@ class InboundServer:
         self._counted: dict[_Session, str] = {}  # admitted sessions of untrusted peers
         self._per_ip: collections.Counter[str] = collections.Counter()
         self._changed = asyncio.Event()  # a session ended a transaction or went away
-        # The answer writer waits a moment for sessions in mid-transaction (group commit).
-        handler.answers.siblings = self.transactions
 
     @property
     def session_count(self) -> int:

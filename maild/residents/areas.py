@@ -11,7 +11,9 @@ Pure apart from reading that file in :meth:`AreaMap.load`.
 
 from __future__ import annotations
 
+import os
 import re
+import threading
 import tomllib
 import unicodedata
 from collections.abc import Iterable, Mapping
@@ -585,3 +587,22 @@ def _strip_suffix(name: str, suffixes: tuple[str, ...]) -> str:
         if name.endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]
     return name
+
+
+_shared_lock = threading.Lock()
+_shared: tuple[tuple[Path, int, int, int], AreaMap] | None = None
+
+
+def shared_area_map(path: Path) -> AreaMap:
+    """The area map in ``path``, loaded once for each version of the file.
+
+    Every component that takes a reloaded config (``reconfigure``) asks here, so they
+    all hold the one map the reload checked, not one copy each.
+    """
+    global _shared
+    stat = os.stat(path)
+    version = (path, stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    with _shared_lock:
+        if _shared is None or _shared[0] != version:
+            _shared = (version, AreaMap.load(path))
+        return _shared[1]
