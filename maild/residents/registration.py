@@ -26,7 +26,8 @@ from maild.common.config import Config
 from maild.mail.compose import charset_for, compose
 from maild.mail.outbox import enqueue, enqueue_many, queued
 from maild.residents import notices
-from maild.residents.areas import CATEGORIES, AreaMap, categories_from_mask, mask_from_categories
+from maild.residents.areas import AreaMap
+from maild.residents.categories import CATEGORIES, categories_from_mask, mask_from_categories
 from maild.residents.links import MANAGE, REGISTER, UNSUBSCRIBE, LinkError, Links, new_link_key
 from maild.residents.subscribers import erase, revive
 from maild.store.db import Database

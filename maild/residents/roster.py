@@ -56,11 +56,10 @@ from sqlalchemy.sql.expression import TableClause
 
 from maild.common import addresses
 from maild.common.clock import Clock
-from maild.residents.areas import (
+from maild.residents.areas import AreaMap, UnknownArea
+from maild.residents.categories import (
     ALL_CATEGORIES_MASK,
     CATEGORIES,
-    AreaMap,
-    UnknownArea,
     UnknownCategory,
     categories_from_mask,
     category_bit,

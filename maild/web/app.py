@@ -48,7 +48,8 @@ from werkzeug.wsgi import get_path_info
 from maild.common.addresses import InvalidAddress, mask_token, normalize
 from maild.common.clock import Clock
 from maild.common.config import Config
-from maild.residents.areas import CATEGORIES, Area, AreaMap, UnknownArea
+from maild.residents.areas import Area, AreaMap, UnknownArea
+from maild.residents.categories import CATEGORIES
 from maild.residents.limits import AnswerBudget, OverBudget
 from maild.residents.links import (
     CSRF,
