@@ -163,6 +163,8 @@ RECIPIENTS = {
     "none__vacation-reply.eml": None,
     "permanent__au-ezweb-plain.eml": "jiro.kato@ezweb.ne.jp",
     "permanent__exim-plain.eml": "daisuke@example.com",
+    "permanent__postfix-dsn-expired-4.4.1-connect-timeout.eml": "ken.ito@example.ne.jp",
+    "permanent__postfix-dsn-expired-4.4.7-suspended.eml": "ken.ito@example.ne.jp",
     "permanent__postfix-dsn-docomo-unknown-user.eml": "taro.yamada@docomo.ne.jp",
     "permanent__postfix-dsn-gmail-5.1.1.eml": "kenji.watanabe.sendai@gmail.com",
     "permanent__qmail-plain.eml": "shota@example.net",
@@ -229,9 +231,10 @@ def test_the_returned_original_is_not_read_as_part_of_the_notice() -> None:
         ("Failed (user unknown)", "5.1.1 (bad mailbox)", None, True, True),
         ("error", "5.1.1", None, True, True),  # OpenSMTPD's non-standard Action
         ("failed", "", "smtp; 550 no such user", True, True),
-        ("failed", "", "smtp; 451 try later", False, False),
+        ("failed", "", "smtp; 451 try later", True, True),  # failed is final, 4xx or not
         ("failed", "", "", True, True),  # RFC 3464 §2.3.3: failed is final
-        ("failed", "4.4.7", "X-Postfix; delivery time expired", False, False),
+        ("failed", "4.4.7", "X-Postfix; delivery time expired", True, True),  # expired in the queue
+        ("failed", "4.7.1", "smtp; 451 4.7.1 greylisted", True, False),  # about us: not counted
         ("failed", "5.2.2", "smtp; 552 5.2.2 over quota", False, False),
         ("failed", "5.0.0", "smtp; 552 Mailbox full", False, False),
         ("failed", "5.7.1", "smtp; 554 5.7.1 Relay access denied", True, False),

@@ -17,7 +17,7 @@ def test_example_config_loads_with_spec_defaults() -> None:
     assert config.smtp.listen == ListenAddress("0.0.0.0", 25)
     assert config.window.start == "08:30" and config.window.end == "17:15"
     assert config.limits.answers_per_ip_per_minute == 120
-    assert config.database_url == "sqlite:////var/lib/maild/maild.store.db"
+    assert config.database_url == "sqlite:////var/lib/maild/maild.db"
     assert config.areas.file == REPO / "config" / "areas.toml"
 
 

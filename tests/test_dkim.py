@@ -9,6 +9,7 @@ import logging
 import re
 import zoneinfo
 from collections.abc import Callable
+from email.utils import format_datetime
 from pathlib import Path
 
 import dkim  # type: ignore[import-untyped]
@@ -123,13 +124,13 @@ def alert_mail() -> bytes:
             area_label="青葉区",
             body="12月1日午後4時ころ、青葉区内の路上で、下校中の児童が声をかけられました。\n" * 8,
             sender="仙台北警察署",
+            message_key="0123456789abcdef",
         ),
         from_address="info@mail.example.jp",
         from_name="みやぎSecurityメール",
         subject_prefix="【みやぎSecurityメール】",
         list_id=f"<alerts.{DOMAIN}>",
         hostname=DOMAIN,
-        date=DATE,
     )
     return template.personalise(
         Personal(
@@ -138,7 +139,8 @@ def alert_mail() -> bytes:
             manage_url="https://mail.example.jp/manage/SUBSCRIBER-TOKEN",
             unsubscribe_url=UNSUBSCRIBE,
             envelope_from="bounce+VERP@mail.example.jp",
-        )
+        ),
+        format_datetime(DATE),
     )
 
 

@@ -287,7 +287,7 @@ def test_a_reload_gives_the_web_its_new_limits(tmp_path: Path) -> None:
         app = create_app(config, services.registrations, services.areas, services.links, clock)
         assert app.budget.limits.answers_per_ip_per_minute == 1
         # What maild.service.reload does on SIGHUP.
-        app.config = make_config(tmp_path, limits={"answers_per_ip_per_minute": 7})
+        app.reconfigure(make_config(tmp_path, limits={"answers_per_ip_per_minute": 7}))
         assert app.budget.limits.answers_per_ip_per_minute == 7
     finally:
         services.db.dispose()

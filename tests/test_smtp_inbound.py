@@ -184,6 +184,7 @@ async def inbound(
         outcomes.append,
         verp=verp if wire_bounces else None,
         bounces=bounces if wire_bounces else None,
+        siblings=lambda: server.transactions(),
     )
     server = InboundServer(handler, config.smtp)
     await server.start(sock, config.smtp.listen)

@@ -42,7 +42,7 @@ def new_db(path: Path) -> Iterator[Database]:
 
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
-    yield from new_db(tmp_path / "maild.store.db")
+    yield from new_db(tmp_path / "maild.db")
 
 
 @pytest.fixture
@@ -306,7 +306,7 @@ def test_an_unreadable_csv_line_is_a_problem_and_reading_goes_on(
 def test_problems_beyond_the_limit_are_counted(
     db: Database, areas: AreaMap, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(subscribers, "MAX_REPORTED_PROBLEMS", 3)
+    monkeypatch.setattr(roster, "MAX_REPORTED_PROBLEMS", 3)
     text = "address,areas,categories\n" + "".join(f"bad{i},aoba,\n" for i in range(10))
     report = run(db, areas, clock, text)
     assert (report.imported, report.skipped) == (0, 10)

@@ -53,11 +53,11 @@ from maild.common.addresses import InvalidAddress, mask, mask_token, normalize
 from maild.common.clock import Clock
 from maild.common.config import Config, ListenAddress, SmtpConfig
 from maild.inbound import autoreply
-from maild.inbound.groupcommit import GroupCommit
 from maild.residents.bounces import Bounces, Classification, classify
 from maild.residents.limits import AnswerBudget, OverBudget, is_trusted, peer_key
 from maild.residents.links import LinkError, VerpTokens
 from maild.residents.registration import SENT_MANAGE, SENT_REGISTER, Registrations, Request
+from maild.store.groupcommit import GroupCommit
 
 log = logging.getLogger("maild.smtp")
 
@@ -133,6 +133,7 @@ class InboundHandler:
         verp: VerpTokens | None = None,
         bounces: Bounces | None = None,
         budget: AnswerBudget | None = None,
+        siblings: Callable[[], int] | None = None,
     ) -> None:
         if (verp is None) != (bounces is None):
             raise ValueError("InboundHandler needs both verp and bounces, or neither")
@@ -141,8 +142,10 @@ class InboundHandler:
         self.verp = verp
         self.bounces = bounces
         self.budget = budget or AnswerBudget(config.limits, clock or registrations.clock)
+        # ``siblings``: sessions in mid-transaction (InboundServer.transactions), for
+        # which the answer writer waits a moment (group commit).
         self.answers: GroupCommit[Request, str] = GroupCommit(
-            lambda requests: self.registrations.answer_many(requests)
+            lambda requests: self.registrations.answer_many(requests), siblings=siblings
         )
         self.reconfigure(config)
 
@@ -528,8 +531,6 @@ class InboundServer:
         self._counted: dict[_Session, str] = {}  # admitted sessions of untrusted peers
         self._per_ip: collections.Counter[str] = collections.Counter()
         self._changed = asyncio.Event()  # a session ended a transaction or went away
-        # The answer writer waits a moment for sessions in mid-transaction (group commit).
-        handler.answers.siblings = self.transactions
 
     @property
     def session_count(self) -> int:

@@ -48,7 +48,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from maild.common.config import DkimConfig
+from maild.common.config import Config, DkimConfig
 from maild.mail.relay import Relay
 
 log = logging.getLogger("maild.delivery")
@@ -141,16 +141,26 @@ class SigningRelay:
     Signing happens at send time, not when a mail is queued, so the database holds
     unsigned mail and a retry or a key change needs nothing rewritten. It runs in a
     worker thread: an RSA signature takes milliseconds of CPU, which must not stall
-    the event loop that also serves SMTP and the web.
+    the event loop that also serves SMTP and the web. With no signer it passes mail
+    through unsigned; :meth:`reconfigure` turns signing on, off, or to a new key.
     """
 
-    def __init__(self, relay: Relay, signer: DkimSigner) -> None:
+    def __init__(self, relay: Relay, signer: DkimSigner | None) -> None:
         self._relay = relay
         self.signer = signer
 
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config (SIGHUP): sign the next message with the new ``[dkim]``.
+
+        Raises ValueError for a bad key; the reload checks the key before it applies.
+        """
+        self.signer = DkimSigner.from_config(config.dkim)
+
     async def send(self, envelope_from: str, recipient: str, data: bytes) -> None:
-        signed = await asyncio.to_thread(self.signer.sign, data)
-        await self._relay.send(envelope_from, recipient, signed)
+        signer = self.signer
+        if signer is not None:
+            data = await asyncio.to_thread(signer.sign, data)
+        await self._relay.send(envelope_from, recipient, data)
 
     async def close(self) -> None:
         await self._relay.close()

@@ -13,7 +13,9 @@ Pure apart from reading that file in :meth:`AreaMap.load`; checking its contents
 
 from __future__ import annotations
 
+import os
 import re
+import threading
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -23,7 +25,7 @@ from maild.residents.areafile import Area, AreaFileError, AreaKind, read_area_fi
 from maild.residents.names import normalize_name
 
 # Area and AreaFileError belong to the map's interface: callers take them from here.
-__all__ = ["Area", "AreaFileError", "AreaKind", "AreaMap", "UnknownArea"]
+__all__ = ["Area", "AreaFileError", "AreaKind", "AreaMap", "UnknownArea", "shared_area_map"]
 
 
 def _jis_check_digit(code: str) -> str:
@@ -148,3 +150,22 @@ class AreaMap:
         """Area names for a subject line or page: 「青葉区・仙台北警察署」."""
         names = dict.fromkeys(self.get(i).name(lang) for i in ids)
         return (", " if lang == "en" else "・").join(names)
+
+
+_shared_lock = threading.Lock()
+_shared: tuple[tuple[Path, int, int, int], AreaMap] | None = None
+
+
+def shared_area_map(path: Path) -> AreaMap:
+    """The area map in ``path``, loaded once for each version of the file.
+
+    Every component that takes a reloaded config (``reconfigure``) asks here, so they
+    all hold the one map the reload checked, not one copy each.
+    """
+    global _shared
+    stat = os.stat(path)
+    version = (path, stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    with _shared_lock:
+        if _shared is None or _shared[0] != version:
+            _shared = (version, AreaMap.load(path))
+        return _shared[1]

@@ -26,7 +26,7 @@ from maild.common.config import Config
 from maild.mail.compose import charset_for, compose
 from maild.mail.outbox import enqueue, enqueue_many, queued
 from maild.residents import notices
-from maild.residents.areas import AreaMap
+from maild.residents.areas import AreaMap, shared_area_map
 from maild.residents.categories import CATEGORIES, categories_from_mask, mask_from_categories
 from maild.residents.links import MANAGE, REGISTER, UNSUBSCRIBE, LinkError, Links, new_link_key
 from maild.residents.subscribers import erase, revive
@@ -139,6 +139,11 @@ class Registrations:
         self.areas = areas
         self.clock = clock
         self.wake_outbox = wake_outbox
+
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config (SIGHUP): links, mails and area names from the next request on."""
+        self.config = config
+        self.areas = shared_area_map(config.areas.file)
 
     # --- requests: a blank mail, or the /signup form -------------------------
 

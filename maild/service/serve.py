@@ -25,20 +25,21 @@ from typing import Any
 
 from maild.alerts.alertfile import AlertDraft
 from maild.alerts.release import ReleaseScheduler
-from maild.alerts.spool import FileMeta, SpoolWatcher, ensure_layout
+from maild.alerts.spool import FileMeta, SpoolWatcher
+from maild.alerts.spool_files import ensure_layout
 from maild.alerts.workflow import Source
 from maild.common.clock import Clock, clock_from_environment
 from maild.common.config import Config
 from maild.delivery.fanout import FanoutSender
 from maild.inbound.listener import InboundHandler, InboundServer
-from maild.mail.dkim import DkimSigner, signing
+from maild.mail.dkim import DkimSigner, SigningRelay
 from maild.mail.outbox import OutboxSender
 from maild.mail.relay import open_relay
 from maild.service import systemd
 from maild.service.housekeeping import Housekeeping
 from maild.service.metrics import Metrics
-from maild.service.reload import Reloader
-from maild.service.services import Services, build_services
+from maild.service.reload import ReloadRefused, reconfigure_all, reload_config
+from maild.service.services import Reconfigurable, Services, build_services, open_database
 from maild.service.watchdog import watchdog
 from maild.service.workers import WorkerPool, fanout_relay_config
 from maild.web.app import WebApp, create_app, database_health
@@ -66,15 +67,15 @@ class Daemon:
 
     async def run(self) -> None:
         os.umask(0o077)  # everything we create (keys, maildir files, db) is ours alone
-        services = await asyncio.to_thread(self._build)
         config = self.config
-        metrics = Metrics(services.db, sessions=lambda: inbound.session_count)
+        db = await asyncio.to_thread(open_database, config)
+        metrics = Metrics(db, sessions=lambda: inbound.session_count)
         try:
             signer = DkimSigner.from_config(config.dkim)
         except ValueError as e:
             raise StartupError(str(e)) from None
         # Signing wraps the timing, so relay latency measures the relay alone.
-        outbox_relay = signing(
+        outbox_relay = SigningRelay(
             metrics.timed(
                 open_relay(
                     dataclasses.replace(config.relay, connections=OUTBOX_CONNECTIONS),
@@ -84,12 +85,12 @@ class Daemon:
             ),
             signer,
         )
-        alert_relay = signing(
+        alert_relay = SigningRelay(
             metrics.timed(open_relay(fanout_relay_config(config), config.smtp.hostname), "alert"),
             signer,
         )
-        sender = OutboxSender(services.db, outbox_relay, self.clock, OUTBOX_CONNECTIONS)
-        services.registrations.wake_outbox = sender.wake
+        sender = OutboxSender(db, outbox_relay, self.clock, OUTBOX_CONNECTIONS)
+        services = await asyncio.to_thread(build_services, config, self.clock, db, sender.wake)
         fanout = FanoutSender(
             config,
             services.db,
@@ -100,17 +101,11 @@ class Daemon:
             self.clock,
             bounces=services.bounces,
         )
-        scheduler = ReleaseScheduler(
-            services.db, services.alerts, self.clock, lambda alert_id: fanout.wake()
-        )
+        scheduler = ReleaseScheduler(services.alerts, self.clock, lambda alert_id: fanout.wake())
 
         def intake(draft: AlertDraft, meta: FileMeta) -> int:
             alert_id = services.alerts.intake(draft, Source(meta.claim_name, meta.owner))
-            try:
-                scheduler.reconcile()  # an urgent alert goes now, a held one gets its job
-            except Exception:
-                # The alert is safe in the database; the next reconcile pass releases it.
-                log.exception("releasing alert %d at intake failed", alert_id)
+            scheduler.sync()  # its job now: an urgent alert fires at once
             return alert_id
 
         await asyncio.to_thread(ensure_layout, config.spool.dir)
@@ -129,6 +124,7 @@ class Daemon:
             verp=services.verp,
             bounces=services.bounces,
             budget=services.budget,
+            siblings=lambda: inbound.transactions(),
         )
         inbound = InboundServer(handler, config.smtp)
         passed = systemd.listen_sockets()
@@ -148,23 +144,33 @@ class Daemon:
         await asyncio.to_thread(fanout.release_claims)  # before any worker claims
         workers = WorkerPool(config, config.relay.workers, self.log_level)
         workers.start()
-        reloader = Reloader(services, handler, app, fanout)
+        housekeeping = Housekeeping(config, services.db, services.alerts, self.clock)
+        # Everything that takes a reloaded config; the delivery workers list theirs alike.
+        components: list[Reconfigurable] = [
+            *services.components(),
+            handler,
+            app,
+            fanout,
+            housekeeping,
+            outbox_relay,
+            alert_relay,
+        ]
 
         def status() -> str:  # for systemctl status; in-memory figures only, no database
             return f"accepting mail; {inbound.session_count} SMTP sessions"
 
-        scheduler.start()
-        housekeeping = Housekeeping(config, services.db, services.alerts, self.clock)
+        scheduler.start()  # its first sync releases what came due while we were down
         scheduler.every(HOUSEKEEPING_INTERVAL, housekeeping.run, "housekeeping")
         tasks = [
             asyncio.create_task(sender.run(self.stopping), name="outbox"),
             asyncio.create_task(fanout.run(self.stopping), name="fanout"),
-            asyncio.create_task(scheduler.run(self.stopping), name="scheduler"),
             asyncio.create_task(spool.run(self.stopping), name="spool"),
             asyncio.create_task(watchdog(self.stopping, status), name="watchdog"),
             asyncio.create_task(workers.supervise(self.stopping), name="workers"),
         ]
-        self._install_signals(reloader, workers)
+        # A reload runs housekeeping at once: a shorter keep_days erases now, not at the
+        # next pass.
+        self._install_signals(components, workers, lambda: scheduler.run_now("housekeeping"))
         log.info(
             "ready: smtp %s:%s, web http://%s:%s/, relay %s, spool %s",
             config.smtp.listen.host,
@@ -191,9 +197,6 @@ class Daemon:
             services.db.dispose()
             log.info("stopped")
 
-    def _build(self) -> Services:
-        return build_services(self.config, self.clock)
-
     def _start_web(
         self, services: Services, health: Callable[[], dict[str, Any]], metrics: Callable[[], bytes]
     ) -> tuple[WebApp, Any, threading.Thread]:
@@ -216,18 +219,38 @@ class Daemon:
         thread.start()
         return app, server, thread
 
-    def _install_signals(self, reloader: Reloader, workers: WorkerPool) -> None:
+    def _install_signals(
+        self,
+        components: list[Reconfigurable],
+        workers: WorkerPool,
+        after_reload: Callable[[], None],
+    ) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_stop_signal, signum)
-        loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal, reloader, workers)
+        loop.add_signal_handler(
+            signal.SIGHUP, self._on_reload_signal, components, workers, after_reload
+        )
 
-    def _on_reload_signal(self, reloader: Reloader, workers: WorkerPool) -> None:
+    def _on_reload_signal(
+        self,
+        components: list[Reconfigurable],
+        workers: WorkerPool,
+        after_reload: Callable[[], None],
+    ) -> None:
         log.info("received SIGHUP: reloading")
         systemd.notify("RELOADING=1")
 
         async def reload() -> None:
-            if await reloader.reload():
+            try:
+                config = await asyncio.to_thread(reload_config, self.config)
+            except ReloadRefused as e:
+                log.error("reload refused, keeping the running configuration: %s", e)
+            else:
+                reconfigure_all(components, config)
+                self.config = config
+                log.info("reloaded %s", config.path)
+                after_reload()
                 workers.signal(signal.SIGHUP)  # the delivery workers take the same files
             systemd.notify("READY=1")
 

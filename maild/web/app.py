@@ -48,7 +48,7 @@ from werkzeug.wsgi import get_path_info
 from maild.common.addresses import InvalidAddress, mask_token, normalize
 from maild.common.clock import Clock
 from maild.common.config import Config
-from maild.residents.areas import Area, AreaMap, UnknownArea
+from maild.residents.areas import Area, AreaMap, UnknownArea, shared_area_map
 from maild.residents.categories import CATEGORIES
 from maild.residents.limits import AnswerBudget, OverBudget
 from maild.residents.links import (
@@ -544,9 +544,16 @@ class WebApp:
 
     @config.setter
     def config(self, config: Config) -> None:
-        # A reload assigns the new config here (maild.service.reload); the limits go with it.
         self._config = config
         self.budget.reconfigure(config.limits)
+
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config (SIGHUP, maild.service.reload): pages, limits, areas and the
+        cookie's ``Secure`` (set when ``base_url`` is https) from the next request on."""
+        self.config = config
+        self.areas = shared_area_map(config.areas.file)
+        self.secure_cookie = config.service.base_url.startswith("https://")
+        self._cookie_attributes = {}
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
         try:
