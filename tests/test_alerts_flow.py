@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from maild.common.config import RelayConfig
-from maild.residents.areas import CATEGORY_IDS, AreaMap
+from maild.residents.areas import AreaMap
+from maild.residents.categories import CATEGORY_IDS
 from tests.configs import AREAS_FILE
 from tests.daemon import DaemonProcess, maild_command
 from tests.resident import Browser, text_of

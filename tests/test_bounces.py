@@ -25,7 +25,7 @@ from maild.alerts.workflow import Alerts, Source
 from maild.common.clock import FakeClock
 from maild.delivery.fanout import FanoutSender
 from maild.mail.relay import DeliveryError, PermanentFailure, TemporaryFailure, open_relay
-from maild.residents.areas import CATEGORY_IDS, AreaMap, mask_from_categories
+from maild.residents.areas import AreaMap
 from maild.residents.bounces import (
     ALREADY_TODAY,
     NOT_ACTIVE,
@@ -36,6 +36,7 @@ from maild.residents.bounces import (
     classify,
     relay_failure_counts,
 )
+from maild.residents.categories import CATEGORY_IDS, mask_from_categories
 from maild.residents.links import Links, new_link_key
 from maild.residents.subscribers import revive
 from maild.store.db import Database

@@ -1,4 +1,4 @@
-"""maild uses aiosmtpd, aiosmtplib, waitress, Werkzeug, itsdangerous and SQLAlchemy through
+"""maild uses aiosmtpd, aiosmtplib, waitress and Werkzeug through
 their public API. What must reach further lives in one ``*_compat.py`` module per library,
 which checks the library's version and has tests pinning it to the stock behaviour."""
 
@@ -11,7 +11,8 @@ from pathlib import Path
 import maild
 
 ROOT = Path(maild.__file__).parent
-LIBRARIES = ("aiosmtpd", "aiosmtplib", "waitress", "werkzeug", "itsdangerous", "sqlalchemy")
+# itsdangerous and SQLAlchemy: tests/test_stock_libraries.py, with their internal modules too.
+LIBRARIES = ("aiosmtpd", "aiosmtplib", "waitress", "werkzeug")
 
 
 def _private(name: str) -> bool:

@@ -13,7 +13,8 @@ from sqlalchemy import func, select
 from maild.common.addresses import InvalidAddress
 from maild.common.clock import FakeClock
 from maild.residents import roster, roster_read, subscribers
-from maild.residents.areas import ALL_CATEGORIES_MASK, CATEGORY_IDS, AreaMap, mask_from_categories
+from maild.residents.areas import AreaMap
+from maild.residents.categories import ALL_CATEGORIES_MASK, CATEGORY_IDS, mask_from_categories
 from maild.residents.roster_read import ImportFileError, ImportReport, RowProblem
 from maild.store.db import Database
 from maild.store.models import ACTIVE, PENDING, SUSPENDED, Subscriber, SubscriberArea

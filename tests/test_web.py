@@ -18,7 +18,7 @@ from sqlalchemy import select, text
 from werkzeug.test import Client, TestResponse
 
 from maild.common.clock import FakeClock
-from maild.residents.areas import CATEGORY_IDS, categories_from_mask
+from maild.residents.categories import CATEGORY_IDS, categories_from_mask
 from maild.residents.links import CSRF
 from maild.service import wsgi
 from maild.service.services import Services, build_services

@@ -24,7 +24,8 @@ from maild.alerts.alertfile import AlertDraft, AlertFileInvalid
 from maild.alerts.window import WindowRules, release_time
 from maild.common.clock import Clock
 from maild.common.config import Config
-from maild.residents.areas import AreaMap, category_bit, shared_area_map
+from maild.residents.areas import AreaMap, shared_area_map
+from maild.residents.categories import category_bit
 from maild.store.db import Database
 from maild.store.models import (
     ACTIVE,

@@ -52,10 +52,10 @@ from sqlalchemy.sql.expression import TableClause
 
 from maild.common import addresses
 from maild.common.clock import Clock
-from maild.residents.areas import (
+from maild.residents.areas import AreaMap
+from maild.residents.categories import (
     ALL_CATEGORIES_MASK,
     CATEGORIES,
-    AreaMap,
     categories_from_mask,
     category_bit,
 )

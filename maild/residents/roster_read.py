@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any, NamedTuple, TextIO, TypeVar
 
 from maild.common import addresses
-from maild.residents.areas import (
+from maild.residents.areas import AreaMap, UnknownArea
+from maild.residents.categories import (
     ALL_CATEGORIES_MASK,
-    AreaMap,
-    UnknownArea,
     UnknownCategory,
     category_bit,
     resolve_category,

@@ -86,7 +86,9 @@ class Daemon:
         os.umask(0o077)  # everything we create (keys, maildir files, db) is ours alone
         config = self.config
         db = await asyncio.to_thread(open_database, config)
-        metrics = Metrics(db, sessions=lambda: inbound.session_count)
+        metrics = Metrics(
+            db, sessions=lambda: inbound.session_count, refusals=lambda: services.budget.refused
+        )
         try:
             signer = signer_for(config)
         except ValueError as e:

@@ -1,6 +1,6 @@
 """Tables, as SQLAlchemy 2 typed models. Migrations in ``maild/migrations`` follow them.
 
-A subscriber's categories are an integer mask (see ``maild.residents.areas.category_bit``)
+A subscriber's categories are an integer mask (see ``maild.residents.categories.category_bit``)
 and their areas rows of ``subscriber_areas``, so that a fan-out selects its
 recipients with one indexed query rather than by reading every subscriber.
 """

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from maild.residents.areas import CATEGORIES, Area, AreaMap
+from maild.residents.areas import Area, AreaMap
+from maild.residents.categories import CATEGORIES
 from maild.residents.registration import SubscriberView
 from maild.web.i18n import text
 

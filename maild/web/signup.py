@@ -17,11 +17,14 @@ import math
 from werkzeug.wrappers import Response
 
 from maild.common.addresses import InvalidAddress, normalize
+from maild.common.throttle import LogThrottle
 from maild.residents.limits import AnswerBudget, OverBudget
 from maild.residents.registration import SENT_MANAGE, SENT_REGISTER, Registrations
 from maild.web.page import Block, Page, csrf_refused, not_arrived
 
 log = logging.getLogger("maild.web")
+# A flood past a limit is one line a minute; /metrics counts every refusal.
+refusals_log = LogThrottle(log)
 
 
 class SignupPages:
@@ -60,7 +63,9 @@ class SignupPages:
         try:
             charge = self.budget.take(ip)
         except OverBudget as e:
-            log.warning("signup from %s deferred: %s limit", ip, e.reason)
+            refusals_log.warning(
+                f"signup:{e.reason}", "signup from %s deferred: %s limit", ip, e.reason
+            )
             return too_many(page, e.retry_after)
         sent = False
         try:

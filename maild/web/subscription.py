@@ -16,7 +16,8 @@ from collections.abc import Iterable
 from werkzeug.wrappers import Response
 
 from maild.common.addresses import mask_token
-from maild.residents.areas import CATEGORIES, UnknownArea
+from maild.residents.areas import UnknownArea
+from maild.residents.categories import CATEGORIES
 from maild.residents.links import MANAGE, REGISTER, UNSUBSCRIBE, LinkError, Links
 from maild.residents.registration import ChoiceError, PendingView, Registrations, SubscriberView
 from maild.web.page import Block, Page, csrf_refused, not_arrived
