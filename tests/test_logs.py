@@ -6,11 +6,13 @@ import logging
 import re
 import smtplib
 import sys
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 from maild.service.logs import ScrubbingFormatter
 from tests.daemon import DaemonProcess
+from tests.resident import Browser, csrf_of
 from tests.smtpsink import SmtpSink
 
 # Raw control characters a log line must not hold (the line break that ends it aside).
@@ -62,3 +64,34 @@ def test_the_daemon_log_holds_no_raw_control_character(
     assert r"mail from t***@exa\x00mple.jp" in log
     bad = [line for line in log.splitlines() if RAW_CONTROL.search(line)]
     assert bad == []
+
+
+def test_a_flood_past_the_hourly_limit_is_a_few_log_lines_and_exact_metrics(
+    config_path: Callable[..., Path],
+    daemon: Callable[[Path], DaemonProcess],
+    sink: SmtpSink,
+) -> None:
+    # Issue 13.14: one WARNING per refused mail flooded the journal (49,162 lines in three
+    # minutes), and journald's rate limit then dropped the lines that mattered.
+    maild = daemon(config_path(relay={"url": sink.url}, limits={"answers_per_hour": 2}))
+    with smtplib.SMTP("127.0.0.1", maild.smtp_port, timeout=10) as smtp:
+        refused = 0
+        for n in range(60):
+            try:
+                smtp.sendmail(f"p{n}@example.jp", ["entry@mail.example.jp"], b"Subject: \r\n\r\n")
+            except smtplib.SMTPDataError as e:
+                assert e.smtp_code == 450
+                refused += 1
+    assert refused == 58
+    browser = Browser()
+    for n in range(20):  # the web form spends from the same budget
+        _, page = browser.get(f"{maild.base_url}/signup")
+        fields = [("csrf", csrf_of(page)), ("address", f"w{n}@example.jp")]
+        status, _ = browser.post(f"{maild.base_url}/signup", fields)
+        assert status == 429
+    with urllib.request.urlopen(f"{maild.base_url}/metrics", timeout=10) as response:
+        metrics = response.read().decode()
+    assert maild.stop() == 0
+    assert 'maild_answer_refusals_total{limit="hourly"} 78.0' in metrics
+    deferred = [line for line in maild.log().splitlines() if "deferred" in line]
+    assert len(deferred) == 2  # the first of each path at once; the rest within the minute

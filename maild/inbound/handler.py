@@ -43,6 +43,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 from maild.common.addresses import InvalidAddress, mask, mask_token, normalize
 from maild.common.clock import Clock
 from maild.common.config import Config
+from maild.common.throttle import LogThrottle
 from maild.inbound import autoreply
 from maild.residents.bounces import Bounces, Classification, classify
 from maild.residents.limits import AnswerBudget, OverBudget
@@ -51,6 +52,8 @@ from maild.residents.registration import SENT_MANAGE, SENT_REGISTER, Registratio
 from maild.store.groupcommit import GroupCommit
 
 log = logging.getLogger("maild.smtp")
+# A flood past a limit is one line a minute; /metrics counts every refusal.
+refusals_log = LogThrottle(log)
 
 # SMTP replies (RFC 5321 §4.2, enhanced codes RFC 3463).
 ACCEPTED = "250 2.0.0 OK"
@@ -248,7 +251,13 @@ class InboundHandler:
             # time cannot together overrun a limit; refunded below when none goes out.
             charge = self.budget.take(peer)
         except OverBudget as e:
-            log.warning("mail from %s (peer %s) deferred: %s limit", mask(address), peer, e.reason)
+            refusals_log.warning(
+                f"smtp:{e.reason}",
+                "mail from %s (peer %s) deferred: %s limit",
+                mask(address),
+                peer,
+                e.reason,
+            )
             return f"{DEFERRED}:{e.reason}"
         sent = False
         try:
