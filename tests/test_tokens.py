@@ -175,3 +175,12 @@ def test_signer_settings_do_not_follow_the_librarys_defaults(
     assert links.subscriber_link(MANAGE, 7, "abc") == before
     assert links.check_subscriber_link(MANAGE, before) == (7, "abc")
     assert VerpTokens(b"k" * 64).make(7) == verp_before
+
+
+def test_a_verp_token_with_bytes_outside_its_alphabet_is_invalid() -> None:
+    verp = VerpTokens(b"k" * 32)
+    token = verp.make(42)
+    assert verp.check(token) == 42
+    for extra in ("é", "\x00", "=", "~"):
+        with pytest.raises(LinkError, match="invalid"):
+            verp.check(token + extra)

@@ -721,3 +721,17 @@ def test_wsgi_application_without_config_says_so(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(wsgi, "_application", None)
     with pytest.raises(Exception, match="MAILD_CONFIG is not set"):
         wsgi.build_from_env()
+
+
+@pytest.mark.parametrize("extra", ["%C3%A9", "%00", "~", "%20", "!", "%2B", "=", "%E3%81%82"])
+def test_a_token_with_bytes_outside_its_alphabet_is_refused_on_every_route(
+    web: Web, extra: str
+) -> None:
+    # Issue 13.10: itsdangerous's base64 skips such bytes, so TOKEN%C3%A9 loaded as TOKEN.
+    register = web.pending("ju@example.jp")
+    manage, unsubscribe = web.active("juichi@example.jp")
+    for route, token in (("register", register), ("manage", manage), ("unsubscribe", unsubscribe)):
+        assert web.client.get(f"/{route}/{token}").status_code == 200  # the token itself works
+        response = web.client.get(f"/{route}/{token}{extra}")
+        assert response.status_code in (400, 404), (route, extra)
+        assert "リンクが正しくありません" in response.text or response.status_code == 404

@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import re
 import secrets
 from collections.abc import Sequence
 from pathlib import Path
@@ -146,6 +147,7 @@ class Links:
 
     def check(self, purpose: str, token: str, max_age: dt.timedelta | None = None) -> Any:
         """The payload of a valid token, or :class:`LinkError` (``invalid`` or ``expired``)."""
+        _check_alphabet(token)
         seconds = None if max_age is None else int(max_age.total_seconds())
         try:
             return self._serializers[purpose].loads(token, max_age=seconds)
@@ -172,6 +174,17 @@ class Links:
         return payload[0], payload[1]
 
 
+# What itsdangerous writes: URL-safe base64 and its "." separator. Its base64 decoding
+# skips bytes outside that alphabet, so "TOKEN" and "TOKEN%C3%A9" would load alike:
+# anything else makes a token invalid before it is read.
+_TOKEN_ALPHABET = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _check_alphabet(token: str) -> None:
+    if not _TOKEN_ALPHABET.fullmatch(token):
+        raise LinkError("invalid")
+
+
 def new_link_key() -> str:
     return secrets.token_hex(8)
 
@@ -192,6 +205,7 @@ class VerpTokens:
         return self._serializer.dumps(subscriber_id)
 
     def check(self, token: str) -> int:
+        _check_alphabet(token)
         try:
             value = self._serializer.loads(token)
         except BadSignature:
