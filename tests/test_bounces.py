@@ -24,7 +24,8 @@ from maild.alerts.window import WindowRules
 from maild.alerts.workflow import Alerts, Source
 from maild.common.clock import FakeClock
 from maild.delivery.fanout import FanoutSender
-from maild.mail.relay import DeliveryError, PermanentFailure, TemporaryFailure, open_relay
+from maild.mail.errors import DeliveryError, PermanentFailure, TemporaryFailure
+from maild.mail.relay import open_relay
 from maild.residents.areas import AreaMap
 from maild.residents.bounces import (
     ALREADY_TODAY,

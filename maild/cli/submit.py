@@ -36,7 +36,8 @@ from maild.delivery.alertmail import (
 )
 from maild.mail.compose import Charset, charset_for
 from maild.mail.dkim import signer_for, signing
-from maild.mail.relay import DeliveryError, open_relay
+from maild.mail.errors import DeliveryError
+from maild.mail.relay import open_relay
 from maild.residents.areas import AreaMap
 
 CountRecipients = Callable[[tuple[str, ...], str], int]

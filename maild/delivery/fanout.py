@@ -32,9 +32,10 @@ from maild.delivery.alertmail import (
     template_for,
 )
 from maild.mail.compose import ISO_2022_JP, UTF8, Charset, charset_for
+from maild.mail.errors import DeliveryError, PermanentFailure, TemporaryFailure
 from maild.mail.legacy import LegacyCharsetError
 from maild.mail.outbox import retry_delay
-from maild.mail.relay import DeliveryError, PermanentFailure, Relay, TemporaryFailure
+from maild.mail.relay import Relay
 from maild.residents.bounces import Bounces, relay_failure_counts
 from maild.residents.links import MANAGE, UNSUBSCRIBE, Links, VerpTokens
 from maild.store.db import Database

@@ -60,7 +60,7 @@ from sqlalchemy.orm import Session
 from maild.common.addresses import InvalidAddress, mask, normalize
 from maild.common.clock import Clock
 from maild.common.config import Config
-from maild.mail.relay import DeliveryError, PermanentFailure, mask_addresses
+from maild.mail.errors import DeliveryError, PermanentFailure, mask_addresses
 from maild.store.db import Database
 from maild.store.models import ACTIVE, SUSPENDED, Subscriber
 

@@ -16,7 +16,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from maild.mail.relay import DeliveryError, PermanentFailure, Relay
+from maild.mail.errors import DeliveryError, PermanentFailure
+from maild.mail.relay import Relay
 from maild.store.db import Database
 from maild.store.models import ALERT_STATUSES, QUEUED, Alert, OutboxMail, Subscriber
 
