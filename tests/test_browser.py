@@ -34,7 +34,7 @@ from maild.service.services import Services, build_services
 from maild.store.models import OutboxMail, Subscriber
 from maild.web.app import create_app
 from maild.web.server import web_server
-from tests.configs import make_config
+from tests.configs import make_config, run_now
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -85,7 +85,9 @@ def site(tmp_path: Path) -> Iterator[Site]:
     config = make_config(tmp_path)
     clock = FakeClock()
     services = build_services(config, clock)
-    app = create_app(config, services.registrations, services.areas, services.links, clock)
+    app = create_app(
+        config, services.registrations, services.areas, services.links, clock, answer_signup=run_now
+    )
     server = web_server(app, "127.0.0.1", 0)
     thread = threading.Thread(target=server.run, name="web", daemon=True)
     thread.start()

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
-from werkzeug.test import Client as WebClient
 
 from maild.common.clock import FakeClock
 from maild.common.config import ConfigError, LimitsConfig
@@ -31,7 +30,7 @@ from maild.residents.limits import (
 from maild.service.services import build_services
 from maild.store.models import OutboxMail
 from maild.web.app import create_app
-from tests.configs import make_config
+from tests.configs import ClosingClient, make_config, run_now
 from tests.test_smtp_inbound import Client as SmtpClient
 
 PEER = "198.51.100.7"
@@ -232,9 +231,15 @@ def test_blank_mails_and_signups_spend_from_one_budget(tmp_path: Path) -> None:
     shared = AnswerBudget(config.limits, clock)
     handler = InboundHandler(config, services.registrations, clock, budget=shared)
     app = create_app(
-        config, services.registrations, services.areas, services.links, clock, budget=shared
+        config,
+        services.registrations,
+        services.areas,
+        services.links,
+        clock,
+        budget=shared,
+        answer_signup=run_now,
     )
-    browser = WebClient(app)
+    browser = ClosingClient(app)
 
     def signup(address: str) -> int:
         page = browser.get("/signup")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 from werkzeug.test import Client, TestResponse
 
 from maild.common.clock import FakeClock
@@ -26,7 +26,7 @@ from maild.store.models import ACTIVE, PENDING, OutboxMail, Subscriber
 from maild.web.app import CONTENT_SECURITY_POLICY, MAX_BODY_BYTES, WebApp, create_app
 from maild.web.health import health_status
 from maild.web.page import safe_path
-from tests.configs import make_config, write_config
+from tests.configs import ClosingClient, make_config, run_now, write_config
 
 CSRF_FIELD = re.compile(r'name="csrf" value="([^"]+)"')
 
@@ -98,8 +98,16 @@ def make_web(
     config = make_config(folder, **over)
     clock = FakeClock()
     services = build_services(config, clock)
-    app = create_app(config, services.registrations, services.areas, services.links, clock, health)
-    return Web(app, Client(app), services, clock)
+    app = create_app(
+        config,
+        services.registrations,
+        services.areas,
+        services.links,
+        clock,
+        health,
+        answer_signup=run_now,
+    )
+    return Web(app, ClosingClient(app), services, clock)
 
 
 @pytest.fixture
@@ -735,3 +743,48 @@ def test_a_token_with_bytes_outside_its_alphabet_is_refused_on_every_route(
         response = web.client.get(f"/{route}/{token}{extra}")
         assert response.status_code in (400, 404), (route, extra)
         assert "リンクが正しくありません" in response.text or response.status_code == 404
+
+
+def test_signup_page_does_the_same_database_work_for_a_registered_and_a_new_address(
+    tmp_path: Path,
+) -> None:
+    # Issue 13.12: the answer differs (manage link or register link), so it is written
+    # after the page has gone; the page itself must not touch the database differently.
+    config = make_config(tmp_path)
+    clock = FakeClock()
+    services = build_services(config, clock)
+    queued: list[Callable[[], None]] = []
+    app = create_app(
+        config,
+        services.registrations,
+        services.areas,
+        services.links,
+        clock,
+        answer_signup=queued.append,
+    )
+    web = Web(app, ClosingClient(app), services, clock)
+    web.active("registered@example.jp")
+    clock.advance(minutes=11)  # past the one-answer-per-10-minutes rule
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement.split()[0])
+
+    def post(address: str) -> list[str]:
+        csrf = web.csrf("/signup")
+        statements.clear()
+        event.listen(services.db.engine, "before_cursor_execute", record)
+        try:
+            response = web.client.post("/signup", data={"csrf": csrf, "address": address})
+        finally:
+            event.remove(services.db.engine, "before_cursor_execute", record)
+        assert response.status_code == 200
+        return list(statements)
+
+    mails_before = len(web.outbox())
+    assert post("registered@example.jp") == post("new@example.jp") == []
+    assert len(queued) == 2 and len(web.outbox()) == mails_before  # nothing answered yet
+    for job in queued:
+        job()
+    kinds = [purpose for purpose, _, _ in web.outbox()[mails_before:]]
+    assert len(kinds) == 2 and kinds[0] != kinds[1]  # a manage and a register mail

@@ -207,6 +207,7 @@ class Daemon:
             await asyncio.gather(*tasks, return_exceptions=True)
             scheduler.shutdown()
             await _close_web(web, web_thread)
+            await asyncio.to_thread(app.close)  # /signup answers still queued
             await outbox_relay.close()
             await alert_relay.close()
             services.db.dispose()

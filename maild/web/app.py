@@ -34,7 +34,7 @@ from maild.residents.links import Links
 from maild.residents.registration import Registrations
 from maild.web.health import Health, HealthPages, Metrics, database_health
 from maild.web.page import Block, Page, Site, safe_path
-from maild.web.signup import SignupPages
+from maild.web.signup import Runner, SignupPages
 from maild.web.subscription import SubscriptionPages
 
 if TYPE_CHECKING:
@@ -102,6 +102,7 @@ class WebApp:
         health: Health | None = None,
         metrics: Metrics | None = None,
         budget: AnswerBudget | None = None,
+        answer_signup: Runner | None = None,
     ) -> None:
         # Without the daemon's shared budget (the separate WSGI entry point) the web keeps
         # its own; set before config, whose setter keeps the budget's limits in step.
@@ -118,7 +119,8 @@ class WebApp:
             trim_blocks=True,
             lstrip_blocks=True,
         )
-        signup = SignupPages(registrations, self.budget)
+        self.signup = SignupPages(registrations, self.budget, answer_signup)
+        signup = self.signup
         subscription = SubscriptionPages(registrations, links)
         operators = HealthPages(health or database_health(registrations.db), metrics)
         self._views: dict[str, Callable[..., Response]] = {
@@ -142,6 +144,10 @@ class WebApp:
         # A reload assigns the new config here (maild.service.reload); the limits go with it.
         self._config = config
         self.budget.reconfigure(config.limits)
+
+    def close(self) -> None:
+        """Answer the /signup requests still queued; call after the server has stopped."""
+        self.signup.close()
 
     def reconfigure(self, config: Config) -> None:
         """A reloaded config (SIGHUP, :mod:`maild.service.reload`): pages, limits, areas and
@@ -232,10 +238,15 @@ def create_app(
     health: Health | None = None,
     metrics: Metrics | None = None,
     budget: AnswerBudget | None = None,
+    answer_signup: Runner | None = None,
 ) -> WebApp:
     """The WSGI callable for the daemon's waitress server or any other WSGI server.
 
     ``budget``: the answer budget the SMTP listener spends from too (the daemon
     builds one and passes it to both); without it the app keeps its own.
+    ``answer_signup``: runs a /signup's answer (see :mod:`maild.web.signup`); by default
+    one background thread, so the page takes as long whoever the address is.
     """
-    return WebApp(config, registrations, areas, links, clock, health, metrics, budget)
+    return WebApp(
+        config, registrations, areas, links, clock, health, metrics, budget, answer_signup
+    )
