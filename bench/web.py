@@ -2,8 +2,8 @@
 
 The token belongs to a resident who sent a blank mail and has not yet completed the
 form, the page a phone opens from the registration mail. Both are served by
-:func:`maild.web.server.web_server` (waitress, 8 threads, maild's channel and thread
-pool); ``wrk`` runs with one thread, so the other core is left to the server, and
+:func:`maild.web.server.web_server` (stock waitress, 8 threads, maild's settings);
+``wrk`` runs with one thread, so the other core is left to the server, and
 both get the same short warm-up first.
 """
 

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.procs import BenchError
-from maild.alerts.spool import place_in_spool
+from maild.alerts.spool_files import place_in_spool
 from maild.common.config import Config, load_config
-from maild.delivery.alertmail import AlertContent, Personal, template_for
+from maild.delivery.alertmail import AlertContent, Personal, date_header, template_for
 from maild.residents.areas import AreaMap
 from maild.residents.links import MANAGE, REGISTER, UNSUBSCRIBE, Links, VerpTokens, read_key
 from tests.configs import to_toml  # one TOML writer for tests and benchmarks
@@ -73,7 +73,7 @@ class Workspace:
 
     @property
     def database(self) -> Path:
-        return self.folder / "state" / "maild.store.db"
+        return self.folder / "state" / "maild.db"
 
     @property
     def spool(self) -> Path:
@@ -230,8 +230,9 @@ def sample_message(workspace: Workspace) -> bytes:
         area_label=areas.describe(("all",)),
         body=ALERT_BODY,
         sender=ALERT_SENDER,
+        message_key=os.urandom(8).hex(),
     )
-    template = template_for(config, content, dt.datetime.now(dt.UTC))
+    template = template_for(config, content)
     key = os.urandom(32).hex().encode()
     links, verp = Links(key), VerpTokens(key)
     subscriber_id, link_key = 123_456, os.urandom(8).hex()
@@ -245,7 +246,7 @@ def sample_message(workspace: Workspace) -> bytes:
         ),
         envelope_from=f"bounce+{verp.make(subscriber_id)}@mail.example.jp",
     )
-    return template.personalise(personal)
+    return template.personalise(personal, date_header(dt.datetime.now(dt.UTC), config))
 
 
 def write_message_file(path: Path, data: bytes) -> Path:

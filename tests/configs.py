@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from werkzeug.test import Client, TestResponse
 
 from maild.common.config import Config, load_config
 
@@ -67,3 +70,16 @@ def write_config(folder: Path, **overrides: dict[str, Any]) -> Path:
 
 def make_config(folder: Path, **overrides: dict[str, Any]) -> Config:
     return load_config(write_config(folder, **overrides))
+
+
+def run_now(job: Callable[[], None]) -> None:
+    """A /signup answer runner for in-process tests: at once, before the page returns."""
+    job()
+
+
+class ClosingClient(Client):
+    """Werkzeug's test client, closing each response as a WSGI server does after sending
+    it (``buffered``): work a page starts on close (a /signup's answer) then runs."""
+
+    def open(self, *args: Any, buffered: bool = True, **kwargs: Any) -> TestResponse:
+        return super().open(*args, buffered=buffered, **kwargs)

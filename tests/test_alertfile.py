@@ -16,10 +16,10 @@ from maild.alerts.alertfile import (
     AlertFileInvalid,
     FileProblem,
     category_id,
-    error_report,
     parse_alert,
-    subject_with_area,
 )
+from maild.alerts.spool_files import error_report
+from maild.delivery.alertmail import subject_with_area
 
 TOKYO = ZoneInfo("Asia/Tokyo")
 

@@ -10,39 +10,22 @@ import maild
 
 ROOT = Path(maild.__file__).parent
 
-# Each package may import itself and the packages listed for it; nothing else of maild.
-# Read bottom-up: common < store < mail < residents < alerts < delivery/inbound/web <
-# service < cli.
+# The layers, bottom-up: a package may import itself and the packages of the layers
+# below its own, nothing else of maild (so never one of its own layer, nor a circle).
+LAYERS: list[tuple[str, ...]] = [
+    ("common",),
+    ("store",),
+    ("mail",),
+    ("residents",),
+    ("alerts",),
+    ("delivery", "inbound", "web"),
+    ("service",),
+    ("cli",),
+]
 ALLOWED: dict[str, set[str]] = {
-    "common": set(),
-    "store": {"common"},
-    "mail": {"common", "store"},
-    "residents": {"common", "store", "mail"},
-    "alerts": {"common", "store", "mail", "residents"},
-    "delivery": {"common", "store", "mail", "residents", "alerts"},
-    "inbound": {"common", "store", "mail", "residents"},
-    "web": {"common", "store", "mail", "residents"},
-    "service": {
-        "common",
-        "store",
-        "mail",
-        "residents",
-        "alerts",
-        "delivery",
-        "inbound",
-        "web",
-    },
-    "cli": {
-        "common",
-        "store",
-        "mail",
-        "residents",
-        "alerts",
-        "delivery",
-        "inbound",
-        "web",
-        "service",
-    },
+    package: {below for lower in LAYERS[:level] for below in lower}
+    for level, layer in enumerate(LAYERS)
+    for package in layer
 }
 MAX_LINES = 500
 

@@ -8,13 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from maild.residents.areas import (
+from maild.residents.areas import AreaFileError, AreaMap, UnknownArea
+from maild.residents.categories import (
     ALL_CATEGORIES_MASK,
     CATEGORIES,
     CATEGORY_IDS,
-    AreaFileError,
-    AreaMap,
-    UnknownArea,
     UnknownCategory,
     categories_from_mask,
     category_bit,

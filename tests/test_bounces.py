@@ -24,8 +24,9 @@ from maild.alerts.window import WindowRules
 from maild.alerts.workflow import Alerts, Source
 from maild.common.clock import FakeClock
 from maild.delivery.fanout import FanoutSender
-from maild.mail.relay import DeliveryError, PermanentFailure, TemporaryFailure, open_relay
-from maild.residents.areas import CATEGORY_IDS, AreaMap, mask_from_categories
+from maild.mail.errors import DeliveryError, PermanentFailure, TemporaryFailure
+from maild.mail.relay import open_relay
+from maild.residents.areas import AreaMap
 from maild.residents.bounces import (
     ALREADY_TODAY,
     NOT_ACTIVE,
@@ -36,6 +37,7 @@ from maild.residents.bounces import (
     classify,
     relay_failure_counts,
 )
+from maild.residents.categories import CATEGORY_IDS, mask_from_categories
 from maild.residents.links import Links, new_link_key
 from maild.residents.subscribers import revive
 from maild.store.db import Database
@@ -162,6 +164,8 @@ RECIPIENTS = {
     "none__vacation-reply.eml": None,
     "permanent__au-ezweb-plain.eml": "jiro.kato@ezweb.ne.jp",
     "permanent__exim-plain.eml": "daisuke@example.com",
+    "permanent__postfix-dsn-expired-4.4.1-connect-timeout.eml": "ken.ito@example.ne.jp",
+    "permanent__postfix-dsn-expired-4.4.7-suspended.eml": "ken.ito@example.ne.jp",
     "permanent__postfix-dsn-docomo-unknown-user.eml": "taro.yamada@docomo.ne.jp",
     "permanent__postfix-dsn-gmail-5.1.1.eml": "kenji.watanabe.sendai@gmail.com",
     "permanent__qmail-plain.eml": "shota@example.net",
@@ -228,9 +232,10 @@ def test_the_returned_original_is_not_read_as_part_of_the_notice() -> None:
         ("Failed (user unknown)", "5.1.1 (bad mailbox)", None, True, True),
         ("error", "5.1.1", None, True, True),  # OpenSMTPD's non-standard Action
         ("failed", "", "smtp; 550 no such user", True, True),
-        ("failed", "", "smtp; 451 try later", False, False),
+        ("failed", "", "smtp; 451 try later", True, True),  # failed is final, 4xx or not
         ("failed", "", "", True, True),  # RFC 3464 §2.3.3: failed is final
-        ("failed", "4.4.7", "X-Postfix; delivery time expired", False, False),
+        ("failed", "4.4.7", "X-Postfix; delivery time expired", True, True),  # expired in the queue
+        ("failed", "4.7.1", "smtp; 451 4.7.1 greylisted", True, False),  # about us: not counted
         ("failed", "5.2.2", "smtp; 552 5.2.2 over quota", False, False),
         ("failed", "5.0.0", "smtp; 552 Mailbox full", False, False),
         ("failed", "5.7.1", "smtp; 554 5.7.1 Relay access denied", True, False),

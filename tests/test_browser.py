@@ -16,7 +16,6 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from playwright.sync_api import (
@@ -35,7 +34,7 @@ from maild.service.services import Services, build_services
 from maild.store.models import OutboxMail, Subscriber
 from maild.web.app import create_app
 from maild.web.server import web_server
-from tests.configs import make_config
+from tests.configs import make_config, run_now
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -89,12 +88,14 @@ def site(tmp_path: Path) -> Iterator[Site]:
     config = make_config(tmp_path)
     clock = FakeClock()
     services = build_services(config, clock)
-    app = create_app(config, services.registrations, services.areas, services.links, clock)
-    server: Any = web_server(app, "127.0.0.1", 0)
+    app = create_app(
+        config, services.registrations, services.areas, services.links, clock, answer_signup=run_now
+    )
+    server = web_server(app, "127.0.0.1", 0)
     thread = threading.Thread(target=server.run, name="web", daemon=True)
     thread.start()
     try:
-        yield Site(f"http://127.0.0.1:{server.effective_port}", services)
+        yield Site(f"http://127.0.0.1:{server.port}", services)
     finally:
         server.close()
         thread.join(10)

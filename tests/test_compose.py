@@ -6,14 +6,17 @@ import datetime as dt
 import email
 import email.message
 import email.policy
+import random
 import re
 import zoneinfo
 from collections import Counter
+from email.header import decode_header, make_header
 from typing import Any
 
 import pytest
 
-from maild.mail.compose import compose
+from maild.mail import legacy
+from maild.mail.compose import ISO_2022_JP, UTF8, Charset, compose, header_fields
 
 TOKYO = zoneinfo.ZoneInfo("Asia/Tokyo")
 DATE = dt.datetime(2026, 12, 1, 9, 30, tzinfo=TOKYO)
@@ -176,3 +179,53 @@ def test_ascii_subject_and_name_stay_readable() -> None:
 def test_body_line_endings_are_canonical() -> None:
     msg = parse(make(body="一行目\r\n二行目\r三行目\n四行目"))
     assert msg.get_payload(decode=True) == "一行目\r\n二行目\r\n三行目\r\n四行目\r\n".encode()
+
+
+# Characters subjects are made of: ASCII, kana, kanji, full-width forms, symbols, emoji.
+_SUBJECT_ALPHABET = (
+    "abcXYZ019 -:【】（）、。・"
+    "あいうえおかきくけこがぎアイウエオカキクケコガギ"
+    "不審者声掛事案発生仙台市青葉区宮城野若林太白泉石巻塩竈気仙沼"
+    "ＡＢＣ１２３！？〜ー"
+)
+_EMOJI = "⚠🚓📢"
+_ENCODED_WORD = re.compile(r"=\?[^?]+\?[BbQq]\?[^?]*\?=")
+
+
+def _random_subjects(seed: int, count: int, emoji: bool) -> list[str]:
+    rng = random.Random(seed)
+    alphabet = _SUBJECT_ALPHABET + (_EMOJI if emoji else "")
+    return [
+        "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 160))).strip() or "件名"
+        for _ in range(count)
+    ]
+
+
+@pytest.mark.parametrize("charset", [UTF8, ISO_2022_JP])
+def test_encoded_words_are_at_most_75_characters_and_decode_back(charset: Charset) -> None:
+    # RFC 2047 §2: at most 75 characters a word, 76 a line holding one.
+    for subject in _random_subjects(2047, 1500, emoji=charset == UTF8):
+        fields = dict(
+            header_fields(
+                from_address="alert@mail.example.jp",
+                from_name="みやぎSecurityメール",
+                to="taro@example.jp",
+                subject=subject,
+                date=DATE,
+                message_id="<x@mail.example.jp>",
+                auto_submitted="auto-generated",
+                charset=charset,
+            )
+        )
+        for name in ("Subject", "From"):
+            lines = f"{name}: {fields[name]}".split("\r\n")
+            for line in lines:
+                for word in _ENCODED_WORD.findall(line):
+                    assert len(word) <= 75, (subject, word)
+                if _ENCODED_WORD.search(line):
+                    assert len(line) <= 76, (subject, line)
+        decoded = str(make_header(decode_header(fields["Subject"].replace("\r\n", ""))))
+        expected = " ".join(subject.split())
+        if charset == ISO_2022_JP:
+            expected = legacy.to_legacy(expected)
+        assert decoded == expected

@@ -17,7 +17,7 @@ def test_example_config_loads_with_spec_defaults() -> None:
     assert config.smtp.listen == ListenAddress("0.0.0.0", 25)
     assert config.window.start == "08:30" and config.window.end == "17:15"
     assert config.limits.answers_per_ip_per_minute == 120
-    assert config.database_url == "sqlite:////var/lib/maild/maild.store.db"
+    assert config.database_url == "sqlite:////var/lib/maild/maild.db"
     assert config.areas.file == REPO / "config" / "areas.toml"
 
 
@@ -104,3 +104,28 @@ def test_missing_config_file_is_one_sentence(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "does not exist" in done.stderr and "Traceback" not in done.stderr
+
+
+# --- issue 13.5: links are https with a real relay ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("base_url", "relay", "refused"),
+    [
+        ("http://mail.example.jp", "smtp://127.0.0.1:25", True),
+        ("https://mail.example.jp", "smtp://127.0.0.1:25", False),
+        ("http://mail.example.jp", "maildir:var/maildir", False),  # make run
+        ("http://127.0.0.1:8080", "smtp://127.0.0.1:25", False),  # a developer's machine
+        ("http://[::1]:8080", "smtp://127.0.0.1:25", False),
+        ("http://localhost:8080", "smtp://127.0.0.1:25", False),
+    ],
+)
+def test_base_url_must_be_https_with_a_real_relay(
+    tmp_path: Path, base_url: str, relay: str, refused: bool
+) -> None:
+    path = write_config(tmp_path, service={"base_url": base_url}, relay={"url": relay})
+    if refused:
+        with pytest.raises(ConfigError, match=r"base_url: .* must be https://"):
+            load_config(path)
+    else:
+        assert load_config(path).service.base_url == base_url

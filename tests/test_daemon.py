@@ -25,7 +25,7 @@ def blank_mail(port: int, sender: str = PHONE, headers: str = "") -> None:
 
 
 def subscriber_rows(state: Path) -> list[tuple[str, str]]:
-    with sqlite3.connect(state / "maild.store.db") as db:
+    with sqlite3.connect(state / "maild.db") as db:
         return db.execute("SELECT address, status FROM subscribers").fetchall()
 
 
@@ -132,7 +132,7 @@ def test_state_files_are_private(
     maild = daemon(config_path())
     blank_mail(maild.smtp_port, "c@example.jp")
     assert maild.stop() == 0
-    for name in ("maild.store.db", "secret.key"):
+    for name in ("maild.db", "secret.key"):
         mode = (tmp_path / "state" / name).stat().st_mode & 0o777
         assert mode == 0o600, name
     mails = list((tmp_path / "maildir" / "new").iterdir())

@@ -1,21 +1,20 @@
-"""Database.plain_row: a hot read-only query straight from the driver, per thread on SQLite."""
+"""Database: a private SQLite file in WAL mode, sessions that see each other's commits,
+durable transactions that roll back on error, and a schema check that names the fix."""
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from sqlalchemy import bindparam, select
+from sqlalchemy import func, select, text
 
-from maild.store.db import Database
+from maild.store.db import Database, SchemaError, make_engine
 from maild.store.models import Subscriber
 from tests.configs import make_config
-
-ADDRESS = select(Subscriber.address, Subscriber.id).where(
-    Subscriber.status == bindparam("status"), Subscriber.link_key == bindparam("key")
-)
 
 
 @pytest.fixture
@@ -36,34 +35,60 @@ def _add(db: Database, key: str) -> None:
         )
 
 
-def test_plain_row_returns_the_first_row_or_none(db: Database) -> None:
+def _address(db: Database, key: str, status: str) -> str | None:
+    query = select(Subscriber.address).where(
+        Subscriber.link_key == key, Subscriber.status == status
+    )
+    with db.transaction() as session:
+        return session.scalar(query)
+
+
+def test_the_sqlite_file_is_private_and_in_wal_mode(db: Database) -> None:
+    path = Path(db.engine.url.database or "")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    with db.engine.connect() as connection:
+        assert connection.scalar(text("PRAGMA journal_mode")) == "wal"
+
+
+def test_reads_see_what_other_connections_commit(db: Database) -> None:
     _add(db, "k1")
-    assert db.plain_row(ADDRESS, {"status": "pending", "key": "k1"}) == ("k1@example.jp", 1)
-    assert db.plain_row(ADDRESS, {"status": "active", "key": "k1"}) is None
-    assert db.plain_row(ADDRESS, {"key": "k1", "status": "pending"}) == ("k1@example.jp", 1)
-
-
-def test_plain_row_takes_plain_columns_only(db: Database) -> None:
-    created = select(Subscriber.created_at).where(Subscriber.id == bindparam("id"))
-    with pytest.raises(TypeError, match="integer and string"):
-        db.plain_row(created, {"id": 1})  # a UTCDateTime would come back naive
-
-
-def test_plain_row_sees_what_other_connections_commit(db: Database) -> None:
-    # Each thread keeps its reading connection: it must not keep a snapshot too.
-    _add(db, "k1")
-    assert db.plain_row(ADDRESS, {"status": "pending", "key": "k1"}) == ("k1@example.jp", 1)
-    with db.engine.begin() as connection:
+    assert _address(db, "k1", "pending") == "k1@example.jp"
+    with db.durable_transaction() as connection:
         connection.exec_driver_sql("UPDATE subscribers SET status = 'active'")
-    assert db.plain_row(ADDRESS, {"status": "pending", "key": "k1"}) is None
-    assert db.plain_row(ADDRESS, {"status": "active", "key": "k1"}) == ("k1@example.jp", 1)
+    assert _address(db, "k1", "pending") is None
+    assert _address(db, "k1", "active") == "k1@example.jp"
 
 
-def test_plain_row_reads_from_every_thread_and_after_dispose(db: Database) -> None:
+def test_reads_from_many_threads_and_after_dispose(db: Database) -> None:
     _add(db, "k1")
-    query = {"status": "pending", "key": "k1"}
     with ThreadPoolExecutor(4) as pool:
-        rows = list(pool.map(lambda _: db.plain_row(ADDRESS, query), range(40)))
-    assert rows == [("k1@example.jp", 1)] * 40
-    db.dispose()  # closes the threads' connections; a later read opens a new one
-    assert db.plain_row(ADDRESS, query) == ("k1@example.jp", 1)
+        found = list(pool.map(lambda _: _address(db, "k1", "pending"), range(40)))
+    assert found == ["k1@example.jp"] * 40
+    db.dispose()  # the pools are emptied; a later read opens a new connection
+    assert _address(db, "k1", "pending") == "k1@example.jp"
+
+
+def test_a_failed_durable_transaction_leaves_nothing(db: Database) -> None:
+    _add(db, "k1")
+    with pytest.raises(RuntimeError), db.durable_transaction() as connection:
+        connection.exec_driver_sql("DELETE FROM subscribers")
+        raise RuntimeError("after the write")
+    with db.transaction() as session:
+        assert session.scalar(select(func.count()).select_from(Subscriber)) == 1
+
+
+def test_the_schema_check_names_the_command_to_run(tmp_path: Path) -> None:
+    database = Database(make_config(tmp_path).database_url)
+    try:
+        with pytest.raises(SchemaError, match="maild db upgrade"):
+            database.check_schema()
+        database.upgrade()
+        database.check_schema()
+    finally:
+        database.dispose()
+
+
+def test_commands_do_not_create_a_missing_database(tmp_path: Path) -> None:
+    with pytest.raises(SchemaError, match="does not exist"):
+        make_engine(f"sqlite:///{tmp_path / 'missing.db'}", create=False)
+    assert not (tmp_path / "missing.db").exists()

@@ -9,6 +9,7 @@ import logging
 import re
 import zoneinfo
 from collections.abc import Callable
+from email.utils import format_datetime
 from pathlib import Path
 
 import dkim  # type: ignore[import-untyped]
@@ -18,9 +19,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from maild.common.config import DkimConfig, RelayConfig
 from maild.delivery.alertmail import AlertContent, AlertTemplate, Personal
+from maild.mail import dkim as maild_dkim
 from maild.mail.compose import compose
 from maild.mail.dkim import DkimSigner, load_private_key, publish_record, signing
 from maild.mail.relay import open_relay
+from tests.configs import make_config
 from tests.smtpsink import SmtpSink
 
 TOKYO = zoneinfo.ZoneInfo("Asia/Tokyo")
@@ -123,13 +126,13 @@ def alert_mail() -> bytes:
             area_label="青葉区",
             body="12月1日午後4時ころ、青葉区内の路上で、下校中の児童が声をかけられました。\n" * 8,
             sender="仙台北警察署",
+            message_key="0123456789abcdef",
         ),
         from_address="info@mail.example.jp",
         from_name="みやぎSecurityメール",
         subject_prefix="【みやぎSecurityメール】",
         list_id=f"<alerts.{DOMAIN}>",
         hostname=DOMAIN,
-        date=DATE,
     )
     return template.personalise(
         Personal(
@@ -138,7 +141,8 @@ def alert_mail() -> bytes:
             manage_url="https://mail.example.jp/manage/SUBSCRIBER-TOKEN",
             unsubscribe_url=UNSUBSCRIBE,
             envelope_from="bounce+VERP@mail.example.jp",
-        )
+        ),
+        format_datetime(DATE),
     )
 
 
@@ -371,3 +375,78 @@ def test_signing_relay_delivers_signed_mail(keys: dict[str, Path], sink: SmtpSin
 def test_no_signer_leaves_the_relay_alone(sink: SmtpSink) -> None:
     relay = open_relay(RelayConfig(url=sink.url), DOMAIN)
     assert signing(relay, None) is relay
+
+
+# --- issue 13.4: RSA and Ed25519 together ------------------------------------------------
+
+
+def test_two_keys_give_two_signatures_each_verified_with_its_own_record(
+    keys: dict[str, Path],
+) -> None:
+    config = DkimConfig(
+        domain=DOMAIN,
+        selector="ed",
+        key_file=keys["ed25519"],
+        second_selector="rsa",
+        second_key_file=keys["rsa"],
+    )
+    signer = DkimSigner.from_config(config)
+    assert signer is not None
+    original = alert_mail()
+    signed = signer.sign(original)
+    assert signed.count(b"DKIM-Signature:") == 2 and signed.endswith(original)
+    records = {
+        f"ed._domainkey.{DOMAIN}.".encode(): publish_record(keys["ed25519"]).encode(),
+        f"rsa._domainkey.{DOMAIN}.".encode(): publish_record(keys["rsa"]).encode(),
+    }
+
+    def dnsfunc(name: bytes, timeout: float = 5) -> bytes | None:
+        return records.get(name)
+
+    # dkimpy verifies the signature at the index given; each one on its own.
+    assert dkim.DKIM(signed).verify(idx=0, dnsfunc=dnsfunc)
+    assert dkim.DKIM(signed).verify(idx=1, dnsfunc=dnsfunc)
+    algorithms = {
+        line.split(b"a=", 1)[1].split(b";", 1)[0]
+        for line in signed.replace(b"\r\n\t", b" ").replace(b"\r\n ", b" ").split(b"\r\n")
+        if line.startswith(b"DKIM-Signature:")
+    }
+    assert algorithms == {b"ed25519-sha256", b"rsa-sha256"}
+
+
+def test_two_keys_of_one_kind_are_refused(keys: dict[str, Path]) -> None:
+    config = DkimConfig(
+        domain=DOMAIN,
+        selector="a",
+        key_file=keys["rsa"],
+        second_selector="b",
+        second_key_file=keys["rsa"],
+    )
+    with pytest.raises(ValueError, match="different kinds"):
+        DkimSigner.from_config(config)
+
+
+@pytest.mark.parametrize(
+    ("relay", "second", "refused"),
+    [
+        ("smtp://127.0.0.1:25", False, True),  # Ed25519 alone to a real relay
+        ("smtp://127.0.0.1:25", True, False),  # with RSA beside it
+        ("maildir:var/maildir", False, False),  # make run: nothing leaves the machine
+    ],
+)
+def test_ed25519_alone_is_refused_with_a_real_relay(
+    keys: dict[str, Path], tmp_path: Path, relay: str, second: bool, refused: bool
+) -> None:
+    dkim_section: dict[str, str] = {
+        "domain": DOMAIN,
+        "selector": "ed",
+        "key_file": str(keys["ed25519"]),
+    }
+    if second:
+        dkim_section |= {"second_selector": "rsa", "second_key_file": str(keys["rsa"])}
+    config = make_config(tmp_path, relay={"url": relay}, dkim=dkim_section)
+    if refused:
+        with pytest.raises(ValueError, match="Ed25519 key alone"):
+            maild_dkim.signer_for(config)
+    else:
+        assert maild_dkim.signer_for(config) is not None

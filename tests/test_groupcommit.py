@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from maild.inbound.groupcommit import GroupCommit
+from maild.store.groupcommit import GroupCommit
 
 TIMEOUT = 10.0
 

@@ -4,6 +4,7 @@ mapping, refusal, and the bytes as a mail reader decodes them."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import email
 import email.message
@@ -12,14 +13,22 @@ import re
 import tomllib
 import zoneinfo
 from collections.abc import Iterator
+from email.utils import format_datetime
 from typing import Any
 
 import pytest
 
-from maild.alerts.alertfile import FileProblem, error_report
+from maild.alerts.alertfile import FileProblem
 from maild.alerts.legacy_check import check_alert_for_legacy
+from maild.alerts.spool_files import error_report
 from maild.common.config import RelayConfig
-from maild.delivery.alertmail import AlertContent, AlertTemplate, Personal, body_text
+from maild.delivery.alertmail import (
+    AlertContent,
+    AlertTemplate,
+    Personal,
+    body_text,
+    new_message_key,
+)
 from maild.mail.compose import compose, encode_body
 from maild.mail.legacy import (
     LEGACY_MAP,
@@ -36,6 +45,7 @@ from tests.smtpsink import SmtpSink, smtp_sink
 
 TOKYO = zoneinfo.ZoneInfo("Asia/Tokyo")
 DATE = dt.datetime(2026, 12, 1, 9, 30, tzinfo=TOKYO)
+DATE_HEADER = format_datetime(DATE)
 SUBJECT = "【みやぎSecurityメール】㈱を名乗る不審電話～ご注意を【青葉区】"
 SUBJECT_SENT = "【みやぎSecurityメール】(株)を名乗る不審電話〜ご注意を【青葉区】"
 BODY = (
@@ -253,6 +263,7 @@ ALERT = AlertContent(
     area_label="青葉区・仙台北警察署",
     body="①不審な電話に注意～\n髙橋さん宅で確認。",
     sender="仙台北警察署",
+    message_key="0123456789abcdef",
 )
 
 
@@ -264,7 +275,6 @@ def template(charset: str = "iso-2022-jp", content: AlertContent = ALERT) -> Ale
         subject_prefix="【みやぎSecurityメール】",
         list_id="<alerts.mail.example.jp>",
         hostname="mail.example.jp",
-        date=DATE,
         charset=charset,  # type: ignore[arg-type]
     )
 
@@ -280,14 +290,14 @@ def personal(number: int = 1, address: str = "hanako@docomo.ne.jp") -> Personal:
 
 
 def test_alert_template_iso_2022_jp_with_personal_footer() -> None:
-    data = template().personalise(personal(42))
+    data = template().personalise(personal(42), DATE_HEADER)
     assert_clean_iso_2022_jp(data)
     msg = parse(data)
     assert msg["Subject"] == (
         "【みやぎSecurityメール】(株)を名乗る不審電話【青葉区・仙台北警察署】"
     )
     assert msg["To"].addresses[0].addr_spec == "hanako@docomo.ne.jp"
-    assert msg["Message-ID"] == "<alert-7.42@mail.example.jp>"
+    assert msg["Message-ID"] == "<alert-7.42.0123456789abcdef@mail.example.jp>"
     assert msg["List-Unsubscribe"] == "<https://mail.example.jp/unsubscribe/TOKEN42>"
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert msg.get_content_charset() == "iso-2022-jp"
@@ -317,25 +327,26 @@ def test_utf8_body_encoded_in_two_parts_equals_the_whole_encoded_at_once(extra: 
         area_label="青葉区",
         body="a" * extra + "不審な電話に注意\r\n髙橋さん宅で確認。\n",
         sender=None if extra % 2 else "仙台北警察署",
+        message_key="0123456789abcdef",
     )
-    data = template("utf-8", content).personalise(personal(3))
+    data = template("utf-8", content).personalise(personal(3), DATE_HEADER)
     body = data.split(b"\r\n\r\n", 1)[1]
     assert body == encode_body(body_text(content, personal(3).manage_url))
 
 
 def test_each_recipient_gets_their_own_footer_and_utf8_is_unchanged() -> None:
     legacy = template()
-    first, second = (parse(legacy.personalise(personal(n))) for n in (1, 2))
+    first, second = (parse(legacy.personalise(personal(n), DATE_HEADER)) for n in (1, 2))
     assert content(first).endswith("/manage/TOKEN1\n")
     assert content(second).endswith("/manage/TOKEN2\n")
-    plain = parse(template("utf-8").personalise(personal(1)))
+    plain = parse(template("utf-8").personalise(personal(1), DATE_HEADER))
     assert plain.get_content_charset() == "utf-8"
     assert content(plain) == body_text(ALERT, personal(1).manage_url)
     assert "㈱" in plain["Subject"]
 
 
 def test_alert_template_refuses_an_emoji_for_legacy_only() -> None:
-    bad = AlertContent(7, "不審者", "青葉区", "本文です\n見かけたら😀通報を", None)
+    bad = AlertContent(7, "不審者", "青葉区", "本文です\n見かけたら😀通報を", None, "0" * 16)
     template("utf-8", bad)  # smartphones get it as written
     with pytest.raises(LegacyCharsetError) as caught:
         template("iso-2022-jp", bad)
@@ -381,7 +392,7 @@ def sink() -> Iterator[SmtpSink]:
 
 
 def test_legacy_mail_crosses_a_real_smtp_server_intact(sink: SmtpSink) -> None:
-    data = template().personalise(personal(3, "taro..test.@docomo.ne.jp"))
+    data = template().personalise(personal(3, "taro..test.@docomo.ne.jp"), DATE_HEADER)
 
     async def send() -> None:
         relay = open_relay(RelayConfig(url=sink.url), "maild.test")
@@ -397,3 +408,52 @@ def test_legacy_mail_crosses_a_real_smtp_server_intact(sink: SmtpSink) -> None:
     msg = received.message()
     assert msg["Subject"].startswith("【みやぎSecurityメール】(株)")
     assert content(msg).endswith("/manage/TOKEN3\n")
+
+
+# --- issue 13: Message-ID, Date, test sends ------------------------------------------------
+
+
+def test_message_ids_differ_between_alerts_with_the_same_id_and_stay_across_retries() -> None:
+    # A restored backup or a new database numbers alerts from 1 again: the random key
+    # keeps Gmail from dropping the new alert as a message it has already seen.
+    first = dataclasses.replace(ALERT, message_key=new_message_key())
+    again = dataclasses.replace(ALERT, message_key=new_message_key())
+    ids = {
+        parse(template("utf-8", content).personalise(personal(3), DATE_HEADER))["Message-ID"]
+        for content in (first, again)
+    }
+    assert len(ids) == 2
+    retry = template("utf-8", first)
+    later = format_datetime(DATE + dt.timedelta(hours=6))
+    assert (
+        parse(retry.personalise(personal(3), DATE_HEADER))["Message-ID"]
+        == parse(retry.personalise(personal(3), later))["Message-ID"]
+    )
+
+
+def test_date_is_the_moment_of_hand_off_not_of_the_template() -> None:
+    made = template("utf-8")
+    later = DATE + dt.timedelta(hours=6)
+    msg = parse(made.personalise(personal(3), format_datetime(later)))
+    assert msg["Date"].datetime == later
+    assert len(msg.get_all("Date")) == 1
+
+
+@pytest.mark.parametrize("charset", ["utf-8", "iso-2022-jp"])
+def test_a_test_send_has_no_unsubscribe_link_and_says_it_is_a_test(charset: str) -> None:
+    test = AlertTemplate(
+        ALERT,
+        from_address="info@mail.example.jp",
+        from_name="みやぎSecurityメール",
+        subject_prefix="【みやぎSecurityメール】",
+        list_id="<alerts.mail.example.jp>",
+        hostname="mail.example.jp",
+        test=True,
+        charset=charset,  # type: ignore[arg-type]
+    )
+    msg = parse(test.personalise(personal(1), DATE_HEADER))
+    assert msg["List-Unsubscribe"] is None and msg["List-Unsubscribe-Post"] is None
+    text = content(msg)
+    assert "テスト送信" in text and "test send" in text
+    assert "/manage/" not in text and "/unsubscribe/" not in text
+    assert "変更・解除" not in text

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
-from werkzeug.test import Client as WebClient
 
 from maild.common.clock import FakeClock
 from maild.common.config import ConfigError, LimitsConfig
-from maild.inbound.listener import InboundHandler, InboundServer
+from maild.inbound.handler import InboundHandler
+from maild.inbound.listener import InboundServer
 from maild.residents.limits import (
     HOURLY,
     IP_RATE,
@@ -30,7 +30,7 @@ from maild.residents.limits import (
 from maild.service.services import build_services
 from maild.store.models import OutboxMail
 from maild.web.app import create_app
-from tests.configs import make_config
+from tests.configs import ClosingClient, make_config, run_now
 from tests.test_smtp_inbound import Client as SmtpClient
 
 PEER = "198.51.100.7"
@@ -231,9 +231,15 @@ def test_blank_mails_and_signups_spend_from_one_budget(tmp_path: Path) -> None:
     shared = AnswerBudget(config.limits, clock)
     handler = InboundHandler(config, services.registrations, clock, budget=shared)
     app = create_app(
-        config, services.registrations, services.areas, services.links, clock, budget=shared
+        config,
+        services.registrations,
+        services.areas,
+        services.links,
+        clock,
+        budget=shared,
+        answer_signup=run_now,
     )
-    browser = WebClient(app)
+    browser = ClosingClient(app)
 
     def signup(address: str) -> int:
         page = browser.get("/signup")
@@ -287,7 +293,7 @@ def test_a_reload_gives_the_web_its_new_limits(tmp_path: Path) -> None:
         app = create_app(config, services.registrations, services.areas, services.links, clock)
         assert app.budget.limits.answers_per_ip_per_minute == 1
         # What maild.service.reload does on SIGHUP.
-        app.config = make_config(tmp_path, limits={"answers_per_ip_per_minute": 7})
+        app.reconfigure(make_config(tmp_path, limits={"answers_per_ip_per_minute": 7}))
         assert app.budget.limits.answers_per_ip_per_minute == 7
     finally:
         services.db.dispose()

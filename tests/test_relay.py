@@ -7,6 +7,7 @@ import email
 import email.policy
 import logging
 import stat
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -15,16 +16,8 @@ from typing import TypeVar
 import pytest
 
 from maild.common.config import RelayConfig
-from maild.mail.relay import (
-    DeliveryError,
-    MaildirRelay,
-    PermanentFailure,
-    Relay,
-    SmtpRelay,
-    TemporaryFailure,
-    mask_addresses,
-    open_relay,
-)
+from maild.mail.errors import DeliveryError, PermanentFailure, TemporaryFailure, mask_addresses
+from maild.mail.relay import MaildirRelay, Relay, SmtpRelay, open_relay
 from tests.smtpsink import SmtpSink, smtp_sink
 
 T = TypeVar("T")
@@ -431,3 +424,58 @@ def test_maildir_that_cannot_be_written_is_temporary(tmp_path: Path) -> None:
 def test_mask_addresses_in_free_text() -> None:
     text = 'RCPT <"taro..test."@docomo.ne.jp> and hanako@ezweb.ne.jp, not @here'
     assert mask_addresses(text) == "RCPT <t***@docomo.ne.jp> and h***@ezweb.ne.jp, not @here"
+
+
+def test_a_relay_that_stalls_is_logged_once_per_outage_with_its_stage(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Issue 13.13: a relay that stops answering after DATA left no line saying so.
+    stalling = threading.Event()
+    stalling.set()
+
+    async def main() -> list[str]:
+        async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"220 stall.test ESMTP\r\n")
+            while line := await reader.readline():
+                command = line[:4].upper()
+                if command in (b"EHLO", b"HELO"):
+                    writer.write(b"250 stall.test\r\n")
+                elif command == b"DATA":
+                    writer.write(b"354 go on\r\n")
+                    while (await reader.readline()) not in (b".\r\n", b""):
+                        pass
+                    if stalling.is_set():
+                        continue  # the message is never answered
+                    writer.write(b"250 2.0.0 OK\r\n")
+                elif command == b"QUIT":
+                    writer.write(b"221 bye\r\n")
+                    break
+                else:
+                    writer.write(b"250 OK\r\n")
+                await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(session, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        config = RelayConfig(url=f"smtp://127.0.0.1:{port}", connections=3)
+        relay = SmtpRelay(config, HOSTNAME, timeout=0.3)
+        outcomes = []
+        try:
+            sends = [relay.send(SENDER, TARO, MESSAGE) for _ in range(6)]
+            for result in await asyncio.gather(*sends, return_exceptions=True):
+                assert isinstance(result, TemporaryFailure) and result.timed_out
+                outcomes.append(result.stage)
+            stalling.clear()
+            await relay.send(SENDER, TARO, MESSAGE)
+        finally:
+            await relay.close()
+            server.close()
+        return outcomes
+
+    with caplog.at_level(logging.INFO, logger="maild.delivery"):
+        assert asyncio.run(main()) == ["data"] * 6
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    stalled = [w for w in warnings if "stalled" in w]
+    assert len(stalled) == 1
+    assert "127.0.0.1:" in stalled[0] and "at data" in stalled[0] and "0.3 s" in stalled[0]
+    assert any("answers again" in w for w in warnings)

@@ -4,6 +4,7 @@ by the ``now`` each pass is given."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import pwd
 import stat
@@ -14,14 +15,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from maild.alerts.alertfile import AlertDraft, AlertFileInvalid, FileProblem
-from maild.alerts.spool import (
-    FileMeta,
-    Outcome,
-    SpoolWatcher,
-    ensure_layout,
-    place_in_spool,
-)
+from maild.alerts.alertfile import AlertDraft, AlertFileInvalid, FileProblem, parse_alert
+from maild.alerts.spool import FileMeta, Outcome, SpoolWatcher
+from maild.alerts.spool_files import ensure_layout, place_in_spool
 from maild.residents.areas import AreaMap
 
 TOKYO = ZoneInfo("Asia/Tokyo")
@@ -426,3 +422,61 @@ def test_run_stops_when_told(spool: Path, intake: Recorder, areas: AreaMap) -> N
     # Recovery runs before the first scan.
     assert names(spool / "accepted") == ["1-left.txt", "2-alert.txt"]
     assert len(intake.calls) == 2
+
+
+# --- issue 13.1: a file still being written is not taken ------------------------------
+
+
+@pytest.mark.parametrize("pause", [3.0, 60.0])
+def test_a_writer_that_pauses_holding_the_file_gets_the_whole_text_taken(
+    spool: Path, intake: Recorder, areas: AreaMap, pause: float
+) -> None:
+    # The scans are told that ``pause`` seconds pass; the writer really holds the file
+    # open (inotify sees its writes) with the first half written and its mtime standing.
+    w = watcher(spool, intake, areas, settle=0.5)
+    text = (
+        ALERT + "付近の住民の方は、不審な人物を見かけたら110番通報してください。\n" * 20
+    ).encode()
+    half = len(text) // 2
+    assert w.scan_once(0.0) == []  # the daemon watches from its start
+    with open(spool / "incoming" / "slow.txt", "wb") as writer:
+        writer.write(text[:half])
+        writer.flush()
+        assert w.scan_once(0.1) == []
+        assert w.scan_once(pause) == []  # the old rule took it here: still for > settle
+        writer.write(text[half:])
+    assert w.scan_once(pause + 0.1) == []  # closed, but not yet still for the settle time
+    [outcome] = w.scan_once(pause + 0.7)
+    assert outcome.status == "accepted"
+    [(draft, _)] = intake.calls
+    assert outcome.path.read_bytes() == text  # what ends in accepted/ ...
+    whole = parse_alert(text, resolve_area=lambda t: areas.resolve(t).id, tz=TOKYO)
+    assert draft.body == whole.body  # ... is what is sent
+    w.ready.close()
+
+
+def test_a_file_linked_or_renamed_into_place_is_taken_at_once(
+    spool: Path, intake: Recorder, areas: AreaMap
+) -> None:
+    w = watcher(spool, intake, areas, settle=0.5)
+    w.scan_once(0.0)  # the tracker watches from here on
+    place_in_spool(spool, "submitted.txt", ALERT.encode())  # a hard link, as maild submit
+    [outcome] = w.scan_once(0.1)
+    assert outcome.status == "accepted"
+    w.ready.close()
+
+
+def test_a_hidden_file_left_for_a_minute_is_logged_once_as_ignored(
+    spool: Path, intake: Recorder, areas: AreaMap, caplog: pytest.LogCaptureFixture
+) -> None:
+    drop(spool, ".draft.txt", ALERT)
+    w = watcher(spool, intake, areas, settle=0)
+    with caplog.at_level(logging.WARNING, logger="maild.alerts.spool"):
+        assert w.scan_once(0.0) == [] and w.scan_once(59.0) == []
+        assert not caplog.records
+        assert w.scan_once(61.0) == [] and w.scan_once(200.0) == []
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+    assert "'.draft.txt'" in record.getMessage() and "ignored" in record.getMessage()
+    assert names(spool / "incoming") == [".draft.txt"]
+    w.ready.close()

@@ -12,9 +12,10 @@ from sqlalchemy import func, select
 
 from maild.common.addresses import InvalidAddress
 from maild.common.clock import FakeClock
-from maild.residents import roster, subscribers
-from maild.residents.areas import ALL_CATEGORIES_MASK, CATEGORY_IDS, AreaMap, mask_from_categories
-from maild.residents.roster import ImportFileError, ImportReport, RowProblem
+from maild.residents import roster, roster_read, subscribers
+from maild.residents.areas import AreaMap
+from maild.residents.categories import ALL_CATEGORIES_MASK, CATEGORY_IDS, mask_from_categories
+from maild.residents.roster_read import ImportFileError, ImportReport, RowProblem
 from maild.store.db import Database
 from maild.store.models import ACTIVE, PENDING, SUSPENDED, Subscriber, SubscriberArea
 
@@ -41,7 +42,7 @@ def new_db(path: Path) -> Iterator[Database]:
 
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
-    yield from new_db(tmp_path / "maild.store.db")
+    yield from new_db(tmp_path / "maild.db")
 
 
 @pytest.fixture
@@ -305,7 +306,7 @@ def test_an_unreadable_csv_line_is_a_problem_and_reading_goes_on(
 def test_problems_beyond_the_limit_are_counted(
     db: Database, areas: AreaMap, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(roster, "MAX_REPORTED_PROBLEMS", 3)
+    monkeypatch.setattr(roster_read, "MAX_REPORTED_PROBLEMS", 3)
     text = "address,areas,categories\n" + "".join(f"bad{i},aoba,\n" for i in range(10))
     report = run(db, areas, clock, text)
     assert (report.imported, report.skipped) == (0, 10)
@@ -321,7 +322,7 @@ def test_open_csv_reads_utf8_and_shift_jis(
     path.write_bytes(
         "address,areas,categories\r\na@example.jp,七ヶ浜町 泉区,その他\r\n".encode(encoding)
     )
-    with roster.open_csv(path) as lines:
+    with roster_read.open_csv(path) as lines:
         report = roster.import_csv(db, areas, clock, lines)
     assert report.imported == 1, report.problems
     assert stored(db) == {"a@example.jp": (ACTIVE, ("izumi", "shichigahama"), 0b10000)}
@@ -331,7 +332,7 @@ def test_open_csv_refuses_text_in_neither_encoding(tmp_path: Path) -> None:
     path = tmp_path / "binary.csv"
     path.write_bytes(b"address,areas,categories\r\n\x82\xff,aoba,\r\n")
     with pytest.raises(ImportFileError, match="UTF-8 or Shift_JIS"):
-        roster.open_csv(path)
+        roster_read.open_csv(path)
 
 
 # --- stats ------------------------------------------------------------------------------

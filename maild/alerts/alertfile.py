@@ -3,7 +3,8 @@
 Pure: bytes in, data out. No file system, no database, no area file; areas
 are resolved through a callable the caller passes in. Every problem found is
 reported together, each with its line number, in Japanese and English, so that
-an operator can fix the file in one go (``error_report`` writes ``NAME.error``).
+an operator can fix the file in one go (:func:`maild.alerts.spool_files.error_report`
+writes ``NAME.error``).
 
 The format is a block of ``Name: value`` headers, an empty line, and the body::
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
@@ -486,36 +487,3 @@ class _Parser:
             f"Send-After is not a valid date and time: {value} (e.g. 2026-12-01 09:00)",
         )
         return None
-
-
-def error_report(file_name: str, problems: Iterable[FileProblem]) -> str:
-    """The text of ``NAME.error`` beside a rejected file: Japanese first, then English."""
-    problems = list(problems)
-    lines = [f"「{file_name}」は受け付けられませんでした。次の問題があります。", ""]
-    lines += [f"  {p.ja}" if p.line is None else f"  {p.line}行目: {p.ja}" for p in problems]
-    lines += [
-        "",
-        "ファイルを直して、もう一度 incoming フォルダに置くか maild submit で提出してください。",
-        "",
-        "----",
-        "",
-        f'The file "{file_name}" was not accepted:',
-        "",
-    ]
-    lines += [f"  {p.en}" if p.line is None else f"  line {p.line}: {p.en}" for p in problems]
-    lines += [
-        "",
-        "Fix the file and put it into the incoming folder again, or submit it with maild submit.",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-_TRAILING_AREA = re.compile(r"【[^【】]*】\s*$")
-
-
-def subject_with_area(subject: str, area_label: str) -> str:
-    """The subject as sent: ``area_label`` in 【】 appended unless one ends it already."""
-    subject = subject.rstrip()
-    if not area_label or _TRAILING_AREA.search(subject):
-        return subject
-    return f"{subject}【{area_label}】"

@@ -1,44 +1,55 @@
-"""When held alerts go out: APScheduler jobs in the database, and a reconcile pass.
+"""When held alerts go out: one APScheduler job per scheduled alert, derived from the table.
 
-Each scheduled alert has an APScheduler 3 job (``release-ID``) in a persistent
-SQLAlchemy job store in maild's own database, firing at its release time; a
-release missed while the daemon was down runs at start (``misfire_grace_time``
-None). The alert row stays the truth: a short reconcile pass releases what is
-due by the service clock and keeps jobs in step with changes made by other
-processes (``maild alerts approve`` / ``send-now`` / ``cancel``). Releasing is
-guarded in the database (``Alerts.release``), so however many paths fire,
-each alert is released exactly once.
+The alerts table is the truth. Each scheduled alert gets an APScheduler 3 job
+(``release-ID``, in a memory job store) that fires at its release time and calls
+``Alerts.release``; that call is the only thing that releases an alert, and it is
+guarded in the database, so an alert is released exactly once however often a
+job fires. Nothing is persisted in the scheduler: at start :meth:`sync` builds the
+jobs from the table, so an alert that came due while the daemon was down fires at
+once, and a job store left by an older version (0.1.0 pickled
+``maild.scheduler:release_job`` into ``apscheduler_jobs``) is never read; migration
+0005 drops that table.
+
+One periodic chore stays, :meth:`sync` every ``SYNC_SECONDS``. It releases
+nothing; it only adds, moves and removes jobs, for two things the scheduler
+cannot see by itself:
+
+- changes made by another process: ``maild alerts approve`` / ``send-now`` /
+  ``cancel`` write the table from the command line, and the daemon has no other
+  way to hear of them (tests/test_alerts_flow.py::test_approval_rules fails
+  without it);
+- a service clock that is not the wall clock. APScheduler waits on the wall
+  clock; a job's wall-clock time is its release time minus the clock's offset
+  from the wall clock, and when that offset changes (a test rewrites the clock
+  file) the jobs are moved with ``modify_job`` so due ones fire at once
+  (tests/test_release.py shows both).
+
+With the system clock the offset is zero, and a sync that finds nothing changed
+touches no job.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
+import threading
 from collections.abc import Callable
 
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.jobstores.memory import MemoryJobStore
-from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from maild.alerts.workflow import Alerts
 from maild.common.clock import Clock
-from maild.store.db import Database
 
 log = logging.getLogger("maild.alerts.release")
 
-JOB_TABLE = "apscheduler_jobs"
-RECONCILE_SECONDS = 1.0
-
-_active: ReleaseScheduler | None = None
-
-
-def release_job(alert_id: int) -> None:
-    """The job function, referenced by name from the job store
-    (``maild.alerts.release:release_job``)."""
-    if _active is not None:
-        _active.release(alert_id)
+SYNC_SECONDS = 1.0
+# A job closer than this to where it should be is left alone (a fake clock's offset
+# drifts by the time between two readings).
+TOLERANCE = dt.timedelta(milliseconds=500)
+RELEASES = "releases"  # the job store of release jobs
+CHORES = "chores"  # periodic jobs (the sync itself, housekeeping)
 
 
 def job_id(alert_id: int) -> str:
@@ -48,46 +59,30 @@ def job_id(alert_id: int) -> str:
 class ReleaseScheduler:
     def __init__(
         self,
-        db: Database,
         alerts: Alerts,
         clock: Clock,
         on_release: Callable[[int], None] = lambda alert_id: None,
+        sync_every: float = SYNC_SECONDS,
     ) -> None:
-        self.db = db
         self.alerts = alerts
+        self.sync_every = sync_every
         self.clock = clock
         self.on_release = on_release
+        self._sync_lock = threading.Lock()  # intake and the periodic sync may overlap
         self._scheduler = AsyncIOScheduler(
-            jobstores={
-                "default": SQLAlchemyJobStore(engine=db.engine, tablename=JOB_TABLE),
-                # Periodic chores are re-added at every start; nothing to persist.
-                "memory": MemoryJobStore(),
-            },
+            jobstores={RELEASES: MemoryJobStore(), CHORES: MemoryJobStore()},
             job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1},
             timezone=dt.UTC,
         )
 
     def start(self) -> None:
-        global _active
-        _active = self
+        """Start on the running loop; the first sync (the start-up reconcile) runs at once."""
         self._scheduler.start()
+        self.every(dt.timedelta(seconds=self.sync_every), self.sync, "sync")
 
     def shutdown(self) -> None:
-        global _active
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
-        if _active is self:
-            _active = None
-
-    def schedule(self, alert_id: int, release_at: dt.datetime) -> None:
-        self._scheduler.add_job(
-            "maild.alerts.release:release_job",
-            "date",
-            run_date=release_at,
-            args=[alert_id],
-            id=job_id(alert_id),
-            replace_existing=True,
-        )
 
     def every(self, interval: dt.timedelta, func: Callable[[], object], name: str) -> None:
         """Run ``func`` (blocking; in a worker thread) every ``interval``, first at start."""
@@ -96,48 +91,56 @@ class ReleaseScheduler:
             "interval",
             seconds=interval.total_seconds(),
             id=name,
-            jobstore="memory",
+            jobstore=CHORES,
             next_run_time=dt.datetime.now(dt.UTC),
             replace_existing=True,
         )
 
-    def unschedule(self, alert_id: int) -> None:
-        try:
-            self._scheduler.remove_job(job_id(alert_id))
-        except JobLookupError:
-            pass
+    def run_now(self, name: str) -> None:
+        """Run the periodic job ``name`` once now; its interval goes on from there."""
+        self._scheduler.modify_job(name, jobstore=CHORES, next_run_time=dt.datetime.now(dt.UTC))
 
     def release(self, alert_id: int) -> int | None:
-        """Release now if due (blocking: runs in a worker thread)."""
+        """The job function: release if due by the service clock (blocking; a worker thread).
+
+        A job that fires early (the service clock was moved back) releases nothing; the
+        next sync gives the alert a new job.
+        """
         count = self.alerts.release(alert_id)
         if count is not None:
             self.on_release(alert_id)
         return count
 
-    async def run(self, stopping: asyncio.Event) -> None:
-        """The reconcile pass, every second until stopping."""
-        while not stopping.is_set():
-            try:
-                await asyncio.to_thread(self.reconcile)
-            except Exception:
-                log.exception("reconcile pass failed; retrying")
-            try:
-                await asyncio.wait_for(stopping.wait(), RECONCILE_SECONDS)
-            except TimeoutError:
-                pass
+    def waiting(self) -> list[int]:
+        """The alerts that have a release job, soonest first."""
+        jobs = self._scheduler.get_jobs(jobstore=RELEASES)
+        return [int(job.id.removeprefix("release-")) for job in jobs]
 
-    def reconcile(self) -> None:
-        now = self.clock.now()
+    def sync(self) -> None:
+        """Make the jobs match the scheduled alerts of the table (blocking: a worker thread)."""
+        with self._sync_lock:
+            self._sync()
+
+    def _sync(self) -> None:
+        offset = self.clock.now() - dt.datetime.now(dt.UTC)
         scheduled = dict(self.alerts.due())
         for alert_id, release_at in scheduled.items():
-            if release_at <= now:
-                self.release(alert_id)
-                self.unschedule(alert_id)
-            else:
-                job = self._scheduler.get_job(job_id(alert_id))
-                if job is None or job.next_run_time != release_at:
-                    self.schedule(alert_id, release_at)
-        for job in self._scheduler.get_jobs(jobstore="default"):
-            alert_id = int(job.id.removeprefix("release-"))
-            if alert_id not in scheduled:
-                self.unschedule(alert_id)
+            fire_at = release_at - offset
+            job = self._scheduler.get_job(job_id(alert_id), jobstore=RELEASES)
+            if job is None:
+                self._scheduler.add_job(
+                    self.release,
+                    "date",
+                    run_date=fire_at,
+                    args=[alert_id],
+                    id=job_id(alert_id),
+                    jobstore=RELEASES,
+                )
+            elif job.next_run_time is None or abs(job.next_run_time - fire_at) > TOLERANCE:
+                self._scheduler.modify_job(job.id, jobstore=RELEASES, next_run_time=fire_at)
+        for job in self._scheduler.get_jobs(jobstore=RELEASES):
+            if int(job.id.removeprefix("release-")) not in scheduled:
+                try:
+                    self._scheduler.remove_job(job.id, jobstore=RELEASES)
+                except JobLookupError:  # it fired meanwhile
+                    pass

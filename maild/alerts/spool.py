@@ -10,22 +10,21 @@ Layout under ``SPOOL`` (``config.spool.dir``)::
 The protocol is Mailman's switchboard (STYLE §5), without the pickle:
 
 * Writers put a hidden temp file (``.NAME.tmp``-style) into ``incoming/``, fsync it and
-  rename it to its final name (:func:`place_in_spool` does this for ``maild submit``).
-  Names starting with ``.`` or ending in ``.tmp`` are never taken.
-* Any other file is taken once it is *stable*: its (inode, size, mtime) did not change
-  between two scans at least ``settle`` seconds apart, or its mtime was already older than
-  ``settle`` when first seen (a file renamed into place is complete at once).
+  rename it to its final name (``maild submit`` does). Names starting with ``.`` or ending
+  in ``.tmp`` are never taken; one left over a minute is logged once as ignored.
+* Any other file is taken once it is *stable*: no process has it open for writing, it
+  was closed at least ``settle`` seconds ago (both as inotify reports,
+  :mod:`maild.alerts.spool_ready`), and its (inode, size, mtime) did not change between
+  two scans ``settle`` apart or its mtime was older than ``settle`` when first seen.
 * A stable file is *claimed* by renaming it into ``processing/`` under a unique name
   ``YYYYmmddTHHMMSS-RANDOM-NAME`` (the *claim name*). Rename is atomic, so of two
   watchers only one can win; the loser gets FileNotFoundError and moves on.
 * The claimed file is read (at most ``max_bytes``; larger files are rejected unread),
-  parsed with :func:`maild.alerts.alertfile.parse_alert`, and handed to the ``intake`` callback.
-  Success moves it to ``accepted/``; :class:`~maild.alerts.alertfile.AlertFileInvalid` moves it
-  to ``rejected/`` with an error report; anything else leaves it in ``processing/`` to be
-  retried with a growing delay. A file is attempted at most ``max_attempts`` times,
-  counting attempts cut short by a crash (the count lives in ``processing/.CLAIM.attempts``),
-  then set aside in ``rejected/`` as an internal error. Nothing is ever deleted or
-  overwritten.
+  parsed (:mod:`maild.alerts.alertfile`) and handed to the ``intake`` callback. Success
+  moves it to ``accepted/``; one that does not parse goes to ``rejected/`` with a report;
+  any other failure retries it with a growing delay, at most ``max_attempts`` times counting
+  attempts cut short by a crash (``processing/.CLAIM.attempts``), then sets it aside in
+  ``rejected/`` as an internal error. Nothing is ever deleted or overwritten.
 
 **The intake contract** -- what makes "no file is processed twice" hold across crashes:
 ``intake(draft, meta)`` must store ``meta.claim_name`` with the alert (``Alert.source_file``)
@@ -39,17 +38,14 @@ other exception (the file is retried).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
-import errno
 import logging
 import os
-import pwd
-import re
 import secrets
 import stat
 import time
-import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -60,23 +56,35 @@ from maild.alerts.alertfile import (
     AlertDraft,
     AlertFileInvalid,
     FileProblem,
-    error_report,
     parse_alert,
 )
+from maild.alerts.spool_files import (
+    ACCEPTED,
+    INCOMING,
+    MAX_NAME_BYTES,
+    PROCESSING,
+    REJECTED,
+    AttemptCounter,
+    Unreadable,
+    claim_of_attempts_file,
+    ensure_layout,
+    error_report,
+    fsync_dir,
+    numbered,
+    original_of,
+    owner_name,
+    printable,
+    reserve,
+    shorten,
+    too_large,
+    write_durably,
+)
+from maild.alerts.spool_ready import ReadyFiles
 from maild.common.clock import Clock
 
 log = logging.getLogger("maild.alerts.spool")
 
-INCOMING = "incoming"
-PROCESSING = "processing"
-ACCEPTED = "accepted"
-REJECTED = "rejected"
-
 MAX_ATTEMPTS = 5
-# Room for the claim prefix, "ALERTID-", "-N" and ".error" inside NAME_MAX (255 bytes).
-_MAX_NAME_BYTES = 180
-_CLAIM_NAME = re.compile(r"\d{8}T\d{6}-[0-9a-f]{8}-(.+)", re.DOTALL)
-_ATTEMPTS_SUFFIX = ".attempts"
 
 
 @dataclass(frozen=True)
@@ -114,185 +122,7 @@ class _Claim:
     due: float = 0.0  # monotonic time of the next attempt
 
 
-@dataclass
-class _Sighting:
-    signature: tuple[int, int, int]  # inode, size, mtime_ns
-    since: float  # monotonic time the signature was first seen
-    warned: bool = False
-
-
-# --- files and directories ----------------------------------------------------------------
-
-
-def ensure_layout(spool: Path) -> None:
-    """Create the spool and its four folders where missing.
-
-    Existing folders are left as they are: in production their owner, group and mode come
-    from systemd-tmpfiles (incoming 2770, group of the operators).
-    """
-    for path, mode in (
-        (spool, 0o750),
-        (spool / INCOMING, 0o2770),
-        (spool / PROCESSING, 0o750),
-        (spool / ACCEPTED, 0o750),
-        (spool / REJECTED, 0o750),
-    ):
-        try:
-            path.mkdir(mode=mode, parents=True)
-        except FileExistsError:
-            continue
-        # mkdir applies the umask and ignores the setgid bit.
-        os.chmod(path, mode)
-
-
-def is_ignored(name: str) -> bool:
-    """Names a writer is still working on: hidden files and temp files."""
-    return name.startswith(".") or name.lower().endswith(".tmp")
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_durably(path: Path, data: bytes, mode: int = 0o640) -> None:
-    """Write ``path`` whole or not at all: a hidden temp beside it, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        try:
-            os.fchmod(fd, mode)  # the daemon's umask (0077) would hide .error files from operators
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _shorten(name: str, limit: int = _MAX_NAME_BYTES) -> str:
-    """``name`` cut to ``limit`` UTF-8 bytes, keeping a short extension."""
-    if len(name.encode()) <= limit:
-        return name
-    stem, dot, ext = name.rpartition(".")
-    if not dot or not stem or len(ext) > 10:
-        stem, ext = name, ""
-    else:
-        ext = "." + ext
-    budget = limit - len(ext.encode())
-    cut = stem.encode()[:budget].decode(errors="ignore")
-    return cut + ext
-
-
-def _printable(raw: str) -> str:
-    """A file name fit for a database row, a log line and an error report.
-
-    Names from Windows shares may arrive as CP932 bytes (undecodable: surrogate escapes).
-    """
-    if any("\udc80" <= c <= "\udcff" for c in raw):
-        data = raw.encode("utf-8", "surrogateescape")
-        try:
-            raw = data.decode("cp932")
-        except UnicodeDecodeError:
-            raw = data.decode("utf-8", "replace")
-    cleaned = "".join("_" if unicodedata.category(c) in ("Cc", "Cs") else c for c in raw)
-    return _shorten(unicodedata.normalize("NFC", cleaned)) or "_"
-
-
-def _numbered(name: str) -> Iterator[str]:
-    """``name``, then ``stem-2.ext``, ``stem-3.ext``, … for a free name beside a taken one."""
-    yield name
-    stem, dot, ext = name.rpartition(".")
-    if not dot or not stem:
-        stem, ext = name, ""
-    else:
-        ext = "." + ext
-    for n in range(2, 1000):
-        yield f"{stem}-{n}{ext}"
-    while True:
-        yield f"{stem}-{secrets.token_hex(4)}{ext}"
-
-
-def _reserve(folder: Path, name: str) -> bool:
-    """Take ``folder/name`` by creating it empty; a rename over it then cannot overwrite."""
-    try:
-        os.close(os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640))
-    except FileExistsError:
-        return False
-    return True
-
-
-def place_in_spool(spool_dir: Path, name: str, data: bytes) -> Path:
-    """Put an alert file into ``incoming/`` atomically; return where it landed.
-
-    For ``maild submit``: a hidden temp file, fsync, then a hard link to the final name
-    (which fails instead of overwriting; ``NAME-2`` … is used when ``NAME`` is taken),
-    then the directory is fsynced. The watcher never sees a half-written file.
-    """
-    if not name or "/" in name or "\0" in name or is_ignored(name) or name in (".", ".."):
-        raise ValueError(f"not a usable spool file name: {name!r}")
-    incoming = spool_dir / INCOMING
-    incoming.mkdir(mode=0o2770, parents=True, exist_ok=True)  # before the daemon's first start
-    tmp = incoming / f".{secrets.token_hex(6)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
-    try:
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-            # The file is complete before it gets its name, so let the watcher take it at
-            # once: a file whose mtime is older than the settle time counts as stable.
-            settled = time.time() - 60
-            os.utime(fd, (settled, settled))
-        finally:
-            os.close(fd)
-        for candidate in _numbered(_shorten(name, 200)):
-            target = incoming / candidate
-            try:
-                os.link(tmp, target)
-            except FileExistsError:
-                continue
-            except OSError as e:
-                if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
-                    raise
-                # A file system without hard links: check, then rename (a racing writer
-                # of the very same name could be overwritten; maild submit is the only one).
-                if os.path.lexists(target):
-                    continue
-                os.rename(tmp, target)
-            break
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(incoming)
-    return target
-
-
-def _owner(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
 # --- the watcher -----------------------------------------------------------------------
-
-
-class _Unreadable(Exception):
-    """The claimed file cannot be an alert file at all (not a regular file, too big, …)."""
-
-    def __init__(self, problem: FileProblem) -> None:
-        super().__init__(problem.en)
-        self.problem = problem
 
 
 class SpoolWatcher:
@@ -329,6 +159,7 @@ class SpoolWatcher:
         self.interval = interval
         self.max_bytes = max_bytes
         self.max_attempts = max_attempts
+        self.attempts = AttemptCounter(self.processing)
         # Attempt n+1 waits retry_delay * 2**(n-1): 2, 4, 8, 16 s by default, so a database
         # restart is ridden out and a file that always fails is set aside within a minute.
         self.retry_delay = retry_delay
@@ -336,7 +167,7 @@ class SpoolWatcher:
         # when thousands of files arrive at once.
         self.batch = batch
         self.clock = clock or Clock()
-        self._seen: dict[str, _Sighting] = {}
+        self.ready = ReadyFiles(self.incoming, settle)
         self._retry: dict[str, _Claim] = {}
         self._recovered = False
 
@@ -357,9 +188,9 @@ class SpoolWatcher:
                 continue
             names.add(entry.name)
             if entry.name not in self._retry:
-                self._retry[entry.name] = _Claim(entry.name, _original_of(entry.name), now)
+                self._retry[entry.name] = _Claim(entry.name, original_of(entry.name), now)
         for entry in os.scandir(self.processing):
-            claim = _claim_of_attempts_file(entry.name)
+            claim = claim_of_attempts_file(entry.name)
             if claim is not None and claim not in names:
                 Path(entry.path).unlink(missing_ok=True)  # its file was moved on; a crash left it
         return self._run_retries(now)
@@ -371,15 +202,12 @@ class SpoolWatcher:
         """
         outcomes = self._run_retries(now)
         claims: list[_Claim] = []
-        for name in self._stable_names(now)[: self.batch]:
+        for name in self.ready.names(now)[: self.batch]:
             try:
                 claim = self._claim(name)
             except Exception:
-                sighting = self._seen.get(name)
-                if sighting is None or not sighting.warned:
+                if self.ready.warn_once(name):
                     log.exception("cannot claim %r from incoming/; leaving it there", name)
-                if sighting is not None:
-                    sighting.warned = True
                 continue
             if claim is not None:
                 claims.append(claim)
@@ -401,51 +229,21 @@ class SpoolWatcher:
                 await asyncio.to_thread(self.recover, time.monotonic())
             except Exception:
                 log.exception("spool recovery failed; going on with new files")
-        while not stopping.is_set():
-            try:
-                await asyncio.to_thread(self.scan_once, time.monotonic())
-            except Exception:
-                # Per-file errors are handled inside; this is the folder itself (removed,
-                # unreadable). Keep trying: the sysadmin may fix it.
-                log.exception("spool scan failed")
-            try:
-                await asyncio.wait_for(stopping.wait(), self.interval)
-            except TimeoutError:
-                pass
-
-    # --- finding stable files
-
-    def _stable_names(self, now: float) -> list[str]:
-        wall = time.time()  # file mtimes are the kernel's real time, not the service clock
-        stable: list[tuple[int, str]] = []
-        present = set()
-        with os.scandir(self.incoming) as entries:
-            for entry in entries:
-                if is_ignored(entry.name):
-                    continue
+        try:
+            while not stopping.is_set():
                 try:
-                    if entry.is_dir(follow_symlinks=False):
-                        continue
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                present.add(entry.name)
-                signature = (st.st_ino, st.st_size, st.st_mtime_ns)
-                sighting = self._seen.get(entry.name)
-                if sighting is None or sighting.signature != signature:
-                    sighting = _Sighting(signature, now)
-                    self._seen[entry.name] = sighting
-                    settled = wall - st.st_mtime_ns / 1e9 >= self.settle
-                else:
-                    settled = now - sighting.since >= self.settle
-                if settled:
-                    stable.append((st.st_mtime_ns, entry.name))
-        for gone in self._seen.keys() - present:
-            del self._seen[gone]
-        return [name for _, name in sorted(stable)]
+                    await asyncio.to_thread(self.scan_once, time.monotonic())
+                except Exception:
+                    # Per-file errors are handled inside; this is the folder itself
+                    # (removed, unreadable). Keep trying: the sysadmin may fix it.
+                    log.exception("spool scan failed")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), self.interval)
+        finally:
+            self.ready.close()
 
     def _claim(self, name: str) -> _Claim | None:
-        original = _printable(name)
+        original = printable(name)
         stamp = self.clock.now().astimezone(self.tz).strftime("%Y%m%dT%H%M%S")
         claim_name = f"{stamp}-{secrets.token_hex(4)}-{original}"
         while os.path.lexists(self.processing / claim_name):  # rename would overwrite it
@@ -453,9 +251,9 @@ class SpoolWatcher:
         try:
             os.rename(self.incoming / name, self.processing / claim_name)
         except FileNotFoundError:
-            self._seen.pop(name, None)
+            self.ready.forget(name)
             return None  # another watcher took it
-        self._seen.pop(name, None)
+        self.ready.forget(name)
         log.debug("claimed %r as %s", name, claim_name)
         return _Claim(claim_name, original)
 
@@ -467,11 +265,11 @@ class SpoolWatcher:
         for claim in due:
             del self._retry[claim.claim_name]
             try:
-                started = self._attempts(claim)
+                started = self.attempts.started(claim.claim_name)
                 if started >= self.max_attempts:
                     outcome: Outcome | None = self._give_up(claim, started)
                 else:
-                    self._set_attempts(claim, started + 1)
+                    self.attempts.set(claim.claim_name, started + 1)
                     outcome = self._attempt(claim, now)
             except Exception:
                 log.exception("cannot retry %s; trying again later", claim.claim_name)
@@ -487,7 +285,7 @@ class SpoolWatcher:
         try:
             return self._process(claim)
         except Exception:
-            started = self._attempts(claim)
+            started = self.attempts.started(claim.claim_name)
             log.exception(
                 "alert file %s failed (attempt %d of %d)",
                 claim.claim_name,
@@ -518,14 +316,14 @@ class SpoolWatcher:
                 raise
             # Another watcher's recovery took it up; it is that watcher's now.
             log.info("%s left processing/ under another watcher", claim.claim_name)
-            self._forget_attempts(claim)
+            self.attempts.forget(claim.claim_name)
             return None
-        except _Unreadable as e:
+        except Unreadable as e:
             return self._reject(claim, [e.problem])
         except AlertFileInvalid as e:
             return self._reject(claim, e.problems)
         target = self._move(path, self.accepted, f"{alert_id}-{claim.original_name}")
-        self._forget_attempts(claim)
+        self.attempts.forget(claim.claim_name)
         log.info(
             "accepted %s as alert %d (requester %s) -> %s",
             claim.original_name,
@@ -538,7 +336,7 @@ class SpoolWatcher:
     def _read(self, claim: _Claim, path: Path) -> tuple[bytes, FileMeta]:
         st = os.lstat(path)
         if not stat.S_ISREG(st.st_mode):
-            raise _Unreadable(
+            raise Unreadable(
                 FileProblem(
                     None,
                     "通常のファイルではありません（シンボリックリンク等）。ファイルそのものを置いてください",
@@ -546,11 +344,11 @@ class SpoolWatcher:
                 )
             )
         if st.st_size > self.max_bytes:
-            raise _Unreadable(_too_large(st.st_size, self.max_bytes))
+            raise Unreadable(too_large(st.st_size, self.max_bytes))
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except PermissionError:
-            raise _Unreadable(
+            raise Unreadable(
                 FileProblem(
                     None,
                     "ファイルを読み取れません（権限がありません）。"
@@ -564,11 +362,11 @@ class SpoolWatcher:
             # One byte past the limit tells a file that grew since the lstat.
             data = f.read(self.max_bytes + 1)
         if len(data) > self.max_bytes:
-            raise _Unreadable(_too_large(max(st.st_size, len(data)), self.max_bytes))
+            raise Unreadable(too_large(max(st.st_size, len(data)), self.max_bytes))
         meta = FileMeta(
             original_name=claim.original_name,
             claim_name=claim.claim_name,
-            owner=_owner(st.st_uid),
+            owner=owner_name(st.st_uid),
             uid=st.st_uid,
             size=len(data),
             mtime=dt.datetime.fromtimestamp(st.st_mtime, dt.UTC),
@@ -582,7 +380,7 @@ class SpoolWatcher:
         report = error_report(claim.original_name, problems)
         error_path = self.rejected / f"{name}.error"
         try:
-            _write_durably(error_path, report.encode("utf-8"))
+            write_durably(error_path, report.encode("utf-8"))
             os.rename(path, self.rejected / name)
         except BaseException:
             (self.rejected / name).unlink(missing_ok=True)
@@ -590,7 +388,7 @@ class SpoolWatcher:
             raise
         fsync_dir(self.rejected)
         fsync_dir(self.processing)
-        self._forget_attempts(claim)
+        self.attempts.forget(claim.claim_name)
         log.warning(
             "rejected %s (%d problem(s); see %s.error)", claim.original_name, len(problems), name
         )
@@ -615,8 +413,8 @@ class SpoolWatcher:
 
     def _move(self, path: Path, folder: Path, name: str) -> Path:
         """Move ``path`` into ``folder`` as ``name`` (or a numbered variant), never overwriting."""
-        for candidate in _numbered(_shorten(name, _MAX_NAME_BYTES + 24)):
-            if _reserve(folder, candidate):
+        for candidate in numbered(shorten(name, MAX_NAME_BYTES + 24)):
+            if reserve(folder, candidate):
                 break
         target = folder / candidate
         try:
@@ -630,52 +428,10 @@ class SpoolWatcher:
 
     def _reserve_pair(self, name: str) -> str:
         """A name free in rejected/ both for the file and for its ``.error``; both reserved."""
-        for candidate in _numbered(name):
-            if not _reserve(self.rejected, f"{candidate}.error"):
+        for candidate in numbered(name):
+            if not reserve(self.rejected, f"{candidate}.error"):
                 continue
-            if _reserve(self.rejected, candidate):
+            if reserve(self.rejected, candidate):
                 return candidate
             (self.rejected / f"{candidate}.error").unlink()
-        raise AssertionError("unreachable: _numbered never ends")
-
-    # --- the attempts counter: started attempts; the claim itself is the first
-
-    def _attempts_path(self, claim: _Claim) -> Path:
-        return self.processing / f".{claim.claim_name}{_ATTEMPTS_SUFFIX}"
-
-    def _attempts(self, claim: _Claim) -> int:
-        try:
-            text = self._attempts_path(claim).read_text(encoding="ascii")
-        except FileNotFoundError:
-            return 1
-        try:
-            return max(1, int(text.strip()))
-        except ValueError:
-            log.warning("bad attempts counter for %s: %r", claim.claim_name, text)
-            return 1
-
-    def _set_attempts(self, claim: _Claim, attempts: int) -> None:
-        # Written before the attempt, so an attempt that kills the process still counts.
-        _write_durably(self._attempts_path(claim), f"{attempts}\n".encode("ascii"))
-
-    def _forget_attempts(self, claim: _Claim) -> None:
-        self._attempts_path(claim).unlink(missing_ok=True)
-
-
-def _original_of(claim_name: str) -> str:
-    match = _CLAIM_NAME.fullmatch(claim_name)
-    return match.group(1) if match else _printable(claim_name)
-
-
-def _claim_of_attempts_file(name: str) -> str | None:
-    if name.startswith(".") and name.endswith(_ATTEMPTS_SUFFIX):
-        return name[1 : -len(_ATTEMPTS_SUFFIX)]
-    return None
-
-
-def _too_large(size: int, limit: int) -> FileProblem:
-    return FileProblem(
-        None,
-        f"ファイルが大きすぎます（{size}バイト、上限{limit}バイト）",
-        f"the file is too large ({size} bytes, at most {limit})",
-    )
+        raise AssertionError("unreachable: numbered never ends")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,8 @@ from maild.alerts.alertfile import AlertDraft, AlertFileInvalid
 from maild.alerts.window import WindowRules, release_time
 from maild.common.clock import Clock
 from maild.common.config import Config
-from maild.residents.areas import AreaMap, category_bit
+from maild.residents.areas import AreaMap, shared_area_map
+from maild.residents.categories import category_bit
 from maild.store.db import Database
 from maild.store.models import (
     ACTIVE,
@@ -85,6 +87,13 @@ class Alerts:
         self.clock = clock
         self.rules = rules
 
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config (SIGHUP): checks, approval, areas and the window for what comes
+        next; alerts already scheduled keep their release time."""
+        self.config = config
+        self.areas = shared_area_map(config.areas.file)
+        self.rules = WindowRules.from_config(config.window, config.service.timezone)
+
     # --- intake ---------------------------------------------------------------------
 
     def intake(self, draft: AlertDraft, source: Source) -> int:
@@ -117,6 +126,7 @@ class Alerts:
                 status=PENDING_APPROVAL if waits else SCHEDULED,
                 requester=source.requester,
                 source_file=source.claim_name,
+                message_key=secrets.token_hex(8),
                 created_at=now,
             )
             if not waits:

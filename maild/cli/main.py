@@ -27,7 +27,7 @@ from maild.cli.common import (
     safe_url,
 )
 from maild.common.config import Config, ConfigError, load_config
-from maild.mail.dkim import DkimSigner
+from maild.mail.dkim import signer_for
 from maild.mail.legacy import legacy_problems, problem_texts
 from maild.residents.areas import AreaFileError, AreaMap
 from maild.residents.qr import write_qr
@@ -39,11 +39,11 @@ DEFAULT_CONFIG = "/etc/maild/maild.toml"
 
 
 def _cmd_serve(config: Config, args: argparse.Namespace) -> int:
-    from maild.service.serve import StartupError, serve
+    from maild.service.serve import ServiceFailure, StartupError, serve
 
     try:
         serve(config, args.log_level)
-    except StartupError as e:
+    except (StartupError, ServiceFailure) as e:
         raise CommandError(str(e)) from None
     return 0
 
@@ -61,7 +61,7 @@ def _cmd_deliver(config: Config, args: argparse.Namespace) -> int:
 def _cmd_check_config(config: Config, args: argparse.Namespace) -> int:
     areas = AreaMap.load(config.areas.file)
     try:
-        DkimSigner.from_config(config.dkim)
+        signer_for(config)
     except ValueError as e:
         raise ConfigError(f"{config.path}: [dkim] key_file: {e}") from None
     if config.mail.legacy_charset_domains:

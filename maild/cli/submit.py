@@ -21,15 +21,23 @@ from pathlib import Path
 from typing import Any
 
 from maild.alerts.alertfile import AlertDraft, AlertFileInvalid, parse_alert
-from maild.alerts.spool import place_in_spool
+from maild.alerts.spool_files import place_in_spool
 from maild.alerts.window import WindowRules, release_time
 from maild.alerts.workflow import check_draft, needs_approval
 from maild.common.addresses import mask
 from maild.common.config import Config
-from maild.delivery.alertmail import AlertContent, AlertTemplate, Personal, template_for
+from maild.delivery.alertmail import (
+    AlertContent,
+    AlertTemplate,
+    Personal,
+    date_header,
+    new_message_key,
+    template_for,
+)
 from maild.mail.compose import Charset, charset_for
-from maild.mail.dkim import DkimSigner, signing
-from maild.mail.relay import DeliveryError, open_relay
+from maild.mail.dkim import signer_for, signing
+from maild.mail.errors import DeliveryError
+from maild.mail.relay import open_relay
 from maild.residents.areas import AreaMap
 
 CountRecipients = Callable[[tuple[str, ...], str], int]
@@ -123,9 +131,10 @@ class Submitter:
             area_label=self.areas.describe(draft.area_ids),
             body=draft.body,
             sender=draft.sender,
+            message_key=new_message_key(),
         )
         templates = {
-            charset: template_for(config, content, self.now, charset, test=True)
+            charset: template_for(config, content, charset, test=True)
             for charset in {charset_for(config, address) for address in recipients}
         }
         return asyncio.run(self._send_all(templates, recipients))
@@ -134,24 +143,23 @@ class Submitter:
         self, templates: dict[Charset, AlertTemplate], recipients: tuple[str, ...]
     ) -> list[str]:
         config = self.config
-        url = f"{config.service.base_url}/manage/TEST"  # test recipients need no real link
-        relay = signing(
-            open_relay(config.relay, config.smtp.hostname), DkimSigner.from_config(config.dkim)
-        )
+        relay = signing(open_relay(config.relay, config.smtp.hostname), signer_for(config))
         problems = []
         try:
             for number, address in enumerate(recipients, start=1):
                 personal = Personal(
                     address=address,
                     subscriber_id=-number,
-                    manage_url=url,
-                    unsubscribe_url=url.replace("/manage/", "/unsubscribe/"),
+                    manage_url="",  # a test send has no links (AlertTemplate(test=True))
+                    unsubscribe_url="",
                     envelope_from=config.smtp.bounce_address,
                 )
                 template = templates[charset_for(config, address)]
                 try:
                     await relay.send(
-                        personal.envelope_from, address, template.personalise(personal)
+                        personal.envelope_from,
+                        address,
+                        template.personalise(personal, date_header(self.now, config)),
                     )
                 except DeliveryError as e:
                     problems.append(f"{mask(address)}: {e}")

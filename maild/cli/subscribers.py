@@ -11,7 +11,7 @@ from pathlib import Path
 from maild.cli.common import CommandError, opened_services, print_json
 from maild.common.addresses import InvalidAddress, mask
 from maild.common.config import Config
-from maild.residents import roster, subscribers
+from maild.residents import roster, roster_read, subscribers
 
 EXPORT_WARNING = (
     "maild: 注意: 出力には個人情報（メールアドレス）が含まれます。取り扱いに注意してください。"
@@ -22,9 +22,9 @@ EXPORT_WARNING = (
 def cmd_import(config: Config, args: argparse.Namespace) -> int:
     with opened_services(config) as services:
         try:
-            with roster.open_csv(Path(args.csv)) as lines:
+            with roster_read.open_csv(Path(args.csv)) as lines:
                 report = roster.import_csv(services.db, services.areas, services.clock, lines)
-        except roster.ImportFileError as e:
+        except roster_read.ImportFileError as e:
             raise CommandError(f"{e.ja} / {e.en}") from None
         except OSError as e:
             raise CommandError(f"{args.csv}: {e.strerror}") from None

@@ -1,9 +1,8 @@
-"""The configuration schema: TOML read once, checked once, frozen.
+"""Reading the configuration: TOML read once, checked once, frozen.
 
-Every key of SPEC §3 lives here with its type and default;
-``config/maild.example.toml`` documents the same keys for people. Values are
-converted and checked at load time so that a bad value names its key and file
-at start, never fails later at run time (STYLE §2).
+The schema (sections, keys, types and defaults) is in :mod:`maild.common.schema`
+and is re-exported here. Values are converted and checked at load time so that a
+bad value names its key and file at start, never fails later at run time (STYLE §2).
 """
 
 from __future__ import annotations
@@ -11,182 +10,59 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
+import urllib.parse
 import zoneinfo
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
-WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+from maild.common.schema import (
+    WEEKDAYS,
+    ApprovalConfig,
+    AreasConfig,
+    BouncesConfig,
+    Config,
+    ConfigError,
+    DatabaseConfig,
+    DkimConfig,
+    HousekeepingConfig,
+    LimitsConfig,
+    ListenAddress,
+    MailConfig,
+    RelayConfig,
+    ServiceConfig,
+    SmtpConfig,
+    SpoolConfig,
+    WebConfig,
+    WindowConfig,
+    config_keys,
+    sections,
+)
 
-
-class ConfigError(Exception):
-    """A configuration problem, worded for the person who edits the file."""
-
-
-@dataclass(frozen=True)
-class ListenAddress:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-@dataclass(frozen=True)
-class ServiceConfig:
-    name: str = "みやぎSecurityメール"
-    base_url: str = "http://127.0.0.1:8080"
-    timezone: str = "Asia/Tokyo"
-    state_dir: Path = Path("/var/lib/maild")
-    old_secret_key_files: tuple[Path, ...] = ()
-
-    @property
-    def tz(self) -> zoneinfo.ZoneInfo:
-        return zoneinfo.ZoneInfo(self.timezone)
-
-
-@dataclass(frozen=True)
-class DatabaseConfig:
-    url: str = ""  # empty: SQLite file maild.store.db in service.state_dir
-
-
-@dataclass(frozen=True)
-class SmtpConfig:
-    listen: ListenAddress = ListenAddress("0.0.0.0", 25)
-    hostname: str = "localhost"
-    registration_address: str = "entry@localhost"
-    bounce_address: str = "bounce@localhost"
-    max_message_size: int = 262144
-    tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
-
-
-@dataclass(frozen=True)
-class WebConfig:
-    listen: ListenAddress = ListenAddress("127.0.0.1", 8080)
-
-
-@dataclass(frozen=True)
-class RelayConfig:
-    url: str = "smtp://127.0.0.1:25"
-    username: str = ""
-    password_file: Path | None = None
-    connections: int = 8
-    max_per_second: float = 0
-    verify_tls: bool = True
-    workers: int = 1  # delivery processes besides the daemon itself
-
-    @property
-    def scheme(self) -> str:
-        """One of ``smtp``, ``smtp+starttls``, ``smtps`` or ``maildir``."""
-        return self.url.split(":", 1)[0]
-
-    @property
-    def host(self) -> str:
-        return urlsplit(self.url).hostname or "127.0.0.1"
-
-    @property
-    def port(self) -> int:
-        port = urlsplit(self.url).port
-        if port is not None:
-            return port
-        return {"smtp": 25, "smtp+starttls": 587, "smtps": 465}.get(self.scheme, 25)
-
-    def password(self) -> str:
-        if self.password_file is None:
-            return ""
-        return self.password_file.read_text(encoding="utf-8").strip()
-
-
-@dataclass(frozen=True)
-class MailConfig:
-    from_address: str = "info@localhost"
-    from_name: str = "みやぎSecurityメール"
-    subject_prefix: str = "【みやぎSecurityメール】"
-    legacy_charset_domains: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class DkimConfig:
-    domain: str = ""
-    selector: str = ""
-    key_file: Path | None = None
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.domain)
-
-
-@dataclass(frozen=True)
-class LimitsConfig:
-    answers_per_ip_per_minute: int = 120
-    answers_per_hour: int = 3000
-    trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    sessions_per_ip: int = 50  # concurrent inbound SMTP sessions from one untrusted IP
-    command_timeout: float = 300.0  # seconds; RFC 5321 §4.5.3.2.7 asks for at least 5 min
-    recipients_per_message: int = 100  # RFC 5321 §4.5.3.1.8: at least 100 must be taken
-
-
-@dataclass(frozen=True)
-class BouncesConfig:
-    threshold: int = 5
-
-
-@dataclass(frozen=True)
-class WindowConfig:
-    days: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri")
-    start: str = "08:30"
-    end: str = "17:15"
-    holidays: str = "JP"  # a country code for the holidays package, or "" for none
-    closed_dates: tuple[str, ...] = ("12-29", "12-30", "12-31", "01-01", "01-02", "01-03")
-
-
-@dataclass(frozen=True)
-class SpoolConfig:
-    dir: Path = Path("/var/spool/maild")
-
-
-@dataclass(frozen=True)
-class ApprovalConfig:
-    required: bool = False
-    approvers: tuple[str, ...] = ()
-    test_recipients: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class HousekeepingConfig:
-    keep_days: int = 30  # delivery rows of finished alerts; per-alert counts are kept
-
-
-@dataclass(frozen=True)
-class AreasConfig:
-    file: Path = Path("areas.toml")
-
-
-@dataclass(frozen=True)
-class Config:
-    path: Path
-    service: ServiceConfig = field(default_factory=ServiceConfig)
-    database: DatabaseConfig = field(default_factory=DatabaseConfig)
-    smtp: SmtpConfig = field(default_factory=SmtpConfig)
-    web: WebConfig = field(default_factory=WebConfig)
-    relay: RelayConfig = field(default_factory=RelayConfig)
-    mail: MailConfig = field(default_factory=MailConfig)
-    dkim: DkimConfig = field(default_factory=DkimConfig)
-    limits: LimitsConfig = field(default_factory=LimitsConfig)
-    bounces: BouncesConfig = field(default_factory=BouncesConfig)
-    window: WindowConfig = field(default_factory=WindowConfig)
-    spool: SpoolConfig = field(default_factory=SpoolConfig)
-    approval: ApprovalConfig = field(default_factory=ApprovalConfig)
-    housekeeping: HousekeepingConfig = field(default_factory=HousekeepingConfig)
-    areas: AreasConfig = field(default_factory=AreasConfig)
-
-    @property
-    def database_url(self) -> str:
-        return self.database.url or f"sqlite:///{self.service.state_dir / 'maild.store.db'}"
-
+__all__ = [
+    "WEEKDAYS",
+    "ApprovalConfig",
+    "AreasConfig",
+    "BouncesConfig",
+    "Config",
+    "ConfigError",
+    "DatabaseConfig",
+    "DkimConfig",
+    "HousekeepingConfig",
+    "LimitsConfig",
+    "ListenAddress",
+    "MailConfig",
+    "RelayConfig",
+    "ServiceConfig",
+    "SmtpConfig",
+    "SpoolConfig",
+    "WebConfig",
+    "WindowConfig",
+    "config_keys",
+    "load_config",
+    "parse_config",
+]
 
 # --- conversion of one value -------------------------------------------------
 
@@ -384,9 +260,19 @@ def _read_dkim(r: _Reader) -> DkimConfig:
         domain=r.text("domain", d.domain),
         selector=r.text("selector", d.selector),
         key_file=r.existing_file("key_file"),
+        second_selector=r.text("second_selector", d.second_selector),
+        second_key_file=r.existing_file("second_key_file"),
     )
     if config.domain and (not config.selector or config.key_file is None):
         raise r.fail("domain", "DKIM signing needs selector and key_file as well")
+    if bool(config.second_selector) != (config.second_key_file is not None):
+        raise r.fail(
+            "second_selector", "a second key needs both second_selector and second_key_file"
+        )
+    if config.second_selector and not config.domain:
+        raise r.fail("second_selector", "a second key needs domain, selector and key_file first")
+    if config.second_selector and config.second_selector == config.selector:
+        raise r.fail("second_selector", "the two keys need different selectors")
     return config
 
 
@@ -493,23 +379,7 @@ _READERS: dict[str, Callable[[_Reader], Any]] = {
 
 # The keys each section accepts: the dataclass fields, so the two never drift.
 _KEYS: dict[str, set[str]] = {
-    name: {f.name for f in fields(cls)}
-    for name, cls in {
-        "service": ServiceConfig,
-        "database": DatabaseConfig,
-        "smtp": SmtpConfig,
-        "web": WebConfig,
-        "relay": RelayConfig,
-        "mail": MailConfig,
-        "dkim": DkimConfig,
-        "limits": LimitsConfig,
-        "bounces": BouncesConfig,
-        "window": WindowConfig,
-        "spool": SpoolConfig,
-        "approval": ApprovalConfig,
-        "housekeeping": HousekeepingConfig,
-        "areas": AreasConfig,
-    }.items()
+    name: {f.name for f in fields(cls)} for name, cls in sections().items()
 }
 
 
@@ -527,7 +397,32 @@ def parse_config(data: Mapping[str, Any], source: Path) -> Config:
         section: reader(_Reader(data.get(section, {}), section, source))
         for section, reader in _READERS.items()
     }
-    return Config(path=source, **values)
+    config = Config(path=source, **values)
+    _check_links_are_https(config, source)
+    return config
+
+
+def _check_links_are_https(config: Config, source: Path) -> None:
+    """With a real relay, every link residents get must be https: RFC 8058 one-click
+    unsubscribe requires it, and a manage link over http shows a resident's choices to
+    anyone on the path. A loopback base_url (a developer's or a test's machine) and the
+    maildir relay (``make run``) are not real deliveries."""
+    if config.relay.url.startswith("maildir:") or config.service.base_url.startswith("https://"):
+        return
+    host = urllib.parse.urlsplit(config.service.base_url).hostname or ""
+    if host == "localhost" or _is_loopback(host):
+        return
+    raise ConfigError(
+        f"{source}: [service] base_url: {config.service.base_url} must be https:// when mail"
+        " goes to a real relay ([relay] url): RFC 8058 one-click unsubscribe needs it"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_config(path: Path | str) -> Config:

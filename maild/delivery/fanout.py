@@ -1,17 +1,18 @@
 """The fan-out: sends the delivery rows of released alerts through the relay.
 
 Rows are claimed in batches (a lease in ``claimed_until``), sent over the
-relay's pooled connections, one recipient per message (SPEC §10), and their
-results written back in one transaction per batch, so memory does not grow
-with the number of subscribers and the database stays off the per-message
-path. A crash repeats at most the batch in flight. A cancelled alert's rows
-are simply no longer claimed.
+relay's pooled connections, one recipient per message (SPEC §10), the
+result of each sent message recorded before its lane sends the next one (a group
+commit gathers the lanes' results into one transaction), so a crash repeats at
+most one message per relay connection. Memory does not grow with the number of
+subscribers. A cancelled alert's rows are simply no longer claimed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import logging
 import secrets
 from dataclasses import dataclass
@@ -23,14 +24,22 @@ from maild.alerts.workflow import Alerts
 from maild.common.addresses import mask
 from maild.common.clock import Clock
 from maild.common.config import Config
-from maild.delivery.alertmail import AlertContent, AlertTemplate, Personal, template_for
+from maild.delivery.alertmail import (
+    AlertContent,
+    AlertTemplate,
+    Personal,
+    date_header,
+    template_for,
+)
 from maild.mail.compose import ISO_2022_JP, UTF8, Charset, charset_for
+from maild.mail.errors import DeliveryError, PermanentFailure, TemporaryFailure
 from maild.mail.legacy import LegacyCharsetError
 from maild.mail.outbox import retry_delay
-from maild.mail.relay import DeliveryError, PermanentFailure, Relay, TemporaryFailure
+from maild.mail.relay import Relay
 from maild.residents.bounces import Bounces, relay_failure_counts
 from maild.residents.links import MANAGE, UNSUBSCRIBE, Links, VerpTokens
 from maild.store.db import Database
+from maild.store.groupcommit import GroupCommit
 from maild.store.models import (
     ACTIVE,
     DELIVERY_DEFERRED,
@@ -98,6 +107,9 @@ class FanoutSender:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._paused_until: dt.datetime | None = None
         self._outage_attempts = 0
+        self._date_second = -1
+        self._date_text = ""
+        self._sent: GroupCommit[int, None] = GroupCommit(self._record_sent)
 
     def reconfigure(self, config: Config) -> None:
         """A reloaded config: new templates from the next batch on (area names, From…)."""
@@ -158,7 +170,12 @@ class FanoutSender:
                 if row.alert_id in cancelled:
                     results.append(_Result(row, None, skipped=True))
                 else:
-                    results.append(await self._send_one(row, templates))
+                    result = await self._send_one(row, templates)
+                    if result.error is None:
+                        # Recorded before this lane sends again: a crash now repeats at
+                        # most one message per relay connection, not the whole batch.
+                        await self._sent.submit(row.delivery_id)
+                    results.append(result)
 
         watcher = asyncio.create_task(self._watch_cancel({r.alert_id for r in rows}, cancelled))
         try:
@@ -203,12 +220,20 @@ class FanoutSender:
             unsubscribe_url=f"{base}/unsubscribe/{unsubscribe}",
             envelope_from=f"{local}+{self.verp.make(row.subscriber_id)}@{domain}",
         )
-        data = template.personalise(personal)
+        data = template.personalise(personal, self._date_now())
         try:
             await self.relay.send(personal.envelope_from, row.address, data)
         except DeliveryError as e:
             return _Result(row, e)
         return _Result(row, None)
+
+    def _date_now(self) -> str:
+        """The Date header for a message handed to the relay now, made once a second."""
+        now = self.clock.now()
+        second = int(now.timestamp())
+        if second != self._date_second:
+            self._date_second, self._date_text = second, date_header(now, self.config)
+        return self._date_text
 
     def _claim(self, now: dt.datetime) -> list[_Row]:
         """Take up to BATCH due rows in ONE statement, so that several workers (processes
@@ -297,22 +322,27 @@ class FanoutSender:
             area_label=self.alerts.areas.describe(alert.area_ids),
             body=alert.body,
             sender=alert.sender,
+            message_key=alert.message_key or _legacy_message_key(alert),
         )
-        return template_for(self.config, content, alert.released_at or self.clock.now(), charset)
+        return template_for(self.config, content, charset)
+
+    def _record_sent(self, delivery_ids: list[int]) -> list[None]:
+        with self.db.transaction() as session:
+            session.execute(
+                update(Delivery)
+                .where(Delivery.id.in_(delivery_ids))
+                .values(status=DELIVERY_SENT, claimed_until=None, last_error=None)
+            )
+        return [None] * len(delivery_ids)
 
     def _record(self, results: list[_Result], now: dt.datetime) -> None:
+        """The rest of a batch's results; its sent messages are recorded already."""
         sent = [r.row.delivery_id for r in results if r.error is None and not r.skipped]
         skipped = [r.row.delivery_id for r in results if r.skipped]
         outage = bool(results) and all(
             isinstance(r.error, TemporaryFailure) and r.error.stage == "connect" for r in results
         )
         with self.db.transaction() as session:
-            if sent:
-                session.execute(
-                    update(Delivery)
-                    .where(Delivery.id.in_(sent))
-                    .values(status=DELIVERY_SENT, claimed_until=None, last_error=None)
-                )
             if skipped:  # left queued: a cancelled alert's rows are never claimed again
                 session.execute(
                     update(Delivery).where(Delivery.id.in_(skipped)).values(claimed_until=None)
@@ -370,3 +400,10 @@ class FanoutSender:
                 "last_error": str(error),
             }
         session.execute(update(Delivery).where(Delivery.id == row.delivery_id).values(**values))
+
+
+def _legacy_message_key(alert: Alert) -> str:
+    """A stable key for an alert stored without one (migration 0005 gives every alert
+    one; this only guards a row written by older code on another node)."""
+    seed = f"{alert.id}|{alert.source_file}|{alert.created_at.isoformat()}"
+    return hashlib.sha256(seed.encode()).hexdigest()[:16]

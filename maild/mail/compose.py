@@ -35,7 +35,6 @@ import datetime as dt
 import functools
 import re
 from collections.abc import Sequence
-from email.header import Header
 from email.utils import format_datetime, make_msgid
 from typing import Final, Literal
 
@@ -57,6 +56,8 @@ MAX_LINE = 998  # RFC 5322 §2.1.1, without the CRLF
 FOLD_AT = 78  # RFC 5322 §2.1.1's "SHOULD"
 BASE64_LINE = 76  # RFC 2045 §6.8
 BASE64_CHUNK = BASE64_LINE // 4 * 3  # input bytes per base64 line: 57
+MAX_ENCODED_WORD = 75  # RFC 2047 §2
+MAX_ENCODED_LINE = 76  # RFC 2047 §2: a line holding an encoded word
 # ISO-2022-JP lines are cut this many characters at a time. A JIS X 0208
 # character is 2 bytes and every switch to or from ASCII adds a 3-byte escape,
 # so 300 characters are at most ~700 bytes in practice; each piece is measured anyway.
@@ -289,12 +290,32 @@ def _text(name: str, text: str, charset: Charset = UTF8) -> str:
 
 @functools.lru_cache(maxsize=256)
 def _encoded_words(name: str, text: str, charset: Charset) -> str:
-    """RFC 2047 encoded words; ``email.header.Header`` splits them so that each
-    ISO-2022-JP word starts and ends in ASCII (RFC 1468), as decoders expect.
+    """``text`` as RFC 2047 "B" encoded words, folded one word a line.
 
-    Cached: the From name and a notice's Subject are the same in every mail, and
-    encoding them was half the work of composing a registration answer."""
-    return Header(text, charset, header_name=name).encode(linesep=CRLF)
+    RFC 2047 §2: an encoded word is at most 75 characters, and a line holding one at
+    most 76, so the first word is shorter by the header's name. Words are cut at
+    character boundaries; each ISO-2022-JP word starts and ends in ASCII (RFC 1468).
+    Cached: the From name and a notice's Subject are the same in every mail."""
+    mime = legacy.MIME_CHARSET if charset == ISO_2022_JP else "UTF-8"
+    codec = legacy.CODEC if charset == ISO_2022_JP else "utf-8"
+    overhead = len(f"=?{mime}?B??=")
+    words: list[str] = []
+    budget = min(MAX_ENCODED_WORD, MAX_ENCODED_LINE - len(name) - 2) - overhead
+    start = 0
+    while start < len(text):
+        end = start + 1
+        # Grow the piece while its base64 still fits; base64 is 4 characters per 3 bytes.
+        while end < len(text) and _b64_length(text[start : end + 1], codec) <= budget:
+            end += 1
+        piece = text[start:end].encode(codec)
+        words.append(f"=?{mime}?B?{base64.b64encode(piece).decode('ascii')}?=")
+        start = end
+        budget = MAX_ENCODED_WORD - overhead  # later lines start with one space
+    return (CRLF + " ").join(words)
+
+
+def _b64_length(piece: str, codec: str) -> int:
+    return -(-len(piece.encode(codec)) // 3) * 4
 
 
 def _fold(name: str, value: str) -> str:
@@ -330,7 +351,11 @@ def _mailbox(name: str, address: str, charset: Charset = UTF8) -> str:
         if _SPECIALS.search(name):
             name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
         return f"{name} <{path}>"
-    return _encoded_words("From", name, charset) + f" <{path}>"
+    words = _encoded_words("From", name, charset)
+    last_line = len(words) - words.rfind(CRLF) - 2 if CRLF in words else len("From: " + words)
+    # RFC 2047 §2 keeps a line with an encoded word within 76: the address may need its own.
+    fold = CRLF if last_line + len(path) + 3 > MAX_ENCODED_LINE else ""
+    return f"{words}{fold} <{path}>"
 
 
 def _reply_id(text: str | None) -> str | None:

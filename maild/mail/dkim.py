@@ -41,6 +41,7 @@ import base64
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import dkim  # type: ignore[import-untyped]
@@ -48,7 +49,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from maild.common.config import DkimConfig
+from maild.common.config import Config, DkimConfig
 from maild.mail.relay import Relay
 
 log = logging.getLogger("maild.delivery")
@@ -78,61 +79,107 @@ _SIGNED = tuple(name.lower().encode("ascii") for name in SIGNED_HEADERS)
 _CANONICALIZE = (b"relaxed", b"relaxed")
 
 
-class DkimSigner:
-    """Signs finished messages for one domain, selector and private key."""
+@dataclass(frozen=True)
+class DkimKey:
+    """One selector and its private key, ready for dkimpy."""
 
-    def __init__(self, domain: str, selector: str, key: PrivateKey) -> None:
-        self.domain = _dns_name("domain", domain)
-        self.selector = _dns_name("selector", selector)
+    selector: str
+    algorithm: str  # RSA_SHA256 or ED25519_SHA256
+    dkimpy_key: bytes
+
+    @classmethod
+    def of(cls, selector: str, key: PrivateKey) -> DkimKey:
+        selector = _dns_name("selector", selector)
         if isinstance(key, rsa.RSAPrivateKey):
             _check_rsa_size(key, "the DKIM key")
-            self.algorithm = RSA_SHA256
             # dkimpy wants RSA as PKCS#1 PEM, whatever form the admin's file had.
-            self._dkimpy_key = key.private_bytes(
+            pem = key.private_bytes(
                 serialization.Encoding.PEM,
                 serialization.PrivateFormat.TraditionalOpenSSL,
                 serialization.NoEncryption(),
             )
-        else:
-            self.algorithm = ED25519_SHA256
-            # dkimpy (through PyNaCl) wants the base64 of the raw 32-byte seed.
-            self._dkimpy_key = base64.b64encode(
-                key.private_bytes(
-                    serialization.Encoding.Raw,
-                    serialization.PrivateFormat.Raw,
-                    serialization.NoEncryption(),
-                )
-            )
+            return cls(selector, RSA_SHA256, pem)
+        # dkimpy (through PyNaCl) wants the base64 of the raw 32-byte seed.
+        seed = key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        return cls(selector, ED25519_SHA256, base64.b64encode(seed))
+
+
+class DkimSigner:
+    """Signs finished messages for one domain with one key, or two of different kinds
+    (RSA and Ed25519: RFC 8463 §4.1 asks Ed25519 signers to sign with RSA as well)."""
+
+    def __init__(self, domain: str, selector: str, key: PrivateKey, *more: DkimKey) -> None:
+        self.domain = _dns_name("domain", domain)
+        self.keys = (DkimKey.of(selector, key), *more)
+        kinds = [k.algorithm for k in self.keys]
+        if len(set(kinds)) != len(kinds):
+            raise ValueError("[dkim] the two keys must be of different kinds (RSA and Ed25519)")
+        self.selector = self.keys[0].selector
+        self.algorithm = self.keys[0].algorithm
         self._domain = self.domain.encode("ascii")
-        self._selector = self.selector.encode("ascii")
-        self._algorithm = self.algorithm.encode("ascii")
 
     @classmethod
     def from_config(cls, config: DkimConfig) -> DkimSigner | None:
         """The signer ``[dkim]`` asks for, or None when signing is off.
 
-        Raises ValueError, naming the file, when the key cannot be used.
+        Raises ValueError, naming the file, when a key cannot be used.
         """
         if not config.enabled:
             return None
         if config.key_file is None or not config.selector:
             raise ValueError("[dkim] domain is set, so selector and key_file are needed as well")
-        return cls(config.domain, config.selector, load_private_key(config.key_file))
+        more = []
+        if config.second_selector and config.second_key_file is not None:
+            second = load_private_key(config.second_key_file, "second_key_file")
+            more.append(DkimKey.of(config.second_selector, second))
+        return cls(config.domain, config.selector, load_private_key(config.key_file), *more)
 
     def sign(self, data: bytes) -> bytes:
-        """``DKIM-Signature: …`` (CRLF) followed by ``data``, a complete CRLF message."""
-        try:
-            signer = dkim.DKIM(data, signature_algorithm=self._algorithm, linesep=b"\r\n")
-            signature: bytes = signer.sign(
-                self._selector,
-                self._domain,
-                self._dkimpy_key,
-                canonicalize=_CANONICALIZE,
-                include_headers=_include_headers(signer.headers),
-            )
-        except dkim.DKIMException as e:
-            raise ValueError(f"cannot DKIM-sign this message: {e}") from None
-        return signature + data
+        """A ``DKIM-Signature: …`` field (CRLF) per key followed by ``data``, a complete
+        CRLF message. Each signature covers the message alone (DKIM-Signature is not
+        among the signed fields), so their order does not matter."""
+        signatures = []
+        for key in self.keys:
+            try:
+                signer = dkim.DKIM(
+                    data, signature_algorithm=key.algorithm.encode(), linesep=b"\r\n"
+                )
+                signatures.append(
+                    signer.sign(
+                        key.selector.encode("ascii"),
+                        self._domain,
+                        key.dkimpy_key,
+                        canonicalize=_CANONICALIZE,
+                        include_headers=_include_headers(signer.headers),
+                    )
+                )
+            except dkim.DKIMException as e:
+                raise ValueError(f"cannot DKIM-sign this message: {e}") from None
+        return b"".join(signatures) + data
+
+
+def signer_for(config: Config) -> DkimSigner | None:
+    """The signer of ``[dkim]`` for this config's relay, or None when signing is off.
+
+    Gmail and Yahoo count a mail without a signature they can verify as unsigned, and not
+    every large provider verifies Ed25519 (RFC 8463 §4.1 asks for RSA beside it): with a
+    real relay an Ed25519 key alone is refused. Raises ValueError saying what to do.
+    """
+    signer = DkimSigner.from_config(config.dkim)
+    if (
+        signer is not None
+        and not config.relay.url.startswith("maildir:")
+        and all(key.algorithm == ED25519_SHA256 for key in signer.keys)
+    ):
+        raise ValueError(
+            "[dkim] an Ed25519 key alone: not every mailbox provider verifies Ed25519;"
+            " add an RSA key as second_selector and second_key_file (RFC 8463 §4.1)"
+        )
+    return signer
 
 
 class SigningRelay:
@@ -141,16 +188,26 @@ class SigningRelay:
     Signing happens at send time, not when a mail is queued, so the database holds
     unsigned mail and a retry or a key change needs nothing rewritten. It runs in a
     worker thread: an RSA signature takes milliseconds of CPU, which must not stall
-    the event loop that also serves SMTP and the web.
+    the event loop that also serves SMTP and the web. With no signer it passes mail
+    through unsigned; :meth:`reconfigure` turns signing on, off, or to a new key.
     """
 
-    def __init__(self, relay: Relay, signer: DkimSigner) -> None:
+    def __init__(self, relay: Relay, signer: DkimSigner | None) -> None:
         self._relay = relay
         self.signer = signer
 
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config (SIGHUP): sign the next message with the new ``[dkim]``.
+
+        Raises ValueError for a bad key; the reload checks the key before it applies.
+        """
+        self.signer = signer_for(config)
+
     async def send(self, envelope_from: str, recipient: str, data: bytes) -> None:
-        signed = await asyncio.to_thread(self.signer.sign, data)
-        await self._relay.send(envelope_from, recipient, signed)
+        signer = self.signer
+        if signer is not None:
+            data = await asyncio.to_thread(signer.sign, data)
+        await self._relay.send(envelope_from, recipient, data)
 
     async def close(self) -> None:
         await self._relay.close()
@@ -167,28 +224,28 @@ def _include_headers(headers: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
     return [name for name in _SIGNED for _ in range(present[name] + 1)]
 
 
-def load_private_key(path: Path) -> PrivateKey:
+def load_private_key(path: Path, setting: str = "key_file") -> PrivateKey:
     """The RSA or Ed25519 private key in PEM file ``path``; ValueError naming it if not."""
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise ValueError(f"[dkim] key_file {path}: cannot read it: {e.strerror}") from None
+        raise ValueError(f"[dkim] {setting} {path}: cannot read it: {e.strerror}") from None
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError:
         raise ValueError(
-            f"[dkim] key_file {path}: the key is encrypted; store it without a passphrase"
+            f"[dkim] {setting} {path}: the key is encrypted; store it without a passphrase"
             " (readable by the service alone)"
         ) from None
     except (ValueError, UnsupportedAlgorithm):
         raise ValueError(
-            f"[dkim] key_file {path}: not a PEM private key (RSA or Ed25519 expected)"
+            f"[dkim] {setting} {path}: not a PEM private key (RSA or Ed25519 expected)"
         ) from None
     if isinstance(key, rsa.RSAPrivateKey):
-        _check_rsa_size(key, f"[dkim] key_file {path}")
+        _check_rsa_size(key, f"[dkim] {setting} {path}")
     elif not isinstance(key, ed25519.Ed25519PrivateKey):
         raise ValueError(
-            f"[dkim] key_file {path}: this kind of key cannot sign DKIM;"
+            f"[dkim] {setting} {path}: this kind of key cannot sign DKIM;"
             " use an RSA (2048 bits) or Ed25519 key"
         )
     if path.stat().st_mode & 0o004:

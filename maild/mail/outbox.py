@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session
 
 from maild.common.addresses import mask
 from maild.common.clock import Clock
-from maild.mail.relay import DeliveryError, PermanentFailure, Relay
+from maild.mail.errors import DeliveryError, PermanentFailure
+from maild.mail.relay import Relay
 from maild.store.db import Database
 from maild.store.models import FAILED, QUEUED, SENT, OutboxMail
 

@@ -10,9 +10,9 @@ One recipient per message, many messages per connection (SPEC §10: docomo drops
 a whole session with too many recipients, and one bad recipient can fail the
 others). aiosmtplib opens each connection (TLS, EHLO, AUTH); the transactions
 then run over :class:`maild.mail.smtp_wire.SmtpWire`, pipelined when the relay says
-PIPELINING. Recipients are written on the wire exactly as
-:func:`maild.common.addresses.smtp_path` gives them, keeping
-``RCPT TO:<"taro..yamada"@docomo.ne.jp>`` intact.
+PIPELINING (:mod:`maild.mail.aiosmtplib_compat` hands the connection over).
+Recipients are written on the wire exactly as :func:`maild.common.addresses.smtp_path`
+gives them, keeping ``RCPT TO:<"taro..yamada"@docomo.ne.jp>`` intact.
 
 ``maildir:PATH`` writes every message into a Maildir instead, so people trying
 maild out (``make run``) see each mail as a file.
@@ -23,34 +23,37 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
 import re
-import socket
 import ssl
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 
 import aiosmtplib
 
 from maild.common.addresses import mask, smtp_path
 from maild.common.config import ConfigError, RelayConfig
+from maild.mail.aiosmtplib_compat import HandOffError, check_version, take_transport
+from maild.mail.errors import (
+    DeliveryError,
+    PermanentFailure,
+    Stage,
+    TemporaryFailure,
+    failure,
+    mask_addresses,
+)
+from maild.mail.maildir import Maildir
 from maild.mail.smtp_wire import SmtpWire, WireClosed, WireError, data_payload
 
 log = logging.getLogger("maild.delivery")
 
-Stage = Literal["connect", "mail", "rcpt", "data", "compose"]
 
 # SMTP reply codes (RFC 5321 §4.2.2, §4.2.3).
 OK = 250
 WILL_FORWARD = 251
 START_INPUT = 354
 SERVICE_NOT_AVAILABLE = 421
-# Authentication required / needs a stronger mechanism / encryption required (RFC 4954 §6,
-# RFC 3207 §4): the relay wants a login or TLS before it takes any mail.
-RELAY_SETUP_CODES = frozenset({530, 534, 538})
 
 DEFAULT_TIMEOUT = 60.0
 # A pooled connection idle longer than this is probed with NOOP before reuse;
@@ -58,54 +61,6 @@ DEFAULT_TIMEOUT = 60.0
 PROBE_IDLE_AFTER = 30.0
 # How long close() lets connections finish closing before cutting them off.
 CLOSE_WAIT = 2.0
-
-_ADDRESS_IN_TEXT = re.compile(
-    r"(?:\"[^\"\r\n]*\"|[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+)@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+"
-)
-
-
-def mask_addresses(text: str) -> str:
-    """Mask every mail address inside free text, such as a relay's reply (SPEC §9)."""
-    return _ADDRESS_IN_TEXT.sub(lambda m: mask(m.group(0).replace('"', "")), text)
-
-
-class DeliveryError(Exception):
-    """The relay did not take the message.
-
-    ``code`` is the SMTP reply code (None when there was no reply: refused
-    connection, timeout, TLS failure, full disk); ``text`` the reply text with
-    addresses masked; ``stage`` says where it failed. Only ``rcpt`` and ``data``
-    failures say something about the recipient; ``connect`` failures (including
-    a refused login or STARTTLS) are about the relay, and are always temporary.
-    """
-
-    def __init__(self, code: int | None, text: str, *, stage: Stage = "connect") -> None:
-        self.code = code
-        self.text = mask_addresses(text.strip())
-        self.stage: Stage = stage
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.text}" if self.code is not None else self.text
-
-
-class TemporaryFailure(DeliveryError):
-    """4xx, or no usable connection: the same message may succeed later."""
-
-
-class PermanentFailure(DeliveryError):
-    """5xx for this recipient or message: sending it again will not help."""
-
-
-def failure(code: int | None, text: str, stage: Stage) -> DeliveryError:
-    """The right :class:`DeliveryError` for an SMTP reply (4xx temporary, 5xx permanent)."""
-    if code in RELAY_SETUP_CODES:
-        # "Authenticate / STARTTLS first" says nothing about the recipient: fix the
-        # relay settings and the same mail goes through.
-        return TemporaryFailure(code, text, stage="connect")
-    if code is not None and 500 <= code < 600 and stage != "connect":
-        return PermanentFailure(code, text, stage=stage)
-    return TemporaryFailure(code, text, stage=stage)
 
 
 class Relay(Protocol):
@@ -189,6 +144,7 @@ class SmtpRelay:
     ) -> None:
         if config.scheme not in ("smtp", "smtp+starttls", "smtps"):
             raise ConfigError(f"[relay] url: {config.url!r} is not an SMTP URL")
+        check_version()  # UnsupportedAiosmtplib: the daemon does not start
         self.host = config.host
         self.port = config.port
         self._hostname = hostname
@@ -213,6 +169,7 @@ class SmtpRelay:
         self._numbers = itertools.count(1)
         self._closed = False
         self._closing: set[asyncio.Transport] = set()
+        self._stalled: Stage | None = None  # the stage of the first timeout of an outage
 
     @property
     def _where(self) -> str:
@@ -244,8 +201,20 @@ class SmtpRelay:
                 keep = True
                 conn.messages += 1
                 log.debug("relay took mail for %s (connection %d)", mask(recipient), conn.number)
+                if self._stalled is not None:
+                    log.warning("relay %s answers again", self._where)
+                    self._stalled = None
             except DeliveryError as e:
                 log.info("relay did not take mail for %s: %s (%s)", mask(recipient), e, e.stage)
+                if e.timed_out and self._stalled is None:
+                    # Once per outage: every message in flight times out alike.
+                    self._stalled = e.stage
+                    log.warning(
+                        "relay %s stalled: no reply within %g s at %s; mail waits and is retried",
+                        self._where,
+                        self._timeout,
+                        e.stage,
+                    )
                 keep = e.stage != "connect" and await self._reset(conn)
                 raise
             finally:
@@ -334,15 +303,16 @@ class SmtpRelay:
             smtp.close()
             text = f"cannot reach relay {self._where}: {_describe(e)}"
             log.warning("%s", text)
-            raise TemporaryFailure(None, text) from None
+            raise TemporaryFailure(None, text, timed_out=isinstance(e, TimeoutError)) from None
         except BaseException:
             smtp.close()
             raise
-        transport = smtp.transport
-        if not isinstance(transport, asyncio.Transport) or transport.is_closing():
+        try:
+            # aiosmtplib has opened and greeted; the transactions go over our own wire.
+            transport = take_transport(smtp)
+        except HandOffError as e:
             smtp.close()
-            raise TemporaryFailure(None, f"relay {self._where} closed the connection")
-        # aiosmtplib has opened and greeted; the transactions go over our own wire.
+            raise TemporaryFailure(None, f"relay {self._where}: {e}") from None
         conn = _Connection(
             SmtpWire(transport, self._timeout),
             number,
@@ -445,7 +415,8 @@ def _broken(conn: _Connection, error: BaseException, stage: Stage) -> TemporaryF
     """No reply, or a garbled one: close the connection, since replies still under
     way would answer the wrong commands, and say what went wrong."""
     conn.wire.close()
-    return TemporaryFailure(None, _describe(error), stage=stage)
+    timed_out = isinstance(error, TimeoutError)
+    return TemporaryFailure(None, _describe(error), stage=stage, timed_out=timed_out)
 
 
 def _closed(transport: asyncio.Transport) -> bool:
@@ -474,66 +445,18 @@ def _describe(error: BaseException) -> str:
 
 
 class MaildirRelay:
-    """Writes each message into a Maildir (``tmp`` → fsync → rename into ``new``)."""
+    """Writes each message into a Maildir (:class:`maild.mail.maildir.Maildir`)."""
 
     def __init__(self, path: Path, hostname: str) -> None:
         self.path = path
-        # Maildir names must not contain "/" or ":" (maildir(5)).
-        self._host = (hostname or socket.gethostname()).replace("/", r"\057").replace(":", r"\072")
-        self._numbers = itertools.count(1)
-        self._lock = threading.Lock()
+        self.maildir = Maildir(path, hostname)
 
     async def send(self, envelope_from: str, recipient: str, data: bytes) -> None:
         try:
-            written = await asyncio.to_thread(self.deliver, envelope_from, recipient, data)
+            written = await asyncio.to_thread(self.maildir.deliver, envelope_from, recipient, data)
         except OSError as e:
             raise TemporaryFailure(None, f"cannot write to {self.path}: {e.strerror}") from None
         log.info("mail for %s written to %s", mask(recipient), written.name)
 
     async def close(self) -> None:
         return None
-
-    def deliver(self, envelope_from: str, recipient: str, data: bytes) -> Path:
-        """Write one message; returns its path in ``new``. Blocking: run it in a thread."""
-        for sub in ("tmp", "new", "cur"):
-            (self.path / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
-        trace = (
-            f"Return-Path: <{smtp_path(envelope_from) if envelope_from else ''}>\n"
-            f"Delivered-To: {smtp_path(recipient)}\n"
-        ).encode("ascii", "replace")
-        # Maildir files hold LF line endings (maildir(5)); CRLF is a wire format.
-        content = trace + data.replace(b"\r\n", b"\n")
-        while True:
-            name = self._unique_name()
-            tmp = self.path / "tmp" / name
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                continue
-            break
-        try:
-            os.fchmod(fd, 0o600)
-            view = memoryview(content)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        final = self.path / "new" / name
-        os.rename(tmp, final)
-        dir_fd = os.open(self.path / "new", os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        return final
-
-    def _unique_name(self) -> str:
-        with self._lock:
-            number = next(self._numbers)
-        now = time.time_ns()
-        seconds, micro = divmod(now // 1000, 1_000_000)
-        return f"{seconds}.M{micro}P{os.getpid()}Q{number}.{self._host}"

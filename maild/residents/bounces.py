@@ -4,7 +4,9 @@ Every alert leaves with the envelope sender ``bounce+TOKEN@…`` (VERP); the tok
 is a signed subscriber id, so a bounce tells us *who* by the address it comes
 back to, and the message itself is read only to learn *how bad*:
 :func:`classify` is pure and answers permanent, temporary, or "not a failure
-report". RFC 3464 delivery-status fields decide first (``Action``, ``Status``);
+report". RFC 3464 delivery-status fields decide first: ``Action: failed`` is
+permanent whatever the ``Status`` class (a ``4.4.x`` that expired in the queue
+after days of an unreachable MX included), ``delayed`` is temporary;
 messages without them go to flufl.bounce's detectors, then to a small reading
 of the human-readable notice for the plain-text formats it does not know
 (au's ``Mail System Error - Returned Mail``, old sendmail bounces about docomo).
@@ -31,8 +33,9 @@ separate days, never on the first one, and never deleted.
 - Only active subscribers are scored; pending ones have never been sent an alert.
 
 A suspended subscriber gets no alerts (the recipient query selects active
-ones). :func:`revive` makes them active again when they show they are there:
-a blank mail from the address, or a visit to their manage page.
+ones). :func:`maild.residents.subscribers.revive` makes them active again when
+they show they are there: a blank mail from the address, or a visit to their
+manage page.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from sqlalchemy.orm import Session
 from maild.common.addresses import InvalidAddress, mask, normalize
 from maild.common.clock import Clock
 from maild.common.config import Config
-from maild.mail.relay import DeliveryError, PermanentFailure, mask_addresses
+from maild.mail.errors import DeliveryError, PermanentFailure, mask_addresses
 from maild.store.db import Database
 from maild.store.models import ACTIVE, SUSPENDED, Subscriber
 
@@ -248,13 +251,11 @@ def _from_dsn(blocks: list[Message]) -> Classification | None:
             continue
         elif (status is not None and _is_full(status)) or _FULL.search(diagnostic):
             temporary.append(entry)
-        elif status is not None:
-            (permanent if status.startswith("5") else temporary).append(entry)
         else:
-            # "failed" without a usable Status: the reply code in Diagnostic-Code, if any,
-            # else RFC 3464 §2.3.3 — "failed" means it could not be delivered, for good.
-            reply = _REPLY.search(diagnostic)
-            (temporary if reply is not None and reply.group(1) == "4" else permanent).append(entry)
+            # RFC 3464 §2.3.3: "failed" means the MTA gave up on this recipient, whatever
+            # the status class. A 4.x.x with "failed" is a delivery that expired in the
+            # queue (unreachable MX for days): counted, or the address stays forever.
+            permanent.append(entry)
     chosen, verdict = (permanent, True) if permanent else (temporary, False)
     if not chosen:
         return None
@@ -407,6 +408,10 @@ class Bounces:
     @classmethod
     def from_config(cls, config: Config, db: Database, clock: Clock) -> Bounces:
         return cls(db, clock, config.bounces.threshold, config.service.tz)
+
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config (SIGHUP): the threshold for the next failure scored."""
+        self.threshold = config.bounces.threshold
 
     def record_permanent(
         self, subscriber_id: int, reason: str, recipients: Collection[str] = ()

@@ -113,6 +113,9 @@ class AnswerBudget:
         self._lock = threading.Lock()
         self._by_ip: dict[str, collections.deque[Charge]] = {}
         self._all: collections.deque[Charge] = collections.deque()
+        # Refusals since start by reason (blank mails and /signup alike), for /metrics:
+        # the log says a flood of them once a minute, these keep the exact numbers.
+        self.refused: collections.Counter[str] = collections.Counter()
 
     def reconfigure(self, limits: LimitsConfig) -> None:
         """Take reloaded limits (SIGHUP); what was spent so far still counts."""
@@ -129,12 +132,14 @@ class AnswerBudget:
             limits = self.limits
             _expire(self._all, now - TOTAL_WINDOW)
             if len(self._all) >= limits.answers_per_hour:
+                self.refused[HOURLY] += 1
                 raise OverBudget(HOURLY, _seconds_until(self._all[0].at + TOTAL_WINDOW, now))
             counted = peer_key(ip) if ip is not None and not self.trusted(ip) else None
             recent = self._by_ip.get(counted) if counted is not None else None
             if recent is not None:
                 _expire(recent, now - PER_IP_WINDOW)
                 if len(recent) >= limits.answers_per_ip_per_minute:
+                    self.refused[IP_RATE] += 1
                     raise OverBudget(IP_RATE, _seconds_until(recent[0].at + PER_IP_WINDOW, now))
             charge = Charge(counted, now)
             self._all.append(charge)

@@ -4,16 +4,26 @@ A token carries ``[subscriber id, link key]``; the link key is random per
 subscriber, so replacing it (or erasing the subscriber) revokes every link
 they were ever sent. Register links expire after 24 h; manage and unsubscribe
 links do not expire (SPEC §8, issue 2). Time comes from the injected clock.
+
+Tokens are made and checked by stock itsdangerous, through its public API only:
+``URLSafeTimedSerializer`` (``URLSafeSerializer`` for VERP addresses), its compact
+JSON, salt ``maild.<purpose>``, and the signer's settings given explicitly in
+:data:`SIGNER_KWARGS`. Those settings are the format of every link already in a
+resident's mailbox: ``tests/golden/`` holds tokens made by maild 0.1.0 that every
+later maild must verify. To move to another digest, sign with the new settings and
+keep these as the serializer's ``fallback_signers``; never just change them.
+
+One difference from the stock URL-safe serializers: maild's tokens are never
+zlib-compressed (:meth:`UncompressedTimedSerializer.dump_payload`), as 0.1.0's never
+were. Reading is entirely stock, so compressed tokens from elsewhere still load.
 """
 
 from __future__ import annotations
 
-import binascii
 import datetime as dt
 import hashlib
-import hmac
-import json
 import os
+import re
 import secrets
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,13 +31,14 @@ from typing import Any
 
 from itsdangerous import (
     BadSignature,
+    Serializer,
     SignatureExpired,
     Signer,
+    TimestampSigner,
     URLSafeSerializer,
     URLSafeTimedSerializer,
 )
-from itsdangerous.encoding import int_to_bytes
-from itsdangerous.timed import TimestampSigner
+from itsdangerous.encoding import base64_encode
 
 from maild.common.clock import Clock
 
@@ -36,10 +47,16 @@ MANAGE = "manage"
 UNSUBSCRIBE = "unsubscribe"
 CSRF = "csrf"
 PURPOSES = (REGISTER, MANAGE, UNSUBSCRIBE, CSRF)
+VERP_SALT = "maild.verp"
 
 REGISTER_MAX_AGE = dt.timedelta(hours=24)
 CSRF_MAX_AGE = dt.timedelta(hours=12)
 KEY_FILE_NAME = "secret.key"
+
+# HMAC-SHA1 under the key hashed with the salt ("django-concat"): itsdangerous's
+# defaults when maild 0.1.0 made its first links, written out so that a change of
+# defaults in a later itsdangerous cannot change them.
+SIGNER_KWARGS: dict[str, Any] = {"key_derivation": "django-concat", "digest_method": hashlib.sha1}
 
 
 class LinkError(Exception):
@@ -72,150 +89,40 @@ def read_key(path: Path) -> bytes:
     return key.encode("ascii")
 
 
-class _KeyOnce(Signer):
-    """Derives each key once: itsdangerous derives it again for every signature."""
+class ClockTimestampSigner(TimestampSigner):
+    """itsdangerous's timestamp signer, reading "now" from maild's clock.
 
-    # SHA-1 as itsdangerous's default, given as OpenSSL's own constructor: hmac then
-    # takes its C path instead of building the HMAC in Python (its lazy wrapper).
-    default_digest_method = staticmethod(hashlib.sha1)
-
-    def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
-        cache: dict[str | bytes | None, bytes] = self.__dict__.setdefault("_derived", {})
-        key = cache.get(secret_key)
-        if key is None:
-            key = cache[secret_key] = super().derive_key(secret_key)
-        return key
-
-
-class _CompactJson:
-    """itsdangerous's compact JSON, with its encoder made once: json.dumps builds a
-    new encoder on every call that passes options."""
-
-    dumps = staticmethod(json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode)
-    loads = staticmethod(json.loads)
-
-
-class _KeepSigner(URLSafeSerializer):
-    """Keeps its signer: itsdangerous makes a new one per call, which derives the keys
-    again. :class:`_Tokens` makes the tokens and checks the usual ones itself; this
-    serializer checks the rest."""
-
-    def make_signer(self, salt: str | bytes | None = None) -> Any:
-        if salt is not None and salt != self.salt:
-            return super().make_signer(salt)
-        signer = self.__dict__.get("_signer")
-        if signer is None:
-            signer = self.__dict__["_signer"] = super().make_signer(salt)
-        return signer
-
-
-class _Serializer(_KeepSigner, URLSafeTimedSerializer):
-    pass
-
-
-_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
-_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
-# itsdangerous turns a valid token's timestamp into a datetime, which fails after 9999.
-_LAST_TIMESTAMP = int(dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC).timestamp())
-_MISS: Any = object()
-
-
-def _b64encode(data: bytes) -> bytes:
-    """itsdangerous's ``base64_encode`` (URL-safe, padding stripped) in two C calls."""
-    return binascii.b2a_base64(data, newline=False).translate(_TO_URLSAFE).rstrip(b"=")
-
-
-def _b64decode(data: bytes) -> bytes:
-    """itsdangerous's ``base64_decode`` for ASCII: padding put back, then what
-    ``base64.urlsafe_b64decode`` does (lenient, as there) without its wrappers."""
-    return binascii.a2b_base64((data + b"=" * (-len(data) % 4)).translate(_FROM_URLSAFE))
-
-
-def _sign(mac: hmac.HMAC, data: bytes) -> bytes:
-    """``hmac.digest(key, data, "sha1")`` from ``mac``, an HMAC keyed with ``key`` and
-    never updated (a copy is updated instead, so threads can share it)."""
-    signer = mac.copy()
-    signer.update(data)
-    return signer.digest()
-
-
-class _Tokens:
-    """One salt's tokens, in itsdangerous's format, without its per-call plumbing.
-
-    A token is ``payload[.timestamp].signature``, each URL-safe base64 without padding:
-    compact JSON, the signing time as big-endian bytes (timed tokens only), and the
-    HMAC-SHA1 of everything before the last dot, under the key derived from the secret
-    and the salt. Made here, they
-    are the bytes itsdangerous makes (links already mailed out must keep working),
-    except that the payload is never zlib-compressed: ours are a few dozen bytes, which
-    zlib never shortens. Checking them through itsdangerous costs 12-25 µs, a sixth of
-    a web page; here the usual case (one of our own tokens, in time) is one HMAC and two
-    base64 decodes, and anything else goes to the stock serializer, so that every
-    outcome and error (invalid, expired, compressed or odd tokens) is still its own.
+    Overriding :meth:`get_timestamp` is how the itsdangerous documentation says to
+    change the time source; the serializer passes ``clock`` on from its
+    ``signer_kwargs``.
     """
 
-    def __init__(self, serializer: URLSafeSerializer, clock: Clock | None) -> None:
-        self._serializer = serializer
-        self._clock = clock  # None: untimed tokens, without the timestamp part
-        signer = serializer.make_signer()
-        # Newest first, the order itsdangerous tries them in; it signs with the newest.
-        # Each key's HMAC is set up once and copied per signature: keying it (two SHA-1
-        # blocks and OpenSSL's digest lookup) was a third of each HMAC-SHA1.
-        self._macs = [
-            hmac.new(signer.derive_key(key), digestmod=hashlib.sha1)
-            for key in reversed(serializer.secret_keys)
-        ]
+    def __init__(self, *args: Any, clock: Clock, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.clock = clock
 
-    def dumps(self, obj: Any) -> str:
-        body = _b64encode(_CompactJson.dumps(obj).encode("utf-8"))
-        if self._clock is not None:
-            body += b"." + _b64encode(int_to_bytes(self._clock.timestamp()))
-        signature = _b64encode(_sign(self._macs[0], body))
-        return (body + b"." + signature).decode("ascii")
+    def get_timestamp(self) -> int:
+        return self.clock.timestamp()
 
-    def loads(self, token: str, max_age: int | None = None) -> Any:
-        """What the stock serializer's ``loads`` returns, or the error it raises."""
-        payload = self._verified(token, max_age)
-        if payload is not _MISS:
-            return payload
-        if self._clock is None:
-            return self._serializer.loads(token)
-        return self._serializer.loads(token, max_age=max_age)
 
-    def _verified(self, token: str, max_age: int | None) -> Any:
-        """The payload of a well-formed token, signed by one of the keys, in time and
-        holding uncompressed JSON; else ``_MISS``, for itsdangerous to decide."""
-        if not token.isascii():
-            return _MISS
-        data = token.encode("ascii")
-        parts = data.split(b".")
-        if len(parts) != (2 if self._clock is None else 3):
-            return _MISS  # a compressed payload (".…"), a dot too many or too few
-        signed = data[: -len(parts[-1]) - 1]
-        # The signature is compared as we write it; other spellings that itsdangerous's
-        # lenient base64 also reads ("+" for "-", padding) are left to it.
-        for mac in self._macs:
-            expected = _b64encode(_sign(mac, signed))
-            if hmac.compare_digest(expected, parts[-1]):
-                break
-        else:
-            return _MISS
-        try:
-            if self._clock is not None:
-                stamp = _b64decode(parts[1])
-                if len(stamp) > 8:  # more than itsdangerous's 64-bit timestamps
-                    return _MISS
-                signed_at = int.from_bytes(stamp, "big")
-                if signed_at > _LAST_TIMESTAMP:
-                    return _MISS
-                # itsdangerous: an age above max_age, or below 0, is expired.
-                if max_age is not None and not (
-                    0 <= self._clock.timestamp() - signed_at <= max_age
-                ):
-                    return _MISS
-            return json.loads(_b64decode(parts[0]).decode("utf-8"))
-        except Exception:  # bad base64, UTF-8 or JSON: itsdangerous raises its own error
-            return _MISS
+class UncompressedTimedSerializer(URLSafeTimedSerializer):
+    """``URLSafeTimedSerializer`` that writes the payload as plain URL-safe base64.
+
+    The stock serializer tries ``zlib.compress`` on every payload and keeps the result
+    if shorter. Ours (an id and a 16-digit link key, a CSRF cookie) are never shortened
+    by it, and trying allocates zlib's state each time: it was most of the cost of
+    making a link (the fan-out makes two per recipient). Loading is unchanged.
+    """
+
+    def dump_payload(self, obj: Any) -> bytes:
+        return base64_encode(Serializer.dump_payload(self, obj))
+
+
+class UncompressedSerializer(URLSafeSerializer):
+    """``URLSafeSerializer`` that writes the payload as plain URL-safe base64 (VERP)."""
+
+    def dump_payload(self, obj: Any) -> bytes:
+        return base64_encode(Serializer.dump_payload(self, obj))
 
 
 class Links:
@@ -223,32 +130,27 @@ class Links:
 
     def __init__(self, key: bytes, old_keys: Sequence[bytes] = (), clock: Clock | None = None):
         self.clock = clock or Clock()
-        clock_ = self.clock
-
-        class ClockSigner(_KeyOnce, TimestampSigner):
-            def get_timestamp(self) -> int:
-                return clock_.timestamp()
-
         # itsdangerous signs with the last key and verifies with any (rotation).
         keys = [*old_keys, key]
-        self._tokens = {
-            purpose: _Tokens(
-                _Serializer(
-                    keys, salt=f"maild.{purpose}", serializer=_CompactJson, signer=ClockSigner
-                ),
-                self.clock,
+        self._serializers = {
+            purpose: UncompressedTimedSerializer(
+                keys,
+                salt=f"maild.{purpose}",
+                signer=ClockTimestampSigner,
+                signer_kwargs={**SIGNER_KWARGS, "clock": self.clock},
             )
             for purpose in PURPOSES
         }
 
     def make(self, purpose: str, payload: Any) -> str:
-        return self._tokens[purpose].dumps(payload)
+        return self._serializers[purpose].dumps(payload)
 
     def check(self, purpose: str, token: str, max_age: dt.timedelta | None = None) -> Any:
         """The payload of a valid token, or :class:`LinkError` (``invalid`` or ``expired``)."""
+        _check_alphabet(token)
         seconds = None if max_age is None else int(max_age.total_seconds())
         try:
-            return self._tokens[purpose].loads(token, seconds)
+            return self._serializers[purpose].loads(token, max_age=seconds)
         except SignatureExpired:
             raise LinkError("expired") from None
         except BadSignature:
@@ -272,6 +174,17 @@ class Links:
         return payload[0], payload[1]
 
 
+# What itsdangerous writes: URL-safe base64 and its "." separator. Its base64 decoding
+# skips bytes outside that alphabet, so "TOKEN" and "TOKEN%C3%A9" would load alike:
+# anything else makes a token invalid before it is read.
+_TOKEN_ALPHABET = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _check_alphabet(token: str) -> None:
+    if not _TOKEN_ALPHABET.fullmatch(token):
+        raise LinkError("invalid")
+
+
 def new_link_key() -> str:
     return secrets.token_hex(8)
 
@@ -284,19 +197,17 @@ class VerpTokens:
     """
 
     def __init__(self, key: bytes, old_keys: Sequence[bytes] = ()) -> None:
-        self._tokens = _Tokens(
-            _KeepSigner(
-                [*old_keys, key], salt="maild.verp", serializer=_CompactJson, signer=_KeyOnce
-            ),
-            clock=None,
+        self._serializer = UncompressedSerializer(
+            [*old_keys, key], salt=VERP_SALT, signer=Signer, signer_kwargs=SIGNER_KWARGS
         )
 
     def make(self, subscriber_id: int) -> str:
-        return self._tokens.dumps(subscriber_id)
+        return self._serializer.dumps(subscriber_id)
 
     def check(self, token: str) -> int:
+        _check_alphabet(token)
         try:
-            value = self._tokens.loads(token)
+            value = self._serializer.loads(token)
         except BadSignature:
             raise LinkError("invalid") from None
         if not isinstance(value, int):

@@ -26,7 +26,8 @@ from maild.common.config import Config
 from maild.mail.compose import charset_for, compose
 from maild.mail.outbox import enqueue, enqueue_many, queued
 from maild.residents import notices
-from maild.residents.areas import CATEGORIES, AreaMap, categories_from_mask, mask_from_categories
+from maild.residents.areas import AreaMap, shared_area_map
+from maild.residents.categories import CATEGORIES, categories_from_mask, mask_from_categories
 from maild.residents.links import MANAGE, REGISTER, UNSUBSCRIBE, LinkError, Links, new_link_key
 from maild.residents.subscribers import erase, revive
 from maild.store.db import Database
@@ -41,16 +42,6 @@ RACE_ATTEMPTS = 3
 # Where a request came from (Request.channel; also in log lines).
 MAIL = "mail"  # a blank mail to the registration address
 WEB = "web"  # the /signup form
-
-# The register form's question in one query: the address of this subscriber, if their
-# links still hold and they are still pending. One column, because the sqlite3 module
-# lets go of the GIL once per column fetched, and under load each hand-over between the
-# web's threads costs more than the query (built once: Database.plain_row compiles it once).
-_PENDING_ADDRESS = select(Subscriber.address).where(
-    Subscriber.id == bindparam("id"),
-    Subscriber.link_key == bindparam("link_key"),
-    Subscriber.status == bindparam("status"),
-)
 
 # Outcomes of a registration request (also metric labels).
 SENT_REGISTER = "register"
@@ -148,6 +139,11 @@ class Registrations:
         self.areas = areas
         self.clock = clock
         self.wake_outbox = wake_outbox
+
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config (SIGHUP): links, mails and area names from the next request on."""
+        self.config = config
+        self.areas = shared_area_map(config.areas.file)
 
     # --- requests: a blank mail, or the /signup form -------------------------
 
@@ -292,17 +288,21 @@ class Registrations:
     def view_register(self, token: str) -> PendingView:
         """The form's view of a pending subscriber: the page every new resident opens.
 
-        One small query, and no lock (it changes nothing): loading the ORM object with its
-        selectin-loaded areas was most of the page's time. The refusals are
-        :meth:`_by_link`'s: ``used`` for a subscriber who is gone, whose links were
+        One query for the address alone, and no lock (it changes nothing). The refusals
+        are :meth:`_by_link`'s: ``used`` for a subscriber who is gone, whose links were
         revoked or who has completed the form.
         """
         subscriber_id, link_key = self.links.check_subscriber_link(REGISTER, token)
-        where = {"id": subscriber_id, "link_key": link_key, "status": PENDING}
-        row = self.db.plain_row(_PENDING_ADDRESS, where)
-        if row is None:
+        pending_address = select(Subscriber.address).where(
+            Subscriber.id == subscriber_id,
+            Subscriber.link_key == link_key,
+            Subscriber.status == PENDING,
+        )
+        with self.db.transaction() as session:
+            address = session.scalar(pending_address)
+        if address is None:
             raise LinkError("used")
-        return PendingView(id=subscriber_id, masked_address=addresses.mask(row[0]))
+        return PendingView(id=subscriber_id, masked_address=addresses.mask(address))
 
     def complete_register(
         self, token: str, area_ids: Iterable[str], categories: Iterable[str]

@@ -58,6 +58,10 @@ class Housekeeping:
         self.alerts = alerts
         self.clock = clock
 
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config (SIGHUP): ``keep_days`` counts from the next pass."""
+        self.config = config
+
     def run(self) -> Pruned:
         now = self.clock.now()
         pruned = Pruned(

@@ -1,7 +1,11 @@
 """Logging set-up: one line per event on stderr, for the journal.
 
 A last-line filter masks anything that still looks like an address or a
-signed token, so a careless log call cannot leak one (operating rules §7).
+signed token, so a careless log call cannot leak one (operating rules §7), and
+escapes control characters in the message (NUL, backspace, ESC sequences, line
+breaks, bidirectional overrides): values that SMTP and HTTP clients choose reach
+log lines, and raw they could forge a line or rewrite a terminal. Tracebacks
+keep their line breaks.
 """
 
 from __future__ import annotations
@@ -17,6 +21,17 @@ _ADDRESS = re.compile(
     r"(\"[^\"\s]{1,64}\"|[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64})@([A-Za-z0-9.-]+\.[A-Za-z]{2,})"
 )
 _TOKEN = re.compile(r"\b[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{6}\.[A-Za-z0-9_-]{20,}\b")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def escape_controls(text: str) -> str:
+    """Control and bidi-control characters as ``\\xNN`` / ``\\uNNNN``, the rest as is."""
+    return _CONTROL.sub(
+        lambda m: (
+            f"\\x{ord(m.group(0)):02x}" if ord(m.group(0)) < 0x100 else f"\\u{ord(m.group(0)):04x}"
+        ),
+        text,
+    )
 
 
 def scrub(text: str) -> str:
@@ -27,6 +42,10 @@ def scrub(text: str) -> str:
 
 
 class ScrubbingFormatter(logging.Formatter):
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
     def format(self, record: logging.LogRecord) -> str:
         return scrub(super().format(record))
 

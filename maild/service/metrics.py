@@ -9,20 +9,26 @@ by a collector, so the numbers are right even after a restart.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from maild.mail.relay import DeliveryError, PermanentFailure, Relay
+from maild.mail.errors import DeliveryError, PermanentFailure
+from maild.mail.relay import Relay
 from maild.store.db import Database
 from maild.store.models import ALERT_STATUSES, QUEUED, Alert, OutboxMail, Subscriber
 
 
 class Metrics:
-    def __init__(self, db: Database, sessions: Callable[[], int] = lambda: 0) -> None:
+    def __init__(
+        self,
+        db: Database,
+        sessions: Callable[[], int] = lambda: 0,
+        refusals: Callable[[], Mapping[str, int]] = dict,
+    ) -> None:
         self.registry = CollectorRegistry()
         self.registrations = Counter(
             "maild_registrations",
@@ -43,6 +49,7 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_DatabaseCollector(db, sessions))
+        self.registry.register(_RefusalCollector(refusals))
 
     def registration(self, outcome: str) -> None:
         self.registrations.labels(outcome).inc()
@@ -79,6 +86,23 @@ class _TimedRelay:
 
     async def close(self) -> None:
         await self._relay.close()
+
+
+class _RefusalCollector(Collector):
+    """Registration answers refused by the answer budget, by limit (mail and web)."""
+
+    def __init__(self, refusals: Callable[[], Mapping[str, int]]) -> None:
+        self.refusals = refusals
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "maild_answer_refusals",
+            "Registration answers refused by a limit (hourly, per-ip), blank mails and /signup",
+            labels=["limit"],
+        )
+        for limit, count in sorted(self.refusals().items()):
+            family.add_metric([limit], count)
+        yield family
 
 
 class _DatabaseCollector(Collector):

@@ -1,87 +1,95 @@
-"""SIGHUP: take a changed config, area file and window rules without a restart.
+"""SIGHUP: take a changed config, area file and DKIM key without a restart.
 
-The new files are read and checked in full first; a broken one is refused
-with a logged reason and the running configuration stays. What is applied is
-swapped by reference, so an SMTP session or a fan-out batch under way finishes
-with the values it started with. Listeners, the database, the relay, the
-spool, keys and the time zone are bound at start: a change there is logged as
-needing a restart and otherwise ignored.
+One path for every process: the daemon and each delivery worker call
+:func:`reload_config`, which reads and checks the new files in full, keeps the
+running value of every key in :data:`RESTART_KEYS` (logging a warning that names
+each one that changed), and hands the result to :func:`reconfigure_all`: one
+``reconfigure(config)`` call on each long-lived component. A broken file is
+refused with a logged reason and nothing changes.
+
+A component swaps what it holds by reference, so an SMTP session or a fan-out
+batch under way finishes with the values it started with.
+
+Every key of the schema is either in :data:`RESTART_KEYS` or applied by
+``reconfigure``; tests/test_reload.py walks the schema and fails on a key that is
+neither, and shows each applied key taking effect.
 """
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import logging
-from dataclasses import dataclass
+from collections.abc import Iterable
 
 from maild.alerts.window import WindowRules
 from maild.common.config import Config, ConfigError, load_config
-from maild.delivery.fanout import FanoutSender
-from maild.inbound.listener import InboundHandler
-from maild.mail.dkim import DkimSigner
-from maild.residents.areas import AreaFileError, AreaMap
-from maild.service.services import Services, window_rules
-from maild.web.app import WebApp
+from maild.mail.dkim import signer_for
+from maild.residents.areas import AreaFileError, shared_area_map
+from maild.service.services import Reconfigurable
 
 log = logging.getLogger("maild")
 
-# Sections (or keys) read once at start.
-BOUND_AT_START = (
-    ("smtp", "listen"),
-    ("smtp", "tls_cert_file"),
-    ("smtp", "tls_key_file"),
-    ("smtp", "max_message_size"),
-    ("web", "listen"),
-    ("database", None),
-    ("relay", None),
-    ("dkim", None),
-    ("spool", None),
-    ("service", "state_dir"),
-    ("service", "timezone"),
-    ("service", "old_secret_key_files"),
+# Keys bound when the process starts: a change is logged and takes effect at the
+# next restart. Everything else is applied by SIGHUP.
+RESTART_KEYS: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("service", "state_dir"),  # the database file and the secret key live there
+        ("service", "timezone"),  # the spool's dates and the bounce days are read in it
+        ("service", "old_secret_key_files"),  # links are checked with the keys read at start
+        ("database", "url"),
+        ("smtp", "listen"),
+        ("smtp", "hostname"),  # the listener's greeting and the relay's EHLO
+        ("smtp", "max_message_size"),
+        ("smtp", "tls_cert_file"),
+        ("smtp", "tls_key_file"),
+        ("web", "listen"),
+        # The relay connections, their rate and the worker processes are built at start.
+        ("relay", "url"),
+        ("relay", "username"),
+        ("relay", "password_file"),
+        ("relay", "connections"),
+        ("relay", "max_per_second"),
+        ("relay", "verify_tls"),
+        ("relay", "workers"),
+        ("spool", "dir"),
+    }
 )
 
 
-@dataclass
-class Reloader:
-    services: Services
-    handler: InboundHandler
-    web: WebApp
-    fanout: FanoutSender
+class ReloadRefused(Exception):
+    """The new files are broken; the running configuration stays."""
 
-    async def reload(self) -> bool:
-        """Re-read and apply; False (and the old configuration kept) when the new one is bad."""
-        old = self.services.config
-        try:
-            config, areas, rules = await asyncio.to_thread(self._load, old)
-        except (ConfigError, AreaFileError, ValueError, OSError) as e:
-            log.error("reload refused, keeping the running configuration: %s", e)
-            return False
-        for section, key in BOUND_AT_START:
-            before = getattr(old, section) if key is None else getattr(getattr(old, section), key)
-            after = (
-                getattr(config, section) if key is None else getattr(getattr(config, section), key)
-            )
-            if before != after:
-                name = f"[{section}]" + (f" {key}" if key else "")
-                log.warning("reload: %s changed; it takes effect at the next restart", name)
-        self._apply(config, areas, rules)
-        log.info("reloaded %s (%d areas)", config.path, len(areas.areas()))
-        return True
 
-    @staticmethod
-    def _load(old: Config) -> tuple[Config, AreaMap, WindowRules]:
-        config = load_config(old.path)
-        areas = AreaMap.load(config.areas.file)
-        DkimSigner.from_config(config.dkim)  # a broken key file is refused now, not at restart
-        return config, areas, window_rules(config)
+def reload_config(running: Config) -> Config:
+    """Read ``running.path`` again and check it with its area file and DKIM key.
 
-    def _apply(self, config: Config, areas: AreaMap, rules: WindowRules) -> None:
-        s = self.services
-        s.config, s.areas, s.rules = config, areas, rules
-        s.registrations.config, s.registrations.areas = config, areas
-        s.alerts.config, s.alerts.areas, s.alerts.rules = config, areas, rules
-        s.bounces.threshold = config.bounces.threshold
-        self.web.config, self.web.areas = config, areas
-        self.handler.reconfigure(config)
-        self.fanout.reconfigure(config)
+    Returns the config to apply: the new one, with the running value of every key in
+    :data:`RESTART_KEYS` (a warning names each that changed). Raises ReloadRefused.
+    Blocking: reads files.
+    """
+    try:
+        new = load_config(running.path)
+        shared_area_map(new.areas.file)
+        signer_for(new)
+        WindowRules.from_config(new.window, new.service.timezone)
+    except (ConfigError, AreaFileError, ValueError, OSError) as e:
+        raise ReloadRefused(str(e)) from None
+    return keep_restart_keys(running, new)
+
+
+def keep_restart_keys(running: Config, new: Config) -> Config:
+    """``new`` with the running value of each restart-only key; warns for each change."""
+    sections: dict[str, object] = {}
+    for section, key in sorted(RESTART_KEYS):
+        before = getattr(getattr(running, section), key)
+        if getattr(getattr(new, section), key) != before:
+            log.warning("reload: [%s] %s changed; it needs a restart to take effect", section, key)
+            current = sections.get(section, getattr(new, section))
+            sections[section] = dataclasses.replace(current, **{key: before})  # type: ignore[type-var]
+    return dataclasses.replace(new, **sections)  # type: ignore[arg-type]
+
+
+def reconfigure_all(components: Iterable[Reconfigurable], config: Config) -> None:
+    """Give ``config`` to every component: the one call a reload makes on each."""
+    for component in components:
+        component.reconfigure(config)

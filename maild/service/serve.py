@@ -2,8 +2,11 @@
 
 The loop runs the SMTP listener, the outbox sender (registration mails), the
 spool watcher, the release scheduler and the alert fan-out; the web app runs in
-waitress's own thread. Registration mails have a relay connection pool of
-their own, so a resident's answer never queues behind a large fan-out.
+waitress's own thread. That thread is watched: if it ends while the daemon is not
+stopping, the daemon logs it, stops as on SIGTERM and exits non-zero
+(:class:`ServiceFailure`), so that systemd (``Restart=on-failure``) starts it again.
+Registration mails have a relay connection pool of their own, so a resident's answer
+never queues behind a large fan-out.
 
 Signal contract: SIGTERM and SIGINT stop (stop accepting, let the SMTP
 transaction under way finish, let the senders finish their batch, close the
@@ -25,24 +28,29 @@ from typing import Any
 
 from maild.alerts.alertfile import AlertDraft
 from maild.alerts.release import ReleaseScheduler
-from maild.alerts.spool import FileMeta, SpoolWatcher, ensure_layout
+from maild.alerts.spool import FileMeta, SpoolWatcher
+from maild.alerts.spool_files import ensure_layout
 from maild.alerts.workflow import Source
 from maild.common.clock import Clock, clock_from_environment
-from maild.common.config import Config
+from maild.common.config import Config, ListenAddress
 from maild.delivery.fanout import FanoutSender
-from maild.inbound.listener import InboundHandler, InboundServer
-from maild.mail.dkim import DkimSigner, signing
+from maild.inbound.aiosmtpd_compat import UnsupportedAiosmtpd
+from maild.inbound.handler import InboundHandler
+from maild.inbound.listener import InboundServer
+from maild.mail.aiosmtplib_compat import UnsupportedAiosmtplib
+from maild.mail.dkim import SigningRelay, signer_for
 from maild.mail.outbox import OutboxSender
 from maild.mail.relay import open_relay
 from maild.service import systemd
 from maild.service.housekeeping import Housekeeping
 from maild.service.metrics import Metrics
-from maild.service.reload import Reloader
-from maild.service.services import Services, build_services
+from maild.service.reload import ReloadRefused, reconfigure_all, reload_config
+from maild.service.services import Reconfigurable, Services, build_services, open_database
 from maild.service.watchdog import watchdog
 from maild.service.workers import WorkerPool, fanout_relay_config
-from maild.web.app import WebApp, create_app, database_health
-from maild.web.server import web_server
+from maild.web.app import WebApp, create_app
+from maild.web.health import database_health
+from maild.web.server import WebServer
 
 log = logging.getLogger("maild")
 
@@ -56,40 +64,46 @@ class StartupError(Exception):
     """The daemon cannot start; the message says why in one sentence."""
 
 
+class ServiceFailure(Exception):
+    """A part of the daemon ended while it ran; the daemon has stopped. The message says
+    which part, in one sentence."""
+
+
+WebServerFactory = Callable[[WebApp, ListenAddress], WebServer]
+
+
 @dataclass
 class Daemon:
     config: Config
     clock: Clock = field(default_factory=clock_from_environment)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     log_level: str = "INFO"
+    web_server: WebServerFactory = WebServer
     _reload_task: asyncio.Task[None] | None = None
+    _failure: str | None = None
 
     async def run(self) -> None:
         os.umask(0o077)  # everything we create (keys, maildir files, db) is ours alone
-        services = await asyncio.to_thread(self._build)
         config = self.config
-        metrics = Metrics(services.db, sessions=lambda: inbound.session_count)
+        db = await asyncio.to_thread(open_database, config)
+        metrics = Metrics(
+            db, sessions=lambda: inbound.session_count, refusals=lambda: services.budget.refused
+        )
         try:
-            signer = DkimSigner.from_config(config.dkim)
+            signer = signer_for(config)
         except ValueError as e:
             raise StartupError(str(e)) from None
+        try:
+            outbox_relay_config = dataclasses.replace(config.relay, connections=OUTBOX_CONNECTIONS)
+            outbox_transport = open_relay(outbox_relay_config, config.smtp.hostname)
+            alert_transport = open_relay(fanout_relay_config(config), config.smtp.hostname)
+        except UnsupportedAiosmtplib as e:
+            raise StartupError(str(e)) from None
         # Signing wraps the timing, so relay latency measures the relay alone.
-        outbox_relay = signing(
-            metrics.timed(
-                open_relay(
-                    dataclasses.replace(config.relay, connections=OUTBOX_CONNECTIONS),
-                    config.smtp.hostname,
-                ),
-                "outbox",
-            ),
-            signer,
-        )
-        alert_relay = signing(
-            metrics.timed(open_relay(fanout_relay_config(config), config.smtp.hostname), "alert"),
-            signer,
-        )
-        sender = OutboxSender(services.db, outbox_relay, self.clock, OUTBOX_CONNECTIONS)
-        services.registrations.wake_outbox = sender.wake
+        outbox_relay = SigningRelay(metrics.timed(outbox_transport, "outbox"), signer)
+        alert_relay = SigningRelay(metrics.timed(alert_transport, "alert"), signer)
+        sender = OutboxSender(db, outbox_relay, self.clock, OUTBOX_CONNECTIONS)
+        services = await asyncio.to_thread(build_services, config, self.clock, db, sender.wake)
         fanout = FanoutSender(
             config,
             services.db,
@@ -100,17 +114,11 @@ class Daemon:
             self.clock,
             bounces=services.bounces,
         )
-        scheduler = ReleaseScheduler(
-            services.db, services.alerts, self.clock, lambda alert_id: fanout.wake()
-        )
+        scheduler = ReleaseScheduler(services.alerts, self.clock, lambda alert_id: fanout.wake())
 
         def intake(draft: AlertDraft, meta: FileMeta) -> int:
             alert_id = services.alerts.intake(draft, Source(meta.claim_name, meta.owner))
-            try:
-                scheduler.reconcile()  # an urgent alert goes now, a held one gets its job
-            except Exception:
-                # The alert is safe in the database; the next reconcile pass releases it.
-                log.exception("releasing alert %d at intake failed", alert_id)
+            scheduler.sync()  # its job now: an urgent alert fires at once
             return alert_id
 
         await asyncio.to_thread(ensure_layout, config.spool.dir)
@@ -129,8 +137,12 @@ class Daemon:
             verp=services.verp,
             bounces=services.bounces,
             budget=services.budget,
+            siblings=lambda: inbound.transactions(),
         )
-        inbound = InboundServer(handler, config.smtp)
+        try:
+            inbound = InboundServer(handler, config.smtp)
+        except UnsupportedAiosmtpd as e:
+            raise StartupError(str(e)) from None
         passed = systemd.listen_sockets()
         try:
             await inbound.start(passed[0] if passed else None, config.smtp.listen)
@@ -148,29 +160,38 @@ class Daemon:
         await asyncio.to_thread(fanout.release_claims)  # before any worker claims
         workers = WorkerPool(config, config.relay.workers, self.log_level)
         workers.start()
-        reloader = Reloader(services, handler, app, fanout)
+        housekeeping = Housekeeping(config, services.db, services.alerts, self.clock)
+        # Everything that takes a reloaded config; the delivery workers list theirs alike.
+        components: list[Reconfigurable] = [
+            *services.components(),
+            handler,
+            app,
+            fanout,
+            housekeeping,
+            outbox_relay,
+            alert_relay,
+        ]
 
         def status() -> str:  # for systemctl status; in-memory figures only, no database
             return f"accepting mail; {inbound.session_count} SMTP sessions"
 
-        scheduler.start()
-        housekeeping = Housekeeping(config, services.db, services.alerts, self.clock)
+        scheduler.start()  # its first sync releases what came due while we were down
         scheduler.every(HOUSEKEEPING_INTERVAL, housekeeping.run, "housekeeping")
         tasks = [
             asyncio.create_task(sender.run(self.stopping), name="outbox"),
             asyncio.create_task(fanout.run(self.stopping), name="fanout"),
-            asyncio.create_task(scheduler.run(self.stopping), name="scheduler"),
             asyncio.create_task(spool.run(self.stopping), name="spool"),
             asyncio.create_task(watchdog(self.stopping, status), name="watchdog"),
             asyncio.create_task(workers.supervise(self.stopping), name="workers"),
         ]
-        self._install_signals(reloader, workers)
+        # A reload runs housekeeping at once: a shorter keep_days erases now, not at the
+        # next pass.
+        self._install_signals(components, workers, lambda: scheduler.run_now("housekeeping"))
         log.info(
-            "ready: smtp %s:%s, web http://%s:%s/, relay %s, spool %s",
+            "ready: smtp %s:%s, web %s, relay %s, spool %s",
             config.smtp.listen.host,
             inbound.port,
-            config.web.listen.host,
-            web.effective_port,
+            " ".join(_url(host, port) for host, port in web.addresses),
             _relay_label(config),
             config.spool.dir,
         )
@@ -186,17 +207,17 @@ class Daemon:
             await asyncio.gather(*tasks, return_exceptions=True)
             scheduler.shutdown()
             await _close_web(web, web_thread)
+            await asyncio.to_thread(app.close)  # /signup answers still queued
             await outbox_relay.close()
             await alert_relay.close()
             services.db.dispose()
             log.info("stopped")
-
-    def _build(self) -> Services:
-        return build_services(self.config, self.clock)
+        if self._failure is not None:
+            raise ServiceFailure(self._failure)
 
     def _start_web(
         self, services: Services, health: Callable[[], dict[str, Any]], metrics: Callable[[], bytes]
-    ) -> tuple[WebApp, Any, threading.Thread]:
+    ) -> tuple[WebApp, WebServer, threading.Thread]:
         app = create_app(
             self.config,
             services.registrations,
@@ -209,25 +230,65 @@ class Daemon:
         )
         listen = self.config.web.listen
         try:
-            server = web_server(app, listen.host, listen.port)
-        except OSError as e:
+            server = self.web_server(app, listen)
+        except (OSError, ValueError) as e:  # ValueError: waitress cannot resolve the host
             raise StartupError(f"cannot listen for the web on {listen}: {e}") from e
-        thread = threading.Thread(target=server.run, name="web", daemon=True)
+        loop = asyncio.get_running_loop()
+
+        def serve_web() -> None:
+            try:
+                server.run()
+            except Exception:
+                log.exception("the web server failed")
+            finally:
+                try:
+                    loop.call_soon_threadsafe(self._on_web_ended)
+                except RuntimeError:  # the loop is closed: the daemon has stopped already
+                    pass
+
+        thread = threading.Thread(target=serve_web, name="web", daemon=True)
         thread.start()
         return app, server, thread
 
-    def _install_signals(self, reloader: Reloader, workers: WorkerPool) -> None:
+    def _on_web_ended(self) -> None:
+        if self.stopping.is_set():
+            return  # closed by the daemon itself
+        log.error("the web server stopped while the daemon was running; stopping maild")
+        self._failure = "the web server stopped unexpectedly"
+        self.stopping.set()
+
+    def _install_signals(
+        self,
+        components: list[Reconfigurable],
+        workers: WorkerPool,
+        after_reload: Callable[[], None],
+    ) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_stop_signal, signum)
-        loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal, reloader, workers)
+        loop.add_signal_handler(
+            signal.SIGHUP, self._on_reload_signal, components, workers, after_reload
+        )
 
-    def _on_reload_signal(self, reloader: Reloader, workers: WorkerPool) -> None:
+    def _on_reload_signal(
+        self,
+        components: list[Reconfigurable],
+        workers: WorkerPool,
+        after_reload: Callable[[], None],
+    ) -> None:
         log.info("received SIGHUP: reloading")
         systemd.notify("RELOADING=1")
 
         async def reload() -> None:
-            if await reloader.reload():
+            try:
+                config = await asyncio.to_thread(reload_config, self.config)
+            except ReloadRefused as e:
+                log.error("reload refused, keeping the running configuration: %s", e)
+            else:
+                reconfigure_all(components, config)
+                self.config = config
+                log.info("reloaded %s", config.path)
+                after_reload()
                 workers.signal(signal.SIGHUP)  # the delivery workers take the same files
             systemd.notify("READY=1")
 
@@ -238,9 +299,13 @@ class Daemon:
         self.stopping.set()
 
 
-async def _close_web(server: Any, thread: threading.Thread) -> None:
+async def _close_web(server: WebServer, thread: threading.Thread) -> None:
     await asyncio.to_thread(server.close)
     await asyncio.to_thread(thread.join, 10)
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
 def _relay_label(config: Config) -> str:

@@ -9,17 +9,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from maild.alerts.window import WindowRules
 from maild.alerts.workflow import Alerts
 from maild.common.clock import Clock
 from maild.common.config import Config
-from maild.residents.areas import AreaMap
+from maild.residents.areas import AreaMap, shared_area_map
 from maild.residents.bounces import Bounces
 from maild.residents.limits import AnswerBudget
 from maild.residents.links import Links, VerpTokens, load_or_create_key, read_key
 from maild.residents.registration import Registrations
 from maild.store.db import Database
+
+
+class Reconfigurable(Protocol):
+    """A long-lived component: takes a reloaded config with one call (maild.service.reload)."""
+
+    def reconfigure(self, config: Config) -> None: ...
 
 
 @dataclass
@@ -36,23 +43,41 @@ class Services:
     bounces: Bounces
     budget: AnswerBudget  # registration answers, shared by SMTP and /signup
 
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config (SIGHUP): what the entry points read from here."""
+        self.config = config
+        self.areas = shared_area_map(config.areas.file)
+        self.rules = window_rules(config)
 
-def build_services(
-    config: Config,
-    clock: Clock | None = None,
-    wake_outbox: Callable[[], None] = lambda: None,
-    migrate: bool = True,
-) -> Services:
-    clock = clock or Clock()
+    def components(self) -> list[Reconfigurable]:
+        """Everything here that takes a reloaded config, this bag itself first."""
+        return [self, self.registrations, self.alerts, self.bounces]
+
+
+def open_database(config: Config, migrate: bool = True) -> Database:
+    """The database, migrated to the newest schema (or, ``migrate`` False, checked to be)."""
     db = Database(config.database_url, create=migrate)
     if migrate:
         db.upgrade()
     else:
         db.check_schema()
+    return db
+
+
+def build_services(
+    config: Config,
+    clock: Clock | None = None,
+    db: Database | None = None,
+    wake_outbox: Callable[[], None] = lambda: None,
+    migrate: bool = True,
+) -> Services:
+    """``wake_outbox`` is called when a registration mail is queued (the daemon's sender)."""
+    clock = clock or Clock()
+    db = db or open_database(config, migrate)
     key = load_or_create_key(config.service.state_dir)
     old_keys = [read_key(p) for p in config.service.old_secret_key_files]
     links = Links(key, old_keys, clock)
-    areas = AreaMap.load(config.areas.file)
+    areas = shared_area_map(config.areas.file)
     registrations = Registrations(config, db, links, areas, clock, wake_outbox)
     rules = window_rules(config)
     alerts = Alerts(config, db, areas, clock, rules)

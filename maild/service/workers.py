@@ -22,12 +22,12 @@ import sys
 import time
 
 from maild.common.clock import clock_from_environment
-from maild.common.config import Config, ConfigError, RelayConfig, load_config
+from maild.common.config import Config, RelayConfig
 from maild.delivery.fanout import FanoutSender
-from maild.mail.dkim import DkimSigner, signing
+from maild.mail.dkim import SigningRelay, signer_for
 from maild.mail.relay import open_relay
-from maild.residents.areas import AreaFileError, AreaMap
-from maild.service.services import Services, build_services
+from maild.service.reload import ReloadRefused, reconfigure_all, reload_config
+from maild.service.services import Reconfigurable, build_services
 
 log = logging.getLogger("maild.delivery")
 
@@ -127,21 +127,25 @@ def _die_with_parent() -> None:
         log.debug("PR_SET_PDEATHSIG unavailable")
 
 
-def _reload(services: Services, fanout: FanoutSender) -> None:
-    """The daemon forwards its SIGHUP: take the new config and area names for new batches.
+class _WorkerReload:
+    """The daemon forwards its SIGHUP: the same reload as the daemon's, for new batches.
 
     The daemon has already checked the files and logged any problem; a worker that finds
     them broken keeps what it has.
     """
-    try:
-        config = load_config(services.config.path)
-        areas = AreaMap.load(config.areas.file)
-    except (ConfigError, AreaFileError, OSError) as e:
-        log.warning("delivery worker keeps its configuration: %s", e)
-        return
-    services.config, services.areas = config, areas
-    services.alerts.config, services.alerts.areas = config, areas
-    fanout.reconfigure(config)
+
+    def __init__(self, config: Config, components: list[Reconfigurable]) -> None:
+        self.config = config
+        self.components = components
+
+    def __call__(self) -> None:
+        try:
+            config = reload_config(self.config)
+        except ReloadRefused as e:
+            log.warning("delivery worker keeps its configuration: %s", e)
+            return
+        reconfigure_all(self.components, config)
+        self.config = config
 
 
 def run_worker(config: Config) -> None:
@@ -154,9 +158,9 @@ def run_worker(config: Config) -> None:
 async def _work(config: Config) -> None:
     clock = clock_from_environment()
     services = await asyncio.to_thread(build_services, config, clock, migrate=False)
-    relay = signing(
+    relay = SigningRelay(
         open_relay(fanout_relay_config(config), config.smtp.hostname),
-        DkimSigner.from_config(config.dkim),
+        signer_for(config),
     )
     fanout = FanoutSender(
         config,
@@ -172,7 +176,8 @@ async def _work(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
-    loop.add_signal_handler(signal.SIGHUP, _reload, services, fanout)
+    reload = _WorkerReload(config, [*services.components(), fanout, relay])
+    loop.add_signal_handler(signal.SIGHUP, reload)
     log.info("delivery worker ready")
     try:
         await fanout.run(stopping)

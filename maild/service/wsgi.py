@@ -15,7 +15,8 @@ from typing import Any
 from maild.common.clock import Clock
 from maild.common.config import Config, ConfigError, load_config
 from maild.service.services import build_services
-from maild.web.app import Health, WebApp, create_app
+from maild.web.app import WebApp, create_app
+from maild.web.health import Health
 
 CONFIG_ENV = "MAILD_CONFIG"
 

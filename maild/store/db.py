@@ -27,22 +27,18 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import sqlite3
-import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, DateTime, Engine, Integer, Select, String, create_engine, event
+from sqlalchemy import Connection, DateTime, Engine, create_engine, event
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
-from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.types import TypeDecorator
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -50,8 +46,6 @@ SQLITE_BUSY_TIMEOUT_MS = 15000
 # Connections of the durable engine: the SMTP answer writer and the web's /signup threads.
 DURABLE_POOL_SIZE = 4
 IN_MEMORY = (None, "", ":memory:")  # SQLite database names that are no file
-
-AnySelect: TypeAlias = "Select[*tuple[Any, ...]]"
 
 
 class Base(DeclarativeBase):
@@ -165,43 +159,6 @@ class Database:
         parsed = make_url(url)
         in_file = parsed.get_backend_name() == "sqlite" and parsed.database not in IN_MEMORY
         self._durable = make_engine(url, create, durable=True) if in_file else self.engine
-        self._plain: dict[AnySelect, _PlainQuery] = {}
-        self._readers = _ThreadReaders(Path(parsed.database or "")) if in_file else None
-
-    def plain_row(self, statement: AnySelect, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
-        """The first row of a read-only ``statement`` of plain columns, from the driver itself.
-
-        For a query on a hot path (the register form): SQLAlchemy's Connection and Result
-        cost three times the query itself there. The statement is compiled once; values
-        go in and come out as the driver has them, so only integer and string columns and
-        parameters are allowed (checked when it is compiled), and ``params`` are named by
-        the statement's ``bindparam`` names.
-
-        On SQLite each thread reads through a connection of its own (:class:`_ThreadReaders`);
-        elsewhere through the pool.
-        """
-        query = self._plain.get(statement)
-        if query is None:
-            query = self._plain[statement] = _PlainQuery.of(statement, self.engine.dialect)
-        bound = dict(params) if query.order is None else tuple(params[k] for k in query.order)
-        if self._readers is not None:
-            rows = self._readers.connection().execute(query.sql, bound)
-            try:
-                row = rows.fetchone()
-            finally:
-                rows.close()  # ends the read transaction even if more rows matched
-            return None if row is None else tuple(row)
-        connection = self.engine.raw_connection()  # from the pool, back to it (rolled back)
-        try:
-            cursor = connection.cursor()
-            try:
-                cursor.execute(query.sql, bound)
-                row = cursor.fetchone()
-            finally:
-                cursor.close()
-        finally:
-            connection.close()
-        return None if row is None else tuple(row)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -244,67 +201,6 @@ class Database:
     def dispose(self) -> None:
         self.engine.dispose()
         self._durable.dispose()
-        if self._readers is not None:
-            self._readers.close()
-
-
-class _ThreadReaders:
-    """One read-only SQLite connection per thread, for :meth:`Database.plain_row`.
-
-    Checking a connection out of SQLAlchemy's pool and back in (with its rollback) cost
-    the register page twice its query, and its lock is one more place where the web's
-    threads wait for each other. Each connection is in autocommit mode, so a query is
-    its own read transaction and no snapshot outlives it (WAL checkpoints are not held
-    back); ``query_only`` makes a write through it an error.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._open: list[sqlite3.Connection] = []
-        self._generation = 0  # close() starts a new one: a thread's old connection is shut
-
-    def connection(self) -> sqlite3.Connection:
-        local = self._local
-        if getattr(local, "generation", -1) != self._generation:
-            connection = sqlite3.connect(
-                self._path,
-                timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
-                isolation_level=None,
-                check_same_thread=False,  # close() runs in another thread
-            )
-            connection.execute("PRAGMA query_only=ON")
-            with self._lock:
-                self._open.append(connection)
-                local.generation, local.connection = self._generation, connection
-        return local.connection  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        with self._lock:
-            self._generation += 1
-            connections, self._open = self._open, []
-        for connection in connections:
-            connection.close()
-
-
-@dataclass(frozen=True)
-class _PlainQuery:
-    """A statement compiled for :meth:`Database.plain_row`."""
-
-    sql: str
-    order: tuple[str, ...] | None  # parameter names in order, for a positional driver (qmark)
-
-    @classmethod
-    def of(cls, statement: AnySelect, dialect: Dialect) -> _PlainQuery:
-        compiled = statement.compile(dialect=dialect)
-        assert isinstance(compiled, SQLCompiler)
-        types = [c.type for c in statement.selected_columns]
-        types += [b.type for b in compiled.binds.values()]
-        if not all(isinstance(t, Integer | String) for t in types):
-            raise TypeError("Database.plain_row takes integer and string columns and parameters")
-        order = tuple(compiled.positiontup or ()) if compiled.positional else None
-        return cls(str(compiled), order)
 
 
 def alembic_config(url: str) -> AlembicConfig:

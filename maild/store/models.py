@@ -1,6 +1,6 @@
 """Tables, as SQLAlchemy 2 typed models. Migrations in ``maild/migrations`` follow them.
 
-A subscriber's categories are an integer mask (see ``maild.residents.areas.category_bit``)
+A subscriber's categories are an integer mask (see ``maild.residents.categories.category_bit``)
 and their areas rows of ``subscriber_areas``, so that a fan-out selects its
 recipients with one indexed query rather than by reading every subscriber.
 """
@@ -120,6 +120,8 @@ class Alert(Base):
     requester: Mapped[str] = mapped_column(String(64))
     approved_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     source_file: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # The random part of the alert's Message-IDs (maild.delivery.alertmail); set at intake.
+    message_key: Mapped[str | None] = mapped_column(String(32), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     released_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -12,16 +12,6 @@ config = context.config
 target_metadata = Base.metadata
 
 
-def include_object(
-    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
-) -> bool:
-    # APScheduler's job table is created by migration 0002 in APScheduler's own layout;
-    # it has no model, so autogenerate must not offer to drop it.
-    return not (type_ == "table" and name == "apscheduler_jobs") and not (
-        type_ == "index" and name is not None and name.startswith("ix_apscheduler_jobs")
-    )
-
-
 def run() -> None:
     connection = config.attributes.get("connection")
     if connection is not None:
@@ -29,7 +19,6 @@ def run() -> None:
             connection=connection,
             target_metadata=target_metadata,
             render_as_batch=True,
-            include_object=include_object,
         )
         with context.begin_transaction():
             context.run_migrations()
@@ -44,7 +33,6 @@ def run() -> None:
             connection=connection,
             target_metadata=target_metadata,
             render_as_batch=True,
-            include_object=include_object,
         )
         with context.begin_transaction():
             context.run_migrations()
