@@ -4,8 +4,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # Worker processes for pytest. The daemon tests wait on sockets and subprocesses as much
-# as they compute: on the 2-core machine the full suite took 87 s with 3 workers, 98 s
-# with 2 and 112 s with 4 (README, "Two commands").
+# as they compute: on the 2-core machine (load average 2-3) the suite of 826 tests took
+# 87 s with 3 workers, 98 s with 2 and 112 s with 4 (README, "Two commands").
 WORKERS ?= 3
 
 # The lock files (`make lock` writes them from pyproject.toml): what every venv installs.
