@@ -19,7 +19,8 @@ OLDEST       := .venv-oldest
 OLDEST_STAMP := $(OLDEST)/.installed-$(shell cat pyproject.toml $(OLDEST_LOCK) | cksum | cut -d' ' -f1)
 
 # uv resolves the locks (`make lock` only); pip installs them, with their hashes.
-# `make lock UPGRADE=` keeps the locked versions that pyproject.toml still allows.
+# `make lock UPGRADE=` keeps the locked versions that pyproject.toml still allows (not in
+# the oldest lock, which always takes the floors).
 UV_VERSION := 0.13.9
 UPGRADE    ?= --upgrade
 UV_COMPILE := $(BIN)/uv pip compile pyproject.toml --quiet --universal --python-version 3.11 \
@@ -80,7 +81,7 @@ lock: | $(BIN)/python
 	$(UV_COMPILE) -o requirements/app.txt
 	$(UV_COMPILE) --extra test -c requirements/app.txt -o $(LOCK)
 	$(UV_COMPILE) --extra test --extra bench -c $(LOCK) -o $(BENCH_LOCK)
-	$(UV_COMPILE) --extra test --resolution lowest-direct -o $(OLDEST_LOCK)
+	$(UV_COMPILE) --extra test --resolution lowest-direct --upgrade -o $(OLDEST_LOCK)
 
 ## bench: the benchmark suite against Postfix's smtp-sink/smtp-source (bench/README.md)
 bench: $(STAMP)
