@@ -23,7 +23,8 @@ from maild.mail import dkim as maild_dkim
 from maild.mail.compose import compose
 from maild.mail.dkim import DkimSigner, load_private_key, publish_record, signing
 from maild.mail.relay import open_relay
-from tests.configs import make_config
+from tests.configs import make_config, write_config
+from tests.daemon import maild_command
 from tests.smtpsink import SmtpSink
 
 TOKYO = zoneinfo.ZoneInfo("Asia/Tokyo")
@@ -450,3 +451,30 @@ def test_ed25519_alone_is_refused_with_a_real_relay(
             maild_dkim.signer_for(config)
     else:
         assert maild_dkim.signer_for(config) is not None
+
+
+def test_dkim_record_prints_a_zone_line_per_key(keys: dict[str, Path], tmp_path: Path) -> None:
+    dkim_section = {
+        "domain": DOMAIN,
+        "selector": "rsa2026",
+        "key_file": str(keys["rsa"]),
+        "second_selector": "ed2026",
+        "second_key_file": str(keys["ed25519"]),
+    }
+    config = write_config(tmp_path, dkim=dkim_section)
+    lines = maild_command(config, "dkim", "record").stdout.splitlines()
+    assert [line.split()[0] for line in lines] == [
+        f"rsa2026._domainkey.{DOMAIN}.",
+        f"ed2026._domainkey.{DOMAIN}.",
+    ]
+    for line, key in zip(lines, (keys["rsa"], keys["ed25519"]), strict=True):
+        strings = re.findall(r'"([^"]*)"', line)
+        assert all(len(s) <= 255 for s in strings)
+        assert "".join(strings) == publish_record(key)
+    assert len(re.findall(r'"', lines[0])) > 2  # RSA-2048 needs more than one string
+
+
+def test_dkim_record_without_dkim_says_what_to_set(tmp_path: Path) -> None:
+    done = maild_command(write_config(tmp_path), "dkim", "record", check=False)
+    assert done.returncode != 0
+    assert "[dkim] is not set up" in done.stderr

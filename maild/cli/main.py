@@ -27,7 +27,7 @@ from maild.cli.common import (
     safe_url,
 )
 from maild.common.config import Config, ConfigError, load_config
-from maild.mail.dkim import signer_for
+from maild.mail.dkim import signer_for, zone_records
 from maild.mail.legacy import legacy_problems, problem_texts
 from maild.residents.areas import AreaFileError, AreaMap
 from maild.residents.qr import write_qr
@@ -63,7 +63,7 @@ def _cmd_check_config(config: Config, args: argparse.Namespace) -> int:
     try:
         signer_for(config)
     except ValueError as e:
-        raise ConfigError(f"{config.path}: [dkim] key_file: {e}") from None
+        raise ConfigError(f"{config.path}: {e}") from None
     if config.mail.legacy_charset_domains:
         _check_legacy_texts(config, areas)
     summary = {
@@ -91,6 +91,19 @@ def _check_legacy_texts(config: Config, areas: AreaMap) -> None:
         if problems:
             ja, en = problem_texts(problems[0])
             raise ConfigError(f"{config.path}: {where}: {en} ({ja})")
+
+
+def _cmd_dkim_record(config: Config, args: argparse.Namespace) -> int:
+    if not config.dkim.enabled:
+        raise CommandError("[dkim] is not set up: set domain, selector and key_file first")
+    try:
+        signer_for(config)  # the same checks as at start: readable, usable, not Ed25519 alone
+        records = zone_records(config.dkim)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+    for record in records:
+        print(record)
+    return 0
 
 
 def _cmd_db_upgrade(config: Config, args: argparse.Namespace) -> int:
@@ -195,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     win.add_argument("--json", action="store_true", help="print JSON")
     check = add("check-config", _cmd_check_config, "validate the config and the area file")
     check.add_argument("--json", action="store_true", help="print JSON")
+
+    dkim = commands.add_parser("dkim", help="DKIM keys")
+    dkim_commands = dkim.add_subparsers(dest="dkim_command", metavar="COMMAND", required=True)
+    record = dkim_commands.add_parser("record", help="the DNS TXT record of each [dkim] key")
+    record.set_defaults(handler=_cmd_dkim_record)
 
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", metavar="COMMAND", required=True)

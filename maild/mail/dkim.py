@@ -271,6 +271,23 @@ def publish_record(key_file: Path) -> str:
     return f"v=DKIM1; k=ed25519; p={base64.b64encode(raw).decode('ascii')}"
 
 
+def zone_records(config: DkimConfig) -> list[str]:
+    """The zone-file lines to publish for ``[dkim]``: one TXT record per key, its text in
+    quoted strings of at most 255 characters (RFC 1035 §3.3.14; an RSA-2048 key's record
+    is longer than one string may be, and resolvers join them, RFC 6376 §3.6.2.2)."""
+    keys = [(config.selector, config.key_file)]
+    if config.second_selector and config.second_key_file is not None:
+        keys.append((config.second_selector, config.second_key_file))
+    lines = []
+    for selector, key_file in keys:
+        if key_file is None:
+            continue
+        text = publish_record(key_file)
+        strings = " ".join(f'"{text[i : i + 255]}"' for i in range(0, len(text), 255))
+        lines.append(f"{selector}._domainkey.{config.domain}. IN TXT ( {strings} )")
+    return lines
+
+
 def _check_rsa_size(key: rsa.RSAPrivateKey, where: str) -> None:
     if key.key_size < MIN_RSA_BITS:
         raise ValueError(
