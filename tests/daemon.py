@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from maild.cli.main import main
@@ -27,10 +27,17 @@ class DaemonFailed(RuntimeError):
 
 
 class DaemonProcess:
-    def __init__(self, config_path: Path, log_path: Path, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        config_path: Path,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        prefix: Sequence[str] = (),
+    ):
         self.config_path = config_path
         self.log_path = log_path
         self.env = env or {}
+        self.prefix = list(prefix)  # a command the daemon runs under (unshare, for one)
         self.process: subprocess.Popen[bytes] | None = None
         self.smtp_port = 0
         self.web_port = 0
@@ -44,7 +51,15 @@ class DaemonProcess:
         log = self.log_path.open("ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "maild", "--config", str(self.config_path), "serve"],
+            [
+                *self.prefix,
+                sys.executable,
+                "-m",
+                "maild",
+                "--config",
+                str(self.config_path),
+                "serve",
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
