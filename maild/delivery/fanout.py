@@ -1,16 +1,17 @@
 """The fan-out: sends the delivery rows of released alerts through the relay.
 
 Rows are claimed in batches (a lease in ``claimed_until``), sent over the
-relay's pooled connections, one recipient per message (SPEC §10), the
-result of each sent message recorded before its lane sends the next one (a group
-commit gathers the lanes' results into one transaction), so a crash repeats at
-most one message per relay connection. Memory does not grow with the number of
-subscribers. A cancelled alert's rows are simply no longer claimed.
+relay's pooled connections, one recipient per message (SPEC §10). Sent messages
+are written every :data:`RECORD_INTERVAL` while the batch goes out (failures and
+the alert's end once a batch), so a crash repeats what was sent in the last interval
+plus the messages in flight, not the whole claimed batch. Memory does not grow with
+the number of subscribers. A cancelled alert's rows are simply no longer claimed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import logging
@@ -39,7 +40,6 @@ from maild.mail.relay import Relay
 from maild.residents.bounces import Bounces, relay_failure_counts
 from maild.residents.links import MANAGE, UNSUBSCRIBE, Links, VerpTokens
 from maild.store.db import Database
-from maild.store.groupcommit import GroupCommit
 from maild.store.models import (
     ACTIVE,
     DELIVERY_DEFERRED,
@@ -54,6 +54,8 @@ from maild.store.models import (
 
 log = logging.getLogger("maild.delivery")
 
+# How often a batch's sent messages are written while it goes out (see send_batch).
+RECORD_INTERVAL = 0.05
 BATCH = 500
 LEASE = dt.timedelta(minutes=5)
 # 4xx and connection failures are retried for a day (issue 3), then recorded as failed.
@@ -109,7 +111,6 @@ class FanoutSender:
         self._outage_attempts = 0
         self._date_second = -1
         self._date_text = ""
-        self._sent: GroupCommit[int, None] = GroupCommit(self._record_sent)
 
     def reconfigure(self, config: Config) -> None:
         """A reloaded config: new templates from the next batch on (area names, From…)."""
@@ -161,6 +162,7 @@ class FanoutSender:
         cancelled: set[int] = set()
         results: list[_Result] = []
         pending = iter(rows)  # shared by the lanes: each row is taken by exactly one
+        unrecorded: list[int] = []  # sent, not yet written to the database
 
         async def lane() -> None:
             # One lane per relay connection rather than one task per row: only as many
@@ -169,14 +171,29 @@ class FanoutSender:
             for row in pending:
                 if row.alert_id in cancelled:
                     results.append(_Result(row, None, skipped=True))
-                else:
-                    result = await self._send_one(row, templates)
-                    if result.error is None:
-                        # Recorded before this lane sends again: a crash now repeats at
-                        # most one message per relay connection, not the whole batch.
-                        await self._sent.submit(row.delivery_id)
-                    results.append(result)
+                    continue
+                result = await self._send_one(row, templates)
+                if result.error is None:
+                    unrecorded.append(row.delivery_id)
+                results.append(result)
 
+        async def record_as_they_go() -> None:
+            # Sent messages are written every RECORD_INTERVAL, not once a batch: a crash
+            # repeats what was sent in the last interval, not the whole claimed batch.
+            while True:
+                finished = lanes_done.is_set()
+                if not finished:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lanes_done.wait(), RECORD_INTERVAL)
+                if unrecorded:
+                    done = unrecorded[:]
+                    del unrecorded[:]
+                    await asyncio.to_thread(self._record_sent, done)
+                if finished:
+                    return  # a last pass after the lanes ended took what they sent last
+
+        lanes_done = asyncio.Event()
+        recorder = asyncio.create_task(record_as_they_go())
         watcher = asyncio.create_task(self._watch_cancel({r.alert_id for r in rows}, cancelled))
         try:
             await asyncio.gather(
@@ -184,6 +201,8 @@ class FanoutSender:
             )
         finally:
             watcher.cancel()
+            lanes_done.set()
+            await recorder  # the last of them, before the rest of the batch is written
         await asyncio.to_thread(self._record, results, self.clock.now())
         return True
 
@@ -326,14 +345,13 @@ class FanoutSender:
         )
         return template_for(self.config, content, charset)
 
-    def _record_sent(self, delivery_ids: list[int]) -> list[None]:
+    def _record_sent(self, delivery_ids: list[int]) -> None:
         with self.db.transaction() as session:
             session.execute(
                 update(Delivery)
                 .where(Delivery.id.in_(delivery_ids))
                 .values(status=DELIVERY_SENT, claimed_until=None, last_error=None)
             )
-        return [None] * len(delivery_ids)
 
     def _record(self, results: list[_Result], now: dt.datetime) -> None:
         """The rest of a batch's results; its sent messages are recorded already."""
