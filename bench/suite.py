@@ -3,7 +3,7 @@
 Every figure is the median of several runs and is set beside a reference measured
 in the same run on the same machine (Postfix's smtp-source, a bare aiosmtpd server,
 a trivial WSGI app), because this machine is shared and its speed varies from
-minute to minute; the ratio is what the targets of issue 5 are written against.
+minute to minute; the ratio is what most targets are written against.
 """
 
 from __future__ import annotations
@@ -31,16 +31,17 @@ DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
 URGENT_SIZE = 100_000  # issue 5: urgent latency "with 100k subscribers"
 MB = 1024.0
 
-# Targets of issue 5, on this 2-core machine.
+# Targets on this 2-core machine: issue 5's, with issue 12's in place of its inbound and
+# web ratios (the registration path stays on stock library seams; the fan-out races).
 FANOUT_TARGET_RATE = 5000.0
-FANOUT_TARGET_RATIO = 0.2
+FANOUT_TARGET_RATIO = 0.4
 RSS_TARGET_RATIO = 1.25
 RSS_TARGET_MB = 250.0
 URGENT_TARGET_SECONDS = 1.0
 ANSWER_TARGET_P99 = 2.0
-INBOUND_TARGET_RATIO = 0.4
+INBOUND_TARGET_RATE = 300.0  # mail/s; the ratio is reported
 ANSWERS_TARGET_SECONDS = 10.0
-WEB_TARGET_RATIO = 0.3
+WEB_TARGET_RATE = 500.0  # req/s; the ratio is reported
 
 
 @dataclass
@@ -411,7 +412,7 @@ def _inbound_rows(found: inbound.InboundResult) -> list[Row]:
         reference=median(found.reference),
         reference_samples=found.reference,
         reference_name="bare aiosmtpd",
-        target=f"ratio >= {INBOUND_TARGET_RATIO}",
+        target=f">= {INBOUND_TARGET_RATE:,.0f} mail/s",
         notes=(
             f"generator ceiling (to smtp-sink) {median(found.ceiling) or 0:,.0f} mail/s; CPU "
             f"{median(found.maild_cpu_ms) or 0:.1f} ms/mail (bare "
@@ -423,7 +424,7 @@ def _inbound_rows(found: inbound.InboundResult) -> list[Row]:
             "reference_cpu_ms_per_mail": found.reference_cpu_ms,
         },
     )
-    rate.met = (rate.ratio or 0) >= INBOUND_TARGET_RATIO
+    rate.met = (rate.value or 0) >= INBOUND_TARGET_RATE
     answers = Row(
         name="inbound: all 1,000 answers at sink",
         unit="s",
@@ -454,10 +455,10 @@ def _web_rows(page: web.WebResult) -> list[Row]:
         reference=median(page.reference),
         reference_samples=page.reference,
         reference_name="trivial WSGI app",
-        target=f"ratio >= {WEB_TARGET_RATIO}",
+        target=f">= {WEB_TARGET_RATE:,.0f} req/s",
         extra={"page_bytes": page.page_bytes},
     )
-    row.met = (row.ratio or 0) >= WEB_TARGET_RATIO
+    row.met = (row.value or 0) >= WEB_TARGET_RATE
     return [emit(row)]
 
 
