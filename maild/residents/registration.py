@@ -298,8 +298,9 @@ class Registrations:
             Subscriber.link_key == link_key,
             Subscriber.status == PENDING,
         )
-        with self.db.transaction() as session:
-            address = session.scalar(pending_address)
+        # A Core read on a pooled connection: no ORM session to set up for one column.
+        with self.db.engine.connect() as connection:
+            address = connection.scalar(pending_address)
         if address is None:
             raise LinkError("used")
         return PendingView(id=subscriber_id, masked_address=addresses.mask(address))

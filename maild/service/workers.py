@@ -13,9 +13,11 @@ started again by the daemon (its claimed rows are free again after their lease).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import dataclasses
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -32,6 +34,9 @@ from maild.service.services import Reconfigurable, build_services
 log = logging.getLogger("maild.delivery")
 
 PR_SET_PDEATHSIG = 1
+# The daemon's pid, for a worker to see that it has been left behind.
+PARENT_ENV = "MAILD_PARENT_PID"
+ORPHAN_CHECK_SECONDS = 1.0
 
 
 def fanout_relay_config(config: Config) -> RelayConfig:
@@ -63,9 +68,12 @@ class WorkerPool:
         self._delays: list[float] = []
         self.restarts = 0
 
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(self.command, env={**os.environ, PARENT_ENV: str(os.getpid())})
+
     def start(self) -> None:
         now = time.monotonic()
-        self.processes = [subprocess.Popen(self.command) for _ in range(self.count)]
+        self.processes = [self._spawn() for _ in range(self.count)]
         self._started = [now] * self.count
         self._delays = [RESTART_DELAY] * self.count
 
@@ -97,7 +105,7 @@ class WorkerPool:
                     self._delays[slot] = min(self._delays[slot] * 2, RESTART_DELAY_MAX)
                 elif now >= due[slot]:
                     del due[slot]
-                    self.processes[slot] = subprocess.Popen(self.command)
+                    self.processes[slot] = self._spawn()
                     self._started[slot] = now
                     self.restarts += 1
                     log.info("delivery worker %d started again", slot + 1)
@@ -125,6 +133,24 @@ def _die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):  # not Linux: the daemon still stops us with SIGTERM
         log.debug("PR_SET_PDEATHSIG unavailable")
+    if _orphaned():  # the daemon died before the line above: no signal will come
+        raise SystemExit(0)
+
+
+def _orphaned() -> bool:
+    parent = os.environ.get(PARENT_ENV)
+    return parent is not None and os.getppid() != int(parent)
+
+
+async def _stop_when_orphaned(stopping: asyncio.Event) -> None:
+    """A worker whose daemon is gone stops (a second guard beside PR_SET_PDEATHSIG,
+    which follows the thread that started us, not the process)."""
+    while not stopping.is_set():
+        if _orphaned():
+            log.warning("the daemon has gone; delivery worker stopping")
+            stopping.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), ORPHAN_CHECK_SECONDS)
 
 
 class _WorkerReload:
@@ -179,8 +205,10 @@ async def _work(config: Config) -> None:
     reload = _WorkerReload(config, [*services.components(), fanout, relay])
     loop.add_signal_handler(signal.SIGHUP, reload)
     log.info("delivery worker ready")
+    guard = asyncio.create_task(_stop_when_orphaned(stopping))
     try:
         await fanout.run(stopping)
     finally:
+        guard.cancel()
         await relay.close()
         services.db.dispose()

@@ -25,7 +25,10 @@ from waitress.trigger import trigger
 from maild.common.config import ListenAddress
 from maild.web.app import MAX_BODY_BYTES
 
-THREADS = 8
+# Threads answering requests. Pages are short and hold the GIL; more threads than this
+# hand it over more often than they overlap (docs/benchmarks.md), while a few keep pages
+# going when one waits for SQLite's write lock.
+THREADS = 4
 IDENT = "maild"
 
 
