@@ -1,9 +1,7 @@
 """Group commit: the requests of many callers written in one transaction.
 
-Two users: the SMTP listener says ``250`` to a blank mail only once its answer is
-committed (the sending MTA then deletes its copy), and each fan-out lane records a
-sent message before it sends the next (so a crash repeats at most one message per
-relay connection). One transaction per mail costs a
+The SMTP listener says ``250`` to a blank mail only once its answer is committed
+(the sending MTA then deletes its copy). One transaction per mail costs a
 commit (on SQLite a disk flush), a thread hand-off and a round of Python work
 per mail, and under load those transactions queue for the one write lock
 anyway. :class:`GroupCommit` instead hands every request that arrived while the
