@@ -9,9 +9,9 @@ BIN    := $(VENV)/bin
 WORKERS ?= 3
 
 # The lock files (`make lock` writes them from pyproject.toml): what every venv installs.
-LOCK        := requirements/test.txt
-BENCH_LOCK  := requirements/bench.txt
-OLDEST_LOCK := requirements/oldest.txt
+LOCK        := requirements-test.txt
+BENCH_LOCK  := requirements-bench.txt
+OLDEST_LOCK := requirements-oldest.txt
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | cksum | cut -d' ' -f1)
 
 # The oldest versions pyproject.toml allows, in a venv of their own.
@@ -75,11 +75,11 @@ format: $(STAMP)
 	$(BIN)/ruff format maild tests bench
 	$(BIN)/ruff check --fix maild tests bench
 
-## lock: resolve pyproject.toml again to the newest versions it allows (requirements/)
+## lock: resolve pyproject.toml again to the newest versions it allows (requirements*.txt)
 lock: | $(BIN)/python
 	$(BIN)/pip install --quiet uv==$(UV_VERSION)
-	$(UV_COMPILE) -o requirements/app.txt
-	$(UV_COMPILE) --extra test -c requirements/app.txt -o $(LOCK)
+	$(UV_COMPILE) -o requirements.txt
+	$(UV_COMPILE) --extra test -c requirements.txt -o $(LOCK)
 	$(UV_COMPILE) --extra test --extra bench -c $(LOCK) -o $(BENCH_LOCK)
 	$(UV_COMPILE) --extra test --resolution lowest-direct --upgrade -o $(OLDEST_LOCK)
 
