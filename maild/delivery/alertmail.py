@@ -32,6 +32,7 @@ from maild.mail.compose import (
     base64_lines,
     canonical_utf8,
     encode_body,
+    header_address,
     header_fields,
     render,
 )
@@ -171,7 +172,7 @@ class AlertTemplate:
         content = self.content
         personal_head = (
             f"Date: {date}{CRLF}"
-            f"To: {_header_address(personal.address)}{CRLF}"
+            f"To: {header_address(personal.address)}{CRLF}"
             f"Message-ID: <alert-{content.alert_id}.{personal.subscriber_id}."
             f"{content.message_key}@{self.hostname}>{CRLF}"
         )
@@ -196,12 +197,6 @@ def subject_with_area(subject: str, area_label: str) -> str:
     if not area_label or _TRAILING_AREA.search(subject):
         return subject
     return f"{subject}【{area_label}】"
-
-
-def _header_address(address: str) -> str:
-    from maild.mail.compose import _address
-
-    return _address(address)
 
 
 def list_id(config: Config) -> str:

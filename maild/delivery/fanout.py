@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import hashlib
 import logging
 import secrets
 from dataclasses import dataclass
@@ -341,7 +340,7 @@ class FanoutSender:
             area_label=self.alerts.areas.describe(alert.area_ids),
             body=alert.body,
             sender=alert.sender,
-            message_key=alert.message_key or _legacy_message_key(alert),
+            message_key=alert.message_key,
         )
         return template_for(self.config, content, charset)
 
@@ -418,10 +417,3 @@ class FanoutSender:
                 "last_error": str(error),
             }
         session.execute(update(Delivery).where(Delivery.id == row.delivery_id).values(**values))
-
-
-def _legacy_message_key(alert: Alert) -> str:
-    """A stable key for an alert stored without one (migration 0005 gives every alert
-    one; this only guards a row written by older code on another node)."""
-    seed = f"{alert.id}|{alert.source_file}|{alert.created_at.isoformat()}"
-    return hashlib.sha256(seed.encode()).hexdigest()[:16]

@@ -159,7 +159,7 @@ def header_fields(
     fields: list[Field] = [
         ("Date", format_datetime(date)),
         ("From", _mailbox(from_name, from_address, charset)),
-        ("To", _address(to)),
+        ("To", header_address(to)),
         ("Subject", _text("Subject", subject, charset)),
         ("Message-ID", message_id),
     ]
@@ -332,7 +332,8 @@ def _fold(name: str, value: str) -> str:
     return "".join(out)
 
 
-def _address(address: str) -> str:
+def header_address(address: str) -> str:
+    """``address`` as a header writes it (legacy local parts quoted); ValueError if unfit."""
     path = smtp_path(address)
     if not path.isascii() or _CONTROLS.search(path) or re.search(r"[\s<>]", path):
         raise ValueError("a mail address in a header must be printable ASCII")
@@ -341,7 +342,7 @@ def _address(address: str) -> str:
 
 def _mailbox(name: str, address: str, charset: Charset = UTF8) -> str:
     """``display name <address>``; a non-ASCII name as encoded words (RFC 2047 §5)."""
-    path = _address(address)
+    path = header_address(address)
     name = _one_line(name)
     if not name:
         return path

@@ -121,7 +121,7 @@ class Alert(Base):
     approved_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     source_file: Mapped[str | None] = mapped_column(String(255), nullable=True)
     # The random part of the alert's Message-IDs (maild.delivery.alertmail); set at intake.
-    message_key: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    message_key: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     released_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)

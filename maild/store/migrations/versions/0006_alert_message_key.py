@@ -27,6 +27,8 @@ def upgrade() -> None:
         connection.execute(
             alerts.update().where(alerts.c.id == alert_id).values(message_key=secrets.token_hex(8))
         )
+    with op.batch_alter_table("alerts", schema=None) as batch_op:
+        batch_op.alter_column("message_key", existing_type=sa.String(length=32), nullable=False)
 
 
 def downgrade() -> None:
