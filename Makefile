@@ -26,7 +26,7 @@ UPGRADE    ?= --upgrade
 UV_COMPILE := $(BIN)/uv pip compile pyproject.toml --quiet --universal --python-version 3.11 \
 	--generate-hashes --custom-compile-command 'make lock' $(UPGRADE)
 
-.PHONY: run test check check-oldest lint format lock check-config bench clean
+.PHONY: run test test-postgresql check check-oldest lint format lock check-config bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ run: $(STAMP)
 ## test: the full suite, as CI runs it: linters, then every test in parallel workers
 test: $(STAMP) lint
 	$(BIN)/pytest -n $(WORKERS)
+
+## test-postgresql: the full suite on a throw-away PostgreSQL (needs Debian's postgresql)
+test-postgresql: $(STAMP)
+	.ci/with-postgresql $(MAKE) test
 
 ## check: the inner loop: linters and the tests that start no daemon, browser or systemd
 check: $(STAMP) lint

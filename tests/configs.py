@@ -10,6 +10,7 @@ from typing import Any
 from werkzeug.test import Client, TestResponse
 
 from maild.common.config import Config, load_config
+from tests.databases import database_url
 
 REPO = Path(__file__).resolve().parent.parent
 AREAS_FILE = REPO / "config" / "areas.toml"
@@ -37,8 +38,9 @@ def to_toml(data: dict[str, dict[str, Any]]) -> str:
 
 
 def base_settings(folder: Path) -> dict[str, dict[str, Any]]:
-    """A complete config for a daemon under ``folder``: ports 0, relay a maildir."""
-    return {
+    """A complete config for a daemon under ``folder``: ports 0, relay a maildir; the
+    database is SQLite in the state directory, or a fresh PostgreSQL (tests.databases)."""
+    settings: dict[str, dict[str, Any]] = {
         "service": {
             "base_url": "http://127.0.0.1:8080",
             "state_dir": str(folder / "state"),
@@ -55,6 +57,10 @@ def base_settings(folder: Path) -> dict[str, dict[str, Any]]:
         "spool": {"dir": str(folder / "spool")},
         "areas": {"file": str(AREAS_FILE)},
     }
+    url = database_url(folder)
+    if url is not None:
+        settings["database"] = {"url": url}
+    return settings
 
 
 def write_config(folder: Path, **overrides: dict[str, Any]) -> Path:

@@ -15,6 +15,7 @@ import pytest
 
 from tests.configs import write_config
 from tests.daemon import DaemonProcess
+from tests.databases import fresh_postgresql
 from tests.smtpsink import SmtpSink
 
 
@@ -54,3 +55,10 @@ def sink() -> Iterator[SmtpSink]:
     """A real SMTP server on a free loopback port that records what maild sends."""
     with SmtpSink() as server:
         yield server
+
+
+@pytest.fixture
+def postgresql() -> Callable[[], str]:
+    """``postgresql()`` makes a fresh database on the test server and returns its URL;
+    skips without a server (tests.databases)."""
+    return fresh_postgresql
