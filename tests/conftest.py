@@ -7,15 +7,17 @@ and a new daemon test needs no mark of its own.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import Connection, Engine, event
 
 from tests.configs import write_config
 from tests.daemon import DaemonProcess
-from tests.databases import fresh_postgresql
+from tests.databases import drop_made_databases, fresh_postgresql
 from tests.smtpsink import SmtpSink
 
 
@@ -23,6 +25,35 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "daemon" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(autouse=True)
+def _close_databases() -> Iterator[None]:
+    """After each test: close the pooled connections of every engine it used, then drop
+    the PostgreSQL databases it made.
+
+    Tests build services (and their engines) freely; a pool left to the garbage
+    collector would close its psycopg connections with a ResourceWarning in some later
+    test, and hold a server connection until then. Autouse fixtures are set up first,
+    so this runs after the test's own teardown (its daemons are stopped).
+    """
+    engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+    def remember(connection: Connection) -> None:
+        engines.add(connection.engine)
+
+    event.listen(Engine, "engine_connect", remember)
+    try:
+        yield
+    finally:
+        event.remove(Engine, "engine_connect", remember)
+        for engine in list(engines):
+            engine.dispose()
+        drop_made_databases()
+
+
+def pytest_sessionfinish() -> None:
+    drop_made_databases()  # any made outside a test (none should be)
 
 
 @pytest.fixture
@@ -59,6 +90,6 @@ def sink() -> Iterator[SmtpSink]:
 
 @pytest.fixture
 def postgresql() -> Callable[[], str]:
-    """``postgresql()`` makes a fresh database on the test server and returns its URL;
-    skips without a server (tests.databases)."""
+    """``postgresql()`` makes a fresh database on the test server and returns its URL.
+    Runs in the PostgreSQL half only; skips in the SQLite half (tests.databases)."""
     return fresh_postgresql
