@@ -43,6 +43,7 @@ from maild.residents.subscribers import revive
 from maild.store.db import Database
 from maild.store.models import ACTIVE, PENDING, SUSPENDED, Subscriber, SubscriberArea
 from tests.configs import make_config
+from tests.databases import UNUSABLE_DATABASES, unusable_database
 from tests.smtpsink import SmtpSink
 from tests.test_smtp_inbound import BLANK, KEY, Harness, run
 
@@ -567,15 +568,15 @@ def test_registration_and_bounce_recipients_in_one_message(tmp_path: Path) -> No
     run(tmp_path, scenario)
 
 
-def test_database_failure_is_451_and_the_retry_counts(tmp_path: Path) -> None:
-    broken = tmp_path / "broken.db"
-    broken.write_bytes(b"this is not an SQLite database\n" * 200)
+@pytest.mark.parametrize("unusable", UNUSABLE_DATABASES)
+def test_database_failure_is_451_and_the_retry_counts(tmp_path: Path, unusable: str) -> None:
+    url = unusable_database(unusable, tmp_path)
 
     async def scenario(h: Harness) -> None:
         taro = add_subscriber(h.db, "taro@docomo.ne.jp")
         verp = h.verp_address(taro)
         dsn = postfix_dsn("taro@docomo.ne.jp", verp)
-        h.bounces.db = Database(f"sqlite:///{broken}")
+        h.bounces.db = Database(url)
         try:
             assert await h.send("<>", dsn, rcpt=f"<{verp}>") == [250, 250, 451]
         finally:

@@ -1,20 +1,23 @@
 """Database: a private SQLite file in WAL mode, sessions that see each other's commits,
-durable transactions that roll back on error, and a schema check that names the fix."""
+durable transactions that roll back on error, a schema check that names the fix, and a
+database that cannot be opened named in one sentence (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, text
+from sqlalchemy.engine import make_url
 
-from maild.store.db import Database, SchemaError, make_engine
+from maild.store.db import Database, DatabaseUnavailable, SchemaError, make_engine
 from maild.store.models import Subscriber
 from tests.configs import make_config
+from tests.databases import requires_sqlite, unusable_database
 
 
 @pytest.fixture
@@ -43,6 +46,7 @@ def _address(db: Database, key: str, status: str) -> str | None:
         return session.scalar(query)
 
 
+@requires_sqlite
 def test_the_sqlite_file_is_private_and_in_wal_mode(db: Database) -> None:
     path = Path(db.engine.url.database or "")
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
@@ -92,3 +96,38 @@ def test_commands_do_not_create_a_missing_database(tmp_path: Path) -> None:
     with pytest.raises(SchemaError, match="does not exist"):
         make_engine(f"sqlite:///{tmp_path / 'missing.db'}", create=False)
     assert not (tmp_path / "missing.db").exists()
+
+
+def test_a_missing_postgresql_database_is_named_with_the_fix(
+    postgresql: Callable[[], str],
+) -> None:
+    missing = make_url(postgresql()).set(database="maild_missing").render_as_string(False)
+    database = Database(missing, create=False)
+    try:
+        with pytest.raises(DatabaseUnavailable, match='database "maild_missing" does not exist'):
+            database.check_schema()
+    finally:
+        database.dispose()
+
+
+def test_an_unreachable_server_is_one_sentence_without_the_password(tmp_path: Path) -> None:
+    url = make_url(unusable_database("postgresql-server", tmp_path)).set(password="s3cret-pw")
+    database = Database(url.render_as_string(hide_password=False))
+    try:
+        with pytest.raises(DatabaseUnavailable) as raised:
+            database.upgrade()
+    finally:
+        database.dispose()
+    message = str(raised.value)
+    assert message.startswith(f"cannot open the database postgresql+psycopg://{url.username}:***@")
+    assert "Connection refused" in message and "\n" not in message
+    assert "s3cret-pw" not in message
+
+
+def test_a_file_that_is_no_sqlite_database_is_one_sentence(tmp_path: Path) -> None:
+    database = Database(unusable_database("sqlite-file", tmp_path))
+    try:
+        with pytest.raises(DatabaseUnavailable, match="broken.db: file is not a database$"):
+            database.upgrade()
+    finally:
+        database.dispose()

@@ -14,7 +14,6 @@ import email.policy
 import logging
 import re
 import socket
-import sqlite3
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -38,6 +37,7 @@ from maild.residents.registration import Registrations
 from maild.store.db import Database
 from maild.store.models import OutboxMail
 from tests.configs import make_config
+from tests.databases import UNUSABLE_DATABASES, unusable_database, writers_blocked
 from tests.test_aiosmtpd_compat import ADDRESSES
 
 CORPUS = Path(__file__).parent / "corpus" / "autoreply"
@@ -308,37 +308,35 @@ def test_concurrent_blank_mails_get_their_250_only_once_committed_together(
     tmp_path: Path,
 ) -> None:
     async def scenario(h: Harness) -> None:
-        database = h.db.engine.url.database
-        assert database is not None
-        # Another writer holds SQLite's write lock: no answer can be committed meanwhile.
-        blocker = sqlite3.connect(database, isolation_level=None)
-        blocker.execute("BEGIN IMMEDIATE")
         answers = h.server.handler.answers
         clients = [await h.client() for _ in range(5)]
-        senders = ["a@docomo.ne.jp"] + ["same@docomo.ne.jp"] * 3 + ["b@ezweb.ne.jp"]
-        for client, sender in zip(clients, senders, strict=True):
-            assert (await client.command(f"MAIL FROM:<{sender}>"))[0] == 250
-            assert (await client.command(f"RCPT TO:<{REGISTRATION}>"))[0] == 250
-        replies = [asyncio.create_task(clients[0].data(BLANK))]
-        assert await eventually(lambda: answers.groups == 1)  # waiting for the lock
-        replies += [asyncio.create_task(c.data(BLANK)) for c in clients[1:]]
-        assert await eventually(lambda: answers.queued == 4)
-        assert not any(r.done() for r in replies)  # no 250 before the commit
-        assert h.rows() == []
-        blocker.rollback()
-        blocker.close()
-        assert [(await r)[0] for r in replies] == [250] * 5
-        # The four that waited went in one transaction; three mails from one new address
-        # at once got one answer and no error.
-        assert (answers.groups, answers.written) == (2, 5)
-        assert sorted(r.recipient for r in h.rows()) == [
-            "a@docomo.ne.jp",
-            "b@ezweb.ne.jp",
-            "same@docomo.ne.jp",
-        ]
-        assert sorted(h.outcomes) == ["register"] * 3 + ["throttled"] * 2
-        for client in clients:
-            await client.close()
+        try:
+            senders = ["a@docomo.ne.jp"] + ["same@docomo.ne.jp"] * 3 + ["b@ezweb.ne.jp"]
+            for client, sender in zip(clients, senders, strict=True):
+                assert (await client.command(f"MAIL FROM:<{sender}>"))[0] == 250
+                assert (await client.command(f"RCPT TO:<{REGISTRATION}>"))[0] == 250
+            # Another writer holds the database: no answer can be committed meanwhile.
+            with writers_blocked(h.config.database_url):
+                replies = [asyncio.create_task(clients[0].data(BLANK))]
+                assert await eventually(lambda: answers.groups == 1)  # waiting for the lock
+                replies += [asyncio.create_task(c.data(BLANK)) for c in clients[1:]]
+                assert await eventually(lambda: answers.queued == 4)
+                await asyncio.sleep(0.2)  # time enough for a 250 that should not come
+                assert not any(r.done() for r in replies)  # no 250 before the commit
+                assert h.rows() == []
+            assert [(await r)[0] for r in replies] == [250] * 5
+            # The four that waited went in one transaction; three mails from one new address
+            # at once got one answer and no error.
+            assert (answers.groups, answers.written) == (2, 5)
+            assert sorted(r.recipient for r in h.rows()) == [
+                "a@docomo.ne.jp",
+                "b@ezweb.ne.jp",
+                "same@docomo.ne.jp",
+            ]
+            assert sorted(h.outcomes) == ["register"] * 3 + ["throttled"] * 2
+        finally:
+            for client in clients:  # also after a failed assertion: no leaked sockets
+                await client.close()
 
     run(tmp_path, scenario)
 
@@ -811,13 +809,13 @@ def test_local_failure_is_451_and_the_server_keeps_serving(
     assert "t***@docomo.ne.jp" in failure.getMessage()
 
 
-def test_unusable_database_file_is_451_not_a_crash(tmp_path: Path) -> None:
-    broken = tmp_path / "broken.db"
-    broken.write_bytes(b"this is not an SQLite database\n" * 200)
+@pytest.mark.parametrize("unusable", UNUSABLE_DATABASES)
+def test_an_unusable_database_is_451_not_a_crash(tmp_path: Path, unusable: str) -> None:
+    url = unusable_database(unusable, tmp_path)
 
     async def scenario(h: Harness) -> None:
         registrations = h.server.handler.registrations
-        registrations.db = Database(f"sqlite:///{broken}")
+        registrations.db = Database(url)
         try:
             assert await h.send("<taro@docomo.ne.jp>") == [250, 250, 451]
             assert await h.send("<>", corpus("null-sender__postfix-dsn.eml")) == [250, 250, 250]

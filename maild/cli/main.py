@@ -24,7 +24,6 @@ from maild.cli.common import (
     CommandError,
     Handler,
     print_json,
-    safe_url,
 )
 from maild.common.config import Config, ConfigError, load_config
 from maild.mail.dkim import signer_for, zone_records
@@ -32,7 +31,7 @@ from maild.mail.legacy import legacy_problems, problem_texts
 from maild.residents.areas import AreaFileError, AreaMap
 from maild.residents.qr import write_qr
 from maild.service.logs import setup_logging
-from maild.store.db import SchemaError
+from maild.store.db import SchemaError, safe_url
 from maild.store.models import ALERT_STATUSES
 
 DEFAULT_CONFIG = "/etc/maild/maild.toml"
@@ -109,7 +108,10 @@ def _cmd_dkim_record(config: Config, args: argparse.Namespace) -> int:
 def _cmd_db_upgrade(config: Config, args: argparse.Namespace) -> int:
     from maild.store.db import upgrade
 
-    upgrade(config.database_url)
+    try:
+        upgrade(config.database_url)
+    except SchemaError as e:
+        raise CommandError(str(e)) from None
     print(f"database {safe_url(config.database_url)} is up to date")
     return 0
 

@@ -48,6 +48,7 @@ from maild.service.reload import ReloadRefused, reconfigure_all, reload_config
 from maild.service.services import Reconfigurable, Services, build_services, open_database
 from maild.service.watchdog import watchdog
 from maild.service.workers import WorkerPool, fanout_relay_config
+from maild.store.db import DatabaseUnavailable
 from maild.web.app import WebApp, create_app
 from maild.web.health import database_health
 from maild.web.server import WebServer
@@ -85,7 +86,10 @@ class Daemon:
     async def run(self) -> None:
         os.umask(0o077)  # everything we create (keys, maildir files, db) is ours alone
         config = self.config
-        db = await asyncio.to_thread(open_database, config)
+        try:
+            db = await asyncio.to_thread(open_database, config)
+        except DatabaseUnavailable as e:
+            raise StartupError(str(e)) from None
         metrics = Metrics(
             db, sessions=lambda: inbound.session_count, refusals=lambda: services.budget.refused
         )

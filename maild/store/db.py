@@ -3,7 +3,8 @@
 SQLite runs in WAL mode with a busy timeout so that the web thread, the
 daemon's loop and the command line can write at the same time without
 "database is locked"; the file is created 0600 because it holds residents'
-addresses (operating rules §7(1)). PostgreSQL works through the same URL key.
+addresses (operating rules §7(1)). PostgreSQL (``postgresql+psycopg://``) works
+through the same URL key, for several nodes on one database.
 
 Two durability levels on SQLite (``PRAGMA synchronous``, per connection):
 
@@ -21,6 +22,16 @@ Two durability levels on SQLite (``PRAGMA synchronous``, per connection):
   registration answer queued before the SMTP ``250`` that makes the sending MTA
   delete its copy (RFC 5321 §4.1.1.4). Its callers commit many answers at
   once, so the flush is paid once per group, not per mail.
+
+On PostgreSQL every commit is durable already (``synchronous_commit`` on, the server's
+default), so the durable engine is the engine itself.
+
+Where the two backends differ, this module says so (engines, pools, durability, which
+URLs); everything else in maild is the same SQL on both. Three places where concurrent
+writers meet are written for both, each with a comment: the fan-out's claim and the
+bounce score lock their rows (``FOR UPDATE [SKIP LOCKED]``; SQLite has no row locks and
+ignores it, its write lock serialises them), and a registration answer retries on the
+unique-key race that only PostgreSQL's concurrent writers can meet.
 """
 
 from __future__ import annotations
@@ -37,7 +48,8 @@ from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, DateTime, Engine, create_engine, event
-from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.engine import URL, Dialect, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -46,6 +58,21 @@ SQLITE_BUSY_TIMEOUT_MS = 15000
 # Connections of the durable engine: the SMTP answer writer and the web's /signup threads.
 DURABLE_POOL_SIZE = 4
 IN_MEMORY = (None, "", ":memory:")  # SQLite database names that are no file
+# SQLite: enough connections for the web's threads, the loop's workers and the scheduler,
+# so none is opened and closed per request.
+SQLITE_POOL_SIZE = 16
+SQLITE_MAX_OVERFLOW = 16
+# PostgreSQL: each connection is a server process, and the server's max_connections (100
+# by default) is shared by every process of every node: a node is `maild serve` and its
+# [relay] workers processes, each with one engine. At most 8 + 8 per process keeps three
+# nodes with one worker each (96) within the default; the threads that use the database
+# at once in one process are fewer than 16 (4 web threads, /signup's one, the loop's
+# to_thread workers), and one waiting for a connection waits, it does not fail.
+POSTGRESQL_POOL_SIZE = 8
+POSTGRESQL_MAX_OVERFLOW = 8
+# libpq waits for the operating system's TCP timeout (minutes) for a host that does not
+# answer; an SMTP session waiting for its answer would outlast the sending MTA's patience.
+POSTGRESQL_CONNECT_TIMEOUT_S = 10
 
 
 class Base(DeclarativeBase):
@@ -87,17 +114,50 @@ class SchemaError(Exception):
     """The database is missing or older than this maild; the message says what to run."""
 
 
+class DatabaseUnavailable(SchemaError):
+    """The database cannot be opened (server down or refusing us, a file that is no
+    SQLite database); the message names the database, without its password, and why."""
+
+
+def safe_url(url: str | URL) -> str:
+    """A database URL without its password, for messages and logs."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _postgresql_engine(parsed: URL) -> Engine:
+    if parsed.drivername == "postgresql":
+        # SQLAlchemy's driver for a bare postgresql:// is psycopg2; maild ships psycopg 3.
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    connect_args: dict[str, Any] = {}
+    if "connect_timeout" not in parsed.query:
+        connect_args["connect_timeout"] = POSTGRESQL_CONNECT_TIMEOUT_S
+    if "application_name" not in parsed.query:
+        connect_args["application_name"] = "maild"  # pg_stat_activity names us
+    return create_engine(
+        parsed,
+        pool_size=POSTGRESQL_POOL_SIZE,
+        max_overflow=POSTGRESQL_MAX_OVERFLOW,
+        # A server restart or an idle timeout closes pooled connections under us; test each
+        # before use rather than fail the request that takes it.
+        pool_pre_ping=True,
+        hide_parameters=True,  # SQL errors would otherwise print addresses
+        connect_args=connect_args,
+    )
+
+
 def make_engine(url: str, create: bool = True, durable: bool = False) -> Engine:
     """An engine for ``url``; for SQLite the file is created 0600 and put in WAL mode.
 
     ``create=False`` (the operators' commands) refuses to create a missing SQLite file,
     which would otherwise belong to whoever ran the command instead of the service.
     ``durable=True``: SQLite commits with ``synchronous=FULL`` and begins with ``BEGIN
-    IMMEDIATE`` (see the module's docstring); other databases are durable already.
+    IMMEDIATE`` (see the module's docstring); PostgreSQL is durable already.
     """
     parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        return _postgresql_engine(parsed)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, hide_parameters=True)
+        raise ValueError(f"{safe_url(parsed)}: maild runs on SQLite or PostgreSQL")
     if parsed.database and parsed.database != ":memory:":
         database = Path(parsed.database)
         if not create and not database.exists():
@@ -114,10 +174,8 @@ def make_engine(url: str, create: bool = True, durable: bool = False) -> Engine:
     engine = create_engine(
         url,
         hide_parameters=True,  # SQL errors would otherwise print addresses
-        # Enough connections for the web's threads, the loop's workers and the scheduler,
-        # so none is opened and closed per request.
-        pool_size=DURABLE_POOL_SIZE if durable else 16,
-        max_overflow=16,
+        pool_size=DURABLE_POOL_SIZE if durable else SQLITE_POOL_SIZE,
+        max_overflow=SQLITE_MAX_OVERFLOW,
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
     )
     # NORMAL unless durable: why that is enough for ordinary commits, see the docstring.
@@ -190,7 +248,7 @@ class Database:
     def check_schema(self) -> None:
         """Raise :class:`SchemaError` unless the schema is at the newest revision."""
         script = ScriptDirectory.from_config(alembic_config(self.url))
-        with self.engine.connect() as connection:
+        with connect(self.engine) as connection:
             current = MigrationContext.configure(connection).get_current_revision()
         if current != script.get_current_head():
             raise SchemaError(
@@ -212,8 +270,28 @@ def alembic_config(url: str) -> AlembicConfig:
 
 def upgrade(url: str, engine: Engine | None = None) -> None:
     """Bring the schema to the newest revision (``maild db upgrade``; ``serve`` runs it too)."""
+    own = engine is None
     engine = engine or make_engine(url)
     cfg = alembic_config(url)
-    with engine.begin() as connection:
-        cfg.attributes["connection"] = connection
-        command.upgrade(cfg, "head")
+    try:
+        with connect(engine) as connection, connection.begin():
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, "head")
+    finally:
+        if own:
+            engine.dispose()
+
+
+def connect(engine: Engine) -> Connection:
+    """A connection of ``engine``; :class:`DatabaseUnavailable` if none can be opened.
+
+    For the first connection an entry point makes (start, ``maild db upgrade``, an
+    operator's command), so that a database that is down or refuses us is one sentence,
+    not a traceback. Errors after that are the caller's.
+    """
+    try:
+        return engine.connect()
+    except DBAPIError as e:
+        reason = str(e.orig).strip().splitlines()[0] if e.orig is not None else str(e)
+        where = safe_url(engine.url)
+        raise DatabaseUnavailable(f"cannot open the database {where}: {reason}") from None
