@@ -346,6 +346,15 @@ def test_subject_too_long() -> None:
     assert problem.en == "the subject is too long (101 characters, at most 100)"
 
 
+def test_sender_too_long() -> None:
+    # The alerts column holds 100 characters; PostgreSQL refuses more (SQLite kept them).
+    assert parse(minimal(Sender="仙" * 100)).sender == "仙" * 100
+    [problem] = problems_of(minimal(Sender="仙" * 101))
+    assert problem.line == 4
+    assert problem.en == "the sender is too long (101 characters, at most 100)"
+    assert problem.ja == "発信者が長すぎます（101文字、上限100文字）"
+
+
 def test_subject_with_line_separator() -> None:
     [problem] = problems_of(minimal(Subject="一行目\u2028二行目"))
     assert (problem.line, problem.en) == (1, "the subject must not contain a line break")

@@ -538,6 +538,9 @@ def test_error_unknown_key_and_bad_values(tmp_path: Path) -> None:
     assert 'municipality "rifu": jis "4406" must be a 5-digit' in message
     message = load_error(tmp_path, shipped_with('id = "rifu"', 'id = "Rifu Town"'))
     assert "must be lower-case ASCII" in message
+    # The database column holds 64 characters (PostgreSQL refuses more).
+    message = load_error(tmp_path, shipped_with('id = "rifu"', f'id = "{"r" * 65}"'))
+    assert f"id '{'r' * 65}' is longer than 64 characters" in message
     message = load_error(tmp_path, TINY.replace('name_en = "North block"\n', ""))
     assert 'block "north": name_en is missing' in message
     message = load_error(tmp_path, TINY + "\n[towns]\n")

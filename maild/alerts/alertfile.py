@@ -29,6 +29,7 @@ from zoneinfo import ZoneInfo
 
 MAX_ALERT_FILE_BYTES = 64 * 1024
 MAX_SUBJECT_CHARS = 100
+MAX_SENDER_CHARS = 100  # the alerts column's length: PostgreSQL refuses a longer value
 # A file with no empty line after its headers can yield one problem per line;
 # past this many the operator learns nothing more from the list.
 MAX_PROBLEMS = 50
@@ -311,7 +312,7 @@ class _Parser:
         category = self.category(values.get(_CATEGORY.key))
         urgent = self.urgent(values.get(_URGENT.key))
         send_after = self.send_after(values.get(_SEND_AFTER.key))
-        sender = values[_SENDER.key][1] if _SENDER.key in values else None
+        sender = self.sender(values.get(_SENDER.key))
         if not body:
             self.fail(
                 None,
@@ -399,14 +400,24 @@ class _Parser:
                 "the subject must not contain a line break",
             )
             return None
-        if len(subject) > MAX_SUBJECT_CHARS:
-            self.fail(
-                number,
-                f"件名が長すぎます（{len(subject)}文字、上限{MAX_SUBJECT_CHARS}文字）",
-                f"the subject is too long ({len(subject)} characters, at most {MAX_SUBJECT_CHARS})",
-            )
+        if self.too_long(number, subject, MAX_SUBJECT_CHARS, "件名", "subject"):
             return None
         return subject
+
+    def sender(self, entry: tuple[int, str] | None) -> str | None:
+        if entry is None or self.too_long(*entry, MAX_SENDER_CHARS, "発信者", "sender"):
+            return None
+        return entry[1]
+
+    def too_long(self, number: int, value: str, limit: int, ja: str, en: str) -> bool:
+        if len(value) <= limit:
+            return False
+        self.fail(
+            number,
+            f"{ja}が長すぎます（{len(value)}文字、上限{limit}文字）",
+            f"the {en} is too long ({len(value)} characters, at most {limit})",
+        )
+        return True
 
     def areas(self, entry: tuple[int, str] | None) -> tuple[str, ...]:
         checked = self.required(_AREA, entry)

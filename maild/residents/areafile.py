@@ -16,6 +16,9 @@ from typing import Any, Literal, NamedTuple
 from maild.residents.names import normalize_name
 
 STATION_SUFFIXES = ("警察署", "署")
+# subscriber_areas.area_id is String(64); PostgreSQL refuses a longer id at the first
+# registration, so the area file is refused at start instead, on every backend.
+MAX_ID_CHARS = 64
 BLOCK_SUFFIX = "ブロック"
 
 AreaKind = Literal["all", "block", "station", "municipality"]
@@ -129,6 +132,8 @@ class _Entry:
         area_id = self.text("id", default)
         if not _ID.fullmatch(area_id):
             raise self.fail(f"id {area_id!r} must be lower-case ASCII letters, digits and '-'")
+        if len(area_id) > MAX_ID_CHARS:
+            raise self.fail(f"id {area_id!r} is longer than {MAX_ID_CHARS} characters")
         return area_id
 
 
