@@ -198,21 +198,15 @@ _SUBSCRIBER_COLUMNS = (
 def _bulk_insert(
     connection: Connection, target: TableClause, names: tuple[str, ...], rows: list[tuple[Any, ...]]
 ) -> None:
-    """One executemany straight to the driver, with values already in its form.
+    """One executemany, with values already in the driver's form (untyped columns).
 
-    ``Connection.execute`` would build a parameter set per row through the statement's
-    compiler; for a million rows that alone costs more than SQLite's own work.
+    Through ``Connection.execute`` rather than the driver, so that SQLAlchemy chooses
+    the paramstyle and the batching for each backend (on PostgreSQL, multi-row
+    ``VALUES``). On SQLite its per-row parameter handling makes an import of 200,000
+    rows take about a third more CPU time than a driver-level executemany did (3.4 s
+    to 4.7 s), which is the price of one code path on both backends.
     """
-    compiled = insert(target).compile(dialect=connection.dialect, column_keys=list(names))
-    if compiled.positional:
-        order = [names.index(name) for name in compiled.positiontup or ()]
-        if order != list(range(len(names))):
-            rows = [tuple(row[i] for i in order) for row in rows]
-        connection.exec_driver_sql(str(compiled), rows)
-    else:
-        connection.exec_driver_sql(
-            str(compiled), [dict(zip(names, row, strict=True)) for row in rows]
-        )
+    connection.execute(insert(target), [dict(zip(names, row, strict=True)) for row in rows])
 
 
 def _driver_value(connection: Connection, name: str, value: Any) -> Any:
