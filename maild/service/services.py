@@ -57,10 +57,14 @@ class Services:
 def open_database(config: Config, migrate: bool = True) -> Database:
     """The database, migrated to the newest schema (or, ``migrate`` False, checked to be)."""
     db = Database(config.database_url, create=migrate)
-    if migrate:
-        db.upgrade()
-    else:
-        db.check_schema()
+    try:
+        if migrate:
+            db.upgrade()
+        else:
+            db.check_schema()
+    except BaseException:
+        db.dispose()  # the connection the check opened is pooled; do not leave it to the GC
+        raise
     return db
 
 
@@ -73,9 +77,15 @@ def build_services(
 ) -> Services:
     """``wake_outbox`` is called when a registration mail is queued (the daemon's sender)."""
     clock = clock or Clock()
+    opened = db is None
     db = db or open_database(config, migrate)
-    key = load_or_create_key(config.service.state_dir)
-    old_keys = [read_key(p) for p in config.service.old_secret_key_files]
+    try:
+        key = load_or_create_key(config.service.state_dir)
+        old_keys = [read_key(p) for p in config.service.old_secret_key_files]
+    except BaseException:
+        if opened:
+            db.dispose()  # its pooled connection must not wait for the garbage collector
+        raise
     links = Links(key, old_keys, clock)
     areas = shared_area_map(config.areas.file)
     registrations = Registrations(config, db, links, areas, clock, wake_outbox)
