@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 import smtplib
-import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.daemon import DaemonProcess
+import pytest
+
+from tests.daemon import DaemonFailed, DaemonProcess, maild_command
+from tests.databases import ON_POSTGRESQL, UNUSABLE_DATABASES, query, unusable_database
 from tests.resident import Browser, csrf_of, link_in, text_of
 from tests.smtpsink import SmtpSink
 
@@ -24,9 +26,11 @@ def blank_mail(port: int, sender: str = PHONE, headers: str = "") -> None:
         )
 
 
-def subscriber_rows(state: Path) -> list[tuple[str, str]]:
-    with sqlite3.connect(state / "maild.db") as db:
-        return db.execute("SELECT address, status FROM subscribers").fetchall()
+def subscriber_rows(config: Path) -> list[tuple[str, str]]:
+    return [
+        (address, status)
+        for address, status in query(config, "SELECT address, status FROM subscribers")
+    ]
 
 
 def test_blank_mail_to_completed_registration(
@@ -35,7 +39,8 @@ def test_blank_mail_to_completed_registration(
     sink: SmtpSink,
     tmp_path: Path,
 ) -> None:
-    maild = daemon(config_path(relay={"url": sink.url}))
+    config = config_path(relay={"url": sink.url})
+    maild = daemon(config)
 
     started = time.monotonic()
     blank_mail(maild.smtp_port)
@@ -69,7 +74,7 @@ def test_blank_mail_to_completed_registration(
     msg, text = text_of(done.data)
     assert "登録完了のお知らせ" in msg["Subject"]
     assert "/manage/" in text
-    assert subscriber_rows(tmp_path / "state") == [(PHONE, "active")]
+    assert subscriber_rows(config) == [(PHONE, "active")]
 
     # A second blank mail within 10 minutes: no second answer.
     blank_mail(maild.smtp_port)
@@ -132,9 +137,27 @@ def test_state_files_are_private(
     maild = daemon(config_path())
     blank_mail(maild.smtp_port, "c@example.jp")
     assert maild.stop() == 0
-    for name in ("maild.db", "secret.key"):
+    # The database is a file of ours on SQLite only; PostgreSQL keeps it on the server.
+    for name in ("secret.key",) if ON_POSTGRESQL else ("maild.db", "secret.key"):
         mode = (tmp_path / "state" / name).stat().st_mode & 0o777
         assert mode == 0o600, name
     mails = list((tmp_path / "maildir" / "new").iterdir())
     assert len(mails) == 1 and mails[0].stat().st_mode & 0o777 == 0o600
     assert re.search(rb"Delivered-To: c@example.jp", mails[0].read_bytes())
+
+
+@pytest.mark.parametrize("unusable", UNUSABLE_DATABASES)
+def test_a_database_that_cannot_be_opened_is_one_line_at_start(
+    config_path: Callable[..., Path],
+    daemon: Callable[[Path], DaemonProcess],
+    tmp_path: Path,
+    unusable: str,
+) -> None:
+    path = config_path(database={"url": unusable_database(unusable, tmp_path)})
+    with pytest.raises(DaemonFailed) as failed:
+        daemon(path)
+    assert "daemon exited with 1" in str(failed.value)
+    [line] = str(failed.value).splitlines()[1:]
+    assert line.startswith("maild: cannot open the database ")
+    done = maild_command(path, "db", "upgrade", check=False)
+    assert (done.returncode, done.stderr) == (1, line + "\n")

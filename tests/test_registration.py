@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, text, update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DatabaseError
 
 from maild.common.addresses import InvalidAddress
 from maild.common.clock import FakeClock
@@ -15,6 +15,7 @@ from maild.residents.registration import SENT_MANAGE, SENT_REGISTER, THROTTLED, 
 from maild.service.services import Services, build_services
 from maild.store.models import ACTIVE, SUSPENDED, OutboxMail, Subscriber
 from tests.configs import make_config
+from tests.databases import requires_sqlite
 
 
 def test_simultaneous_mails_from_one_new_address_get_one_answer_and_no_error(
@@ -94,7 +95,8 @@ def test_a_group_that_fails_keeps_nothing_of_any_request(tmp_path: Path) -> None
     services = build_services(make_config(tmp_path), FakeClock())
     with services.db.engine.begin() as connection:
         connection.execute(text("ALTER TABLE outbox RENAME TO outbox_away"))
-    with pytest.raises(OperationalError):
+    # OperationalError on SQLite, ProgrammingError on PostgreSQL: both DatabaseErrors.
+    with pytest.raises(DatabaseError, match="outbox"):
         services.registrations.answer_many(
             [Request("taro@docomo.ne.jp"), Request("hanako@ezweb.ne.jp")]
         )
@@ -129,8 +131,10 @@ def test_a_blank_mail_revives_a_suspended_subscriber_even_within_ten_minutes(
     assert outbox_recipients(services) == ["taro@docomo.ne.jp"] * 2
 
 
+@requires_sqlite
 def test_answers_are_written_with_a_flush_to_disk(tmp_path: Path) -> None:
-    """The 250 after an answer promises it survives a power cut: synchronous=FULL (2)."""
+    """The 250 after an answer promises it survives a power cut: synchronous=FULL (2).
+    (PostgreSQL commits durably whatever the transaction: maild.store.db.)"""
     services = build_services(make_config(tmp_path), FakeClock())
     with services.db.durable_transaction() as connection:
         assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2

@@ -9,13 +9,13 @@ the log. tests/test_reload.py walks every other key in-process.
 from __future__ import annotations
 
 import signal
-import sqlite3
 import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 from tests.daemon import DaemonProcess, maild_command
+from tests.databases import query
 from tests.smtpsink import SmtpSink
 from tests.test_alerts_flow import (
     SATURDAY,
@@ -38,12 +38,9 @@ def csrf_cookie(base_url: str) -> str:
     return str(cookie)
 
 
-def delivery_rows(state: Path) -> tuple[int, list[tuple]]:
-    with sqlite3.connect(state / "maild.db") as db:
-        count = db.execute("SELECT count(*) FROM deliveries").fetchone()[0]
-        finals = db.execute("SELECT final_counts FROM alerts").fetchall()
-    db.close()
-    return int(count), finals
+def delivery_rows(config: Path) -> tuple[int, list[tuple]]:
+    [(count,)] = query(config, "SELECT count(*) FROM deliveries")
+    return int(count), query(config, "SELECT final_counts FROM alerts")
 
 
 def test_sighup_applies_keep_days_and_base_url(
@@ -65,8 +62,7 @@ def test_sighup_applies_keep_days_and_base_url(
     (alert,) = wait_for_alerts(config, clock.env, 1)
     wait_status(config, clock.env, alert["id"], "sent")
     clock.set(TEN_DAYS_LATER)
-    state = tmp_path / "state"
-    assert delivery_rows(state) == (1, [(None,)])
+    assert delivery_rows(config) == (1, [(None,)])
 
     config_path(
         relay={"url": sink.url},
@@ -83,10 +79,10 @@ def test_sighup_applies_keep_days_and_base_url(
 
     # keep_days: the rows of the ten-day-old alert go now, its counts stay.
     deadline = time.monotonic() + 10
-    while delivery_rows(state)[0] != 0:
+    while delivery_rows(config)[0] != 0:
         assert time.monotonic() < deadline, "keep_days = 7 was not applied"
         time.sleep(0.1)
-    assert delivery_rows(state)[1] != [(None,)]
+    assert delivery_rows(config)[1] != [(None,)]
     # base_url is https now: the CSRF cookie is Secure.
     assert "Secure" in csrf_cookie(maild.base_url)
     assert maild.stop() == 0

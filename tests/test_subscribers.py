@@ -1,4 +1,5 @@
-"""Subscriber import, export, stats and erasure (SPEC §2) on a real SQLite database."""
+"""Subscriber import, export, stats and erasure (SPEC §2) on a real database (SQLite, or
+PostgreSQL in the PostgreSQL half)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from maild.residents.categories import ALL_CATEGORIES_MASK, CATEGORY_IDS, mask_f
 from maild.residents.roster_read import ImportFileError, ImportReport, RowProblem
 from maild.store.db import Database
 from maild.store.models import ACTIVE, PENDING, SUSPENDED, Subscriber, SubscriberArea
+from tests.configs import make_config
 
 AREAS_FILE = Path(__file__).resolve().parent.parent / "config" / "areas.toml"
 JST = dt.timezone(dt.timedelta(hours=9))
@@ -33,8 +35,8 @@ def clock() -> FakeClock:
     return FakeClock(dt.datetime(2026, 12, 1, 10, 30, tzinfo=JST))
 
 
-def new_db(path: Path) -> Iterator[Database]:
-    db = Database(f"sqlite:///{path}")
+def new_db(folder: Path) -> Iterator[Database]:
+    db = Database(make_config(folder).database_url)
     db.upgrade()
     yield db
     db.dispose()
@@ -42,12 +44,12 @@ def new_db(path: Path) -> Iterator[Database]:
 
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
-    yield from new_db(tmp_path / "maild.db")
+    yield from new_db(tmp_path)
 
 
 @pytest.fixture
 def other_db(tmp_path: Path) -> Iterator[Database]:
-    yield from new_db(tmp_path / "other.db")
+    yield from new_db(tmp_path / "other")
 
 
 def run(db: Database, areas: AreaMap, clock: FakeClock, text: str) -> ImportReport:
