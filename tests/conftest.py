@@ -7,7 +7,6 @@ and a new daemon test needs no mark of its own.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,17 +36,19 @@ def _close_databases() -> Iterator[None]:
     test, and hold a server connection until then. Autouse fixtures are set up first,
     so this runs after the test's own teardown (its daemons are stopped).
     """
-    engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+    # Held, not weakly: an engine another fixture lets go of first (monkeypatch undoing a
+    # module global, say) would otherwise be collected with its connections still open.
+    engines: dict[int, Engine] = {}
 
     def remember(connection: Connection) -> None:
-        engines.add(connection.engine)
+        engines.setdefault(id(connection.engine), connection.engine)
 
     event.listen(Engine, "engine_connect", remember)
     try:
         yield
     finally:
         event.remove(Engine, "engine_connect", remember)
-        for engine in list(engines):
+        for engine in engines.values():
             engine.dispose()
         drop_made_databases()
 

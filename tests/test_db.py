@@ -5,6 +5,7 @@ database that cannot be opened named in one sentence (SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import os
+import secrets
 import stat
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +15,7 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 
-from maild.store.db import Database, DatabaseUnavailable, SchemaError, make_engine
+from maild.store.db import Database, DatabaseUnusable, SchemaError, make_engine
 from maild.store.models import Subscriber
 from tests.configs import make_config
 from tests.databases import requires_sqlite, unusable_database
@@ -104,7 +105,7 @@ def test_a_missing_postgresql_database_is_named_with_the_fix(
     missing = make_url(postgresql()).set(database="maild_missing").render_as_string(False)
     database = Database(missing, create=False)
     try:
-        with pytest.raises(DatabaseUnavailable, match='database "maild_missing" does not exist'):
+        with pytest.raises(DatabaseUnusable, match='database "maild_missing" does not exist'):
             database.check_schema()
     finally:
         database.dispose()
@@ -114,7 +115,7 @@ def test_an_unreachable_server_is_one_sentence_without_the_password(tmp_path: Pa
     url = make_url(unusable_database("postgresql-server", tmp_path)).set(password="s3cret-pw")
     database = Database(url.render_as_string(hide_password=False))
     try:
-        with pytest.raises(DatabaseUnavailable) as raised:
+        with pytest.raises(DatabaseUnusable) as raised:
             database.upgrade()
     finally:
         database.dispose()
@@ -124,10 +125,39 @@ def test_an_unreachable_server_is_one_sentence_without_the_password(tmp_path: Pa
     assert "s3cret-pw" not in message
 
 
+def test_a_role_without_rights_is_one_sentence_naming_the_reason(
+    postgresql: Callable[[], str],
+) -> None:
+    # Since PostgreSQL 15 only the database's owner may create tables in its public schema
+    # (revoked here for older servers too): a database someone else made for maild's role
+    # fails the first migration.
+    url = make_url(postgresql())
+    role = f"maild_role_{secrets.token_hex(4)}"
+    admin = Database(url.render_as_string(hide_password=False))
+    with admin.engine.begin() as connection:
+        connection.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN')
+        connection.exec_driver_sql("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    database = Database(url.set(username=role).render_as_string(hide_password=False))
+    try:
+        with pytest.raises(
+            DatabaseUnusable,
+            match="^cannot migrate the database .*: permission denied for schema public$",
+        ):
+            database.upgrade()
+        admin.upgrade()  # now there are tables, and the role may not read them
+        with pytest.raises(DatabaseUnusable, match="^cannot read the database .*: permission"):
+            database.check_schema()
+    finally:
+        database.dispose()
+        with admin.engine.begin() as connection:
+            connection.exec_driver_sql(f'DROP ROLE "{role}"')
+        admin.dispose()
+
+
 def test_a_file_that_is_no_sqlite_database_is_one_sentence(tmp_path: Path) -> None:
     database = Database(unusable_database("sqlite-file", tmp_path))
     try:
-        with pytest.raises(DatabaseUnavailable, match="broken.db: file is not a database$"):
+        with pytest.raises(DatabaseUnusable, match="broken.db: file is not a database$"):
             database.upgrade()
     finally:
         database.dispose()

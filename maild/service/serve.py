@@ -48,7 +48,7 @@ from maild.service.reload import ReloadRefused, reconfigure_all, reload_config
 from maild.service.services import Reconfigurable, Services, build_services, open_database
 from maild.service.watchdog import watchdog
 from maild.service.workers import WorkerPool, fanout_relay_config
-from maild.store.db import DatabaseUnavailable
+from maild.store.db import DatabaseUnusable
 from maild.web.app import WebApp, create_app
 from maild.web.health import database_health
 from maild.web.server import WebServer
@@ -88,7 +88,7 @@ class Daemon:
         config = self.config
         try:
             db = await asyncio.to_thread(open_database, config)
-        except DatabaseUnavailable as e:
+        except DatabaseUnusable as e:
             raise StartupError(str(e)) from None
         metrics = Metrics(
             db, sessions=lambda: inbound.session_count, refusals=lambda: services.budget.refused

@@ -114,9 +114,10 @@ class SchemaError(Exception):
     """The database is missing or older than this maild; the message says what to run."""
 
 
-class DatabaseUnavailable(SchemaError):
-    """The database cannot be opened (server down or refusing us, a file that is no
-    SQLite database); the message names the database, without its password, and why."""
+class DatabaseUnusable(SchemaError):
+    """The database cannot be opened or its schema read or migrated (server down or
+    refusing us, a role without the rights, a file that is no SQLite database); the
+    message names the database, without its password, and the driver's reason."""
 
 
 def safe_url(url: str | URL) -> str:
@@ -248,7 +249,7 @@ class Database:
     def check_schema(self) -> None:
         """Raise :class:`SchemaError` unless the schema is at the newest revision."""
         script = ScriptDirectory.from_config(alembic_config(self.url))
-        with connect(self.engine) as connection:
+        with connect(self.engine) as connection, _explained("cannot read", self.engine):
             current = MigrationContext.configure(connection).get_current_revision()
         if current != script.get_current_head():
             raise SchemaError(
@@ -274,24 +275,34 @@ def upgrade(url: str, engine: Engine | None = None) -> None:
     engine = engine or make_engine(url)
     cfg = alembic_config(url)
     try:
-        with connect(engine) as connection, connection.begin():
-            cfg.attributes["connection"] = connection
-            command.upgrade(cfg, "head")
+        with connect(engine) as connection, _explained("cannot migrate", engine):
+            with connection.begin():
+                cfg.attributes["connection"] = connection
+                command.upgrade(cfg, "head")
     finally:
         if own:
             engine.dispose()
 
 
 def connect(engine: Engine) -> Connection:
-    """A connection of ``engine``; :class:`DatabaseUnavailable` if none can be opened.
+    """A connection of ``engine``; :class:`DatabaseUnusable` if none can be opened.
 
     For the first connection an entry point makes (start, ``maild db upgrade``, an
     operator's command), so that a database that is down or refuses us is one sentence,
     not a traceback. Errors after that are the caller's.
     """
-    try:
+    with _explained("cannot open", engine):
         return engine.connect()
+
+
+@contextmanager
+def _explained(what: str, engine: Engine) -> Iterator[None]:
+    """A driver's error inside as :class:`DatabaseUnusable`: "cannot open the database
+    URL: the driver's first line" (a role without rights on PostgreSQL's public schema,
+    a server that is down, a SQLite file that is no database)."""
+    try:
+        yield
     except DBAPIError as e:
         reason = str(e.orig).strip().splitlines()[0] if e.orig is not None else str(e)
         where = safe_url(engine.url)
-        raise DatabaseUnavailable(f"cannot open the database {where}: {reason}") from None
+        raise DatabaseUnusable(f"{what} the database {where}: {reason}") from None
