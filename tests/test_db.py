@@ -4,6 +4,7 @@ database that cannot be opened named in one sentence (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import secrets
 import stat
@@ -161,3 +162,36 @@ def test_a_file_that_is_no_sqlite_database_is_one_sentence(tmp_path: Path) -> No
             database.upgrade()
     finally:
         database.dispose()
+
+
+def test_stored_times_do_not_depend_on_the_sessions_time_zone(
+    postgresql: Callable[[], str],
+) -> None:
+    url = make_url(postgresql())
+    utc = Database(url.render_as_string(hide_password=False))
+    tokyo_url = url.update_query_dict({"options": "-c timezone=Asia/Tokyo"})
+    tokyo = Database(tokyo_url.render_as_string(hide_password=False))
+    at = dt.datetime(2026, 12, 7, 0, 30, tzinfo=dt.UTC)  # 09:30 in Tokyo
+    try:
+        utc.upgrade()
+        with tokyo.transaction() as session:
+            assert session.scalar(text("SHOW timezone")) == "Asia/Tokyo"
+            session.add(
+                Subscriber(
+                    address="k1@example.jp",
+                    status="pending",
+                    category_mask=0,
+                    link_key="k1",
+                    created_at=at,
+                    updated_at=at,
+                    bounce_score=0,
+                )
+            )
+        for database in (utc, tokyo):
+            with database.transaction() as session:
+                assert session.scalar(select(Subscriber.created_at)) == at
+                later = at + dt.timedelta(minutes=1)
+                assert session.scalar(select(func.count()).where(Subscriber.created_at < later))
+    finally:
+        utc.dispose()
+        tokyo.dispose()

@@ -83,7 +83,9 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
     """Aware UTC datetimes in, aware UTC datetimes out, on every backend.
 
     SQLite has no time zones; storing naive UTC and re-attaching UTC on the way
-    out keeps comparisons in SQL and in Python the same.
+    out keeps comparisons in SQL and in Python the same. PostgreSQL gets the same
+    naive UTC in ``timestamp without time zone``, so the session's ``TimeZone`` (the
+    server's, or the role's) never shifts a stored time.
     """
 
     impl = DateTime
