@@ -26,8 +26,9 @@ Two durability levels on SQLite (``PRAGMA synchronous``, per connection):
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -41,11 +42,15 @@ from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from maild.store.locks import Lock, lock_for_transaction
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 15000
 # Connections of the durable engine: the SMTP answer writer and the web's /signup threads.
 DURABLE_POOL_SIZE = 4
 IN_MEMORY = (None, "", ":memory:")  # SQLite database names that are no file
+# Refuses a migration by raising: (connection, current revision, the newest revision).
+UpgradeCheck = Callable[[Connection, str | None, str], None]
 
 
 class Base(DeclarativeBase):
@@ -184,18 +189,17 @@ class Database:
         with self._durable.begin() as connection:
             yield connection
 
-    def upgrade(self) -> None:
-        upgrade(self.url, self.engine)
+    def upgrade(self, check: UpgradeCheck | None = None) -> None:
+        upgrade(self.url, self.engine, check)
 
     def check_schema(self) -> None:
         """Raise :class:`SchemaError` unless the schema is at the newest revision."""
-        script = ScriptDirectory.from_config(alembic_config(self.url))
         with self.engine.connect() as connection:
             current = MigrationContext.configure(connection).get_current_revision()
-        if current != script.get_current_head():
+        if current != head_revision():
             raise SchemaError(
                 f"the database schema is at {current or 'nothing'}, this maild needs "
-                f"{script.get_current_head()}: run `maild db upgrade`"
+                f"{head_revision()}: run `maild db upgrade`"
             )
 
     def dispose(self) -> None:
@@ -210,10 +214,32 @@ def alembic_config(url: str) -> AlembicConfig:
     return cfg
 
 
-def upgrade(url: str, engine: Engine | None = None) -> None:
-    """Bring the schema to the newest revision (``maild db upgrade``; ``serve`` runs it too)."""
+@functools.cache
+def head_revision() -> str:
+    """The schema revision this maild's code needs: the newest migration."""
+    head = ScriptDirectory.from_config(alembic_config("")).get_current_head()
+    assert head is not None
+    return head
+
+
+def upgrade(url: str, engine: Engine | None = None, check: UpgradeCheck | None = None) -> None:
+    """Bring the schema to the newest revision (``maild db upgrade``; ``serve`` runs it too).
+
+    One node at a time (the migrations lock, held until the migration commits): a node
+    that waited finds the schema new already. ``check(connection, current, head)`` runs
+    under the lock when a migration is due and may refuse it by raising.
+    """
+    own = engine is None
     engine = engine or make_engine(url)
     cfg = alembic_config(url)
-    with engine.begin() as connection:
-        cfg.attributes["connection"] = connection
-        command.upgrade(cfg, "head")
+    try:
+        with engine.begin() as connection:
+            lock_for_transaction(connection, Lock.MIGRATIONS)
+            current = MigrationContext.configure(connection).get_current_revision()
+            if check is not None and current != head_revision():
+                check(connection, current, head_revision())
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, "head")
+    finally:
+        if own:
+            engine.dispose()
