@@ -102,7 +102,9 @@ class Daemon:
         # Signing wraps the timing, so relay latency measures the relay alone.
         outbox_relay = SigningRelay(metrics.timed(outbox_transport, "outbox"), signer)
         alert_relay = SigningRelay(metrics.timed(alert_transport, "alert"), signer)
-        sender = OutboxSender(db, outbox_relay, self.clock, OUTBOX_CONNECTIONS)
+        sender = OutboxSender(
+            db, outbox_relay, self.clock, OUTBOX_CONNECTIONS, node=config.service.node_name
+        )
         services = await asyncio.to_thread(build_services, config, self.clock, db, sender.wake)
         fanout = FanoutSender(
             config,
@@ -158,6 +160,7 @@ class Daemon:
 
         app, web, web_thread = self._start_web(services, health, metrics.render)
         await asyncio.to_thread(fanout.release_claims)  # before any worker claims
+        await asyncio.to_thread(sender.release_claims)  # this node's, before it claims again
         workers = WorkerPool(config, config.relay.workers, self.log_level)
         workers.start()
         housekeeping = Housekeeping(config, services.db, services.alerts, self.clock)
