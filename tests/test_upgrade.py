@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from maild.residents.keyring import FINGERPRINT_SETTING, fingerprint
 from maild.store.db import head_revision
 from tests.daemon import DaemonProcess
 from tests.resident import Browser, text_of
@@ -59,6 +60,11 @@ def test_a_0_1_0_installation_upgrades(
     # Migrations ran; the 0.1.0 job table is gone, the alert is still held.
     state = tmp_path / "state"
     assert query(state, "SELECT version_num FROM alembic_version") == [(head_revision(),)]
+    # 0007: the installation's key is the one every node must have from now on.
+    old_key = (FIXTURES / "secret.key.hex").read_text(encoding="ascii").strip().encode()
+    assert query(state, "SELECT name, value FROM settings") == [
+        (FINGERPRINT_SETTING, fingerprint(old_key))
+    ]
     # 0006: the held alert got the random part of its Message-IDs.
     [(key,)] = query(state, "SELECT message_key FROM alerts")
     assert key is not None and len(key) == 16
