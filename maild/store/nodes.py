@@ -175,7 +175,8 @@ def refuse_while_others_run(
             for n in others
         )
         raise UpgradeRefused(
-            f"古いスキーマで動いているノードがあります: {names}。先にそれらを停止してください / "
+            f"スキーマ {head} 以外で動いているノードがあります: {names}。"
+            "先にそれらを停止してください / "
             f"nodes running another schema than {head}: {names}; stop them first (a node"
             f" killed without stopping counts as running for {ALIVE.seconds // 60} minutes"
             " after it was last seen; --force migrates anyway)"
