@@ -8,7 +8,8 @@ check SPEC §10's ``RCPT TO:<"taro..yamada"@docomo.ne.jp>``.
 
 The sink says PIPELINING in its EHLO reply unless told not to (Postfix does,
 so maild's relay pipelines MAIL, RCPT and DATA), and counts the transactions
-that came pipelined. It can answer 4xx or 5xx (for everyone or for one recipient, at RCPT or
+that came pipelined. It can hold every RCPT until told to go on (a slow relay),
+answer 4xx or 5xx (for everyone or for one recipient, at RCPT or
 at the end of DATA), close its open connections, stop and start again on the
 same port, speak STARTTLS or implicit TLS with a throw-away ``trustme`` CA, and
 require AUTH. Tests that use it need no sleeps: :meth:`SmtpSink.wait_for` waits
@@ -175,6 +176,7 @@ class _Handler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
+        await self.sink._wait_while_held()
         reply = self.sink._reply_for(server.raw_path)
         if reply is not None and reply.stage == "rcpt":
             return reply.line()
@@ -254,6 +256,8 @@ class SmtpSink:
         self._default: _Reply | None = None
         self._rules: dict[str, _Reply | None] = {}
         self._mail_replies: list[tuple[_Reply, bool]] = []
+        self._holding = False
+        self.held = 0  # RCPT commands waiting now (hold)
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -392,6 +396,38 @@ class SmtpSink:
         a server that closed an idle connection just as the client reused it."""
         with self._lock:
             self._mail_replies.append((_Reply(code, text, "rcpt"), disconnect))
+
+    def hold(self) -> None:
+        """Keep every RCPT waiting until :meth:`release`: a relay that is slow to answer.
+        A client that hangs up meanwhile has sent nothing."""
+        with self._lock:
+            self._holding = True
+
+    def release(self) -> None:
+        with self._lock:
+            self._holding = False
+
+    def wait_held(self, count: int, timeout: float = 10.0) -> None:
+        """Wait until ``count`` RCPT commands are being held."""
+        with self._lock:
+            if not self._lock.wait_for(lambda: self.held >= count, timeout):
+                raise AssertionError(f"{self.held} RCPT commands held, not {count}")
+
+    async def _wait_while_held(self) -> None:
+        with self._lock:
+            if not self._holding:
+                return
+            self.held += 1
+            self._lock.notify_all()
+        try:
+            while True:
+                with self._lock:
+                    if not self._holding:
+                        return
+                await asyncio.sleep(0.01)
+        finally:
+            with self._lock:
+                self.held -= 1
 
     def _take_mail_reply(self) -> tuple[_Reply, bool] | None:
         with self._lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ def test_example_config_loads_with_spec_defaults() -> None:
     assert config.limits.answers_per_ip_per_minute == 120
     assert config.database_url == "sqlite:////var/lib/maild/maild.db"
     assert config.areas.file == REPO / "config" / "areas.toml"
+    assert config.service.node_name == socket.gethostname()  # node_name = "" is the default
 
 
 def test_dev_config_uses_local_folders() -> None:
@@ -45,6 +47,8 @@ def test_dev_config_uses_local_folders() -> None:
         ({"service": {"timezone": "Mars/Base"}}, "[service] timezone: 'Mars/Base' is not a known"),
         ({"areas": {"file": "missing.toml"}}, "[areas] file: area file"),
         ({"limits": {"trusted_networks": ["10.0.0.0/33"]}}, "[limits] trusted_networks"),
+        ({"service": {"node_name": "a b"}}, "[service] node_name: 'a b' is not a node name"),
+        ({"service": {"node_name": "x" * 65}}, "[service] node_name: 'xxxx"),
         ({"nonsense": {"a": 1}}, "unknown section [nonsense]"),
     ],
 )

@@ -38,7 +38,7 @@ def send_due(services: Services, sink: SmtpSink, clock: FakeClock) -> int:
         config = dataclasses.replace(services.config.relay, connections=2)
         relay = open_relay(config, "mail.example.jp")
         try:
-            return await OutboxSender(services.db, relay, clock, 2).send_due()
+            return await OutboxSender(services.db, relay, clock, 2, node="node-a").send_due()
         finally:
             await relay.close()
 

@@ -113,6 +113,7 @@ CHANGES: dict[Key, Callable[[dict[str, Path]], dict[str, dict[str, Any]]]] = {
     ("service", "base_url"): lambda f: {"service": {"base_url": "https://mail.example.jp"}},
     ("service", "timezone"): lambda f: {"service": {"timezone": "UTC"}},
     ("service", "state_dir"): lambda f: {"service": {"state_dir": str(f["plain"].parent)}},
+    ("service", "node_name"): lambda f: {"service": {"node_name": "another-node"}},
     ("service", "old_secret_key_files"): lambda f: {
         "service": {"old_secret_key_files": [str(f["plain"])]}
     },

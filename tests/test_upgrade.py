@@ -24,7 +24,8 @@ from sqlalchemy import MetaData, create_engine, text
 from sqlalchemy.pool import NullPool
 
 from maild.common.config import load_config
-from maild.store.db import alembic_config
+from maild.residents.keyring import FINGERPRINT_SETTING, fingerprint
+from maild.store.db import alembic_config, head_revision
 from tests.daemon import DaemonProcess
 from tests.databases import ON_POSTGRESQL, query, table_names
 from tests.resident import Browser, text_of
@@ -94,7 +95,12 @@ def test_a_0_1_0_installation_upgrades(
     maild = daemon(config, env)
 
     # Migrations ran; the 0.1.0 job table is gone, the alert is still held.
-    assert query(config, "SELECT version_num FROM alembic_version") == [("0006",)]
+    assert query(config, "SELECT version_num FROM alembic_version") == [(head_revision(),)]
+    # 0007: the installation's key is the one every node must have from now on.
+    old_key = (FIXTURES / "secret.key.hex").read_text(encoding="ascii").strip().encode()
+    assert query(config, "SELECT name, value FROM settings") == [
+        (FINGERPRINT_SETTING, fingerprint(old_key))
+    ]
     # 0006: the held alert got the random part of its Message-IDs.
     [(key,)] = query(config, "SELECT message_key FROM alerts")
     assert key is not None and len(key) == 16

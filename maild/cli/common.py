@@ -14,6 +14,7 @@ from typing import Any
 
 from maild.common.clock import clock_from_environment
 from maild.common.config import Config
+from maild.residents.keyring import KeyMismatch
 from maild.service.services import Services, build_services
 from maild.store.db import SchemaError
 
@@ -34,7 +35,7 @@ def opened_services(config: Config) -> Iterator[Services]:
     database's connections are closed when the command is done."""
     try:
         services = build_services(config, clock_from_environment(), migrate=False)
-    except SchemaError as e:
+    except (SchemaError, KeyMismatch) as e:
         raise CommandError(str(e)) from None
     except PermissionError as e:
         raise CommandError(

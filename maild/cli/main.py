@@ -17,6 +17,7 @@ from typing import Any
 
 from maild import __version__
 from maild.cli import alerts as alerts_cli
+from maild.cli import nodes as nodes_cli
 from maild.cli import subscribers as subscribers_cli
 from maild.cli.common import (
     EXIT_FAILURE,
@@ -70,11 +71,16 @@ def _cmd_check_config(config: Config, args: argparse.Namespace) -> int:
         "areas": len(areas.areas()),
         "database": safe_url(config.database_url),
         "relay": config.relay.url,
+        "node": config.service.node_name,
+        "secret_key": nodes_cli.key_state(config),
     }
     if args.json:
         print_json({"valid": True, **summary})
     else:
-        print(f"{config.path}: OK ({summary['areas']} areas, database {summary['database']})")
+        print(
+            f"{config.path}: OK ({summary['areas']} areas, database {summary['database']},"
+            f" node {summary['node']}, secret key {summary['secret_key']})"
+        )
     return 0
 
 
@@ -102,17 +108,6 @@ def _cmd_dkim_record(config: Config, args: argparse.Namespace) -> int:
         raise CommandError(str(e)) from None
     for record in records:
         print(record)
-    return 0
-
-
-def _cmd_db_upgrade(config: Config, args: argparse.Namespace) -> int:
-    from maild.store.db import upgrade
-
-    try:
-        upgrade(config.database_url)
-    except SchemaError as e:
-        raise CommandError(str(e)) from None
-    print(f"database {safe_url(config.database_url)} is up to date")
     return 0
 
 
@@ -219,7 +214,15 @@ def build_parser() -> argparse.ArgumentParser:
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", metavar="COMMAND", required=True)
     up = db_commands.add_parser("upgrade", help="migrate the database schema to the newest")
-    up.set_defaults(handler=_cmd_db_upgrade)
+    up.add_argument(
+        "--force",
+        action="store_true",
+        help="migrate even while other nodes seem to run another schema (they were killed)",
+    )
+    up.set_defaults(handler=nodes_cli.cmd_db_upgrade)
+
+    nodes = add("nodes", nodes_cli.cmd_nodes, "the nodes on this database and when each was seen")
+    nodes.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 

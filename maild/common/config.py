@@ -179,11 +179,30 @@ def _read_service(r: _Reader) -> ServiceConfig:
             raise r.fail("old_secret_key_files", f"file {key_file} does not exist")
     return ServiceConfig(
         name=r.text("name", d.name),
+        node_name=_node_name(r, d.node_name),
         base_url=base_url.rstrip("/"),
         timezone=timezone,
         state_dir=r.path("state_dir", d.state_dir) or d.state_dir,
         old_secret_key_files=old_keys,
     )
+
+
+# A node's name tags its rows in the database (nodes, claims); a host name fits.
+NODE_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+
+
+def _node_name(r: _Reader, host_name: str) -> str:
+    """The configured name; empty or unset, the host name."""
+    value = r.text("node_name", "")
+    if value and not re.fullmatch(NODE_NAME, value):
+        raise r.fail("node_name", f"{value!r} is not a node name (letters, digits, . _ -)")
+    if not value and not re.fullmatch(NODE_NAME, host_name):
+        raise r.fail(
+            "node_name",
+            f"the host name {host_name!r} is not a node name (at most 64 letters, digits,"
+            " . _ -): set node_name",
+        )
+    return value or host_name
 
 
 def _read_database(r: _Reader) -> DatabaseConfig:

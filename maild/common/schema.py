@@ -9,6 +9,7 @@ the reader, the reload (maild.service.reload) and the tests cannot drift apart.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import zoneinfo
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
@@ -38,6 +39,8 @@ class ServiceConfig:
     timezone: str = "Asia/Tokyo"
     state_dir: Path = Path("/var/lib/maild")
     old_secret_key_files: tuple[Path, ...] = ()
+    # This machine among the nodes that share one database (maild.store.nodes).
+    node_name: str = field(default_factory=socket.gethostname)
 
     @property
     def tz(self) -> zoneinfo.ZoneInfo:

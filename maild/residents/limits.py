@@ -21,6 +21,12 @@ refunded when none went out (the address was throttled or invalid, or the
 database failed), so that concurrent sessions can never together overrun a
 limit. Kept in memory: after a restart the budget is fresh, which errs towards
 answering residents.
+
+Per node, when several nodes share one database: each counts what it answers, so N
+nodes may send up to N × ``answers_per_hour`` in an hour (docs/operations.md §4). A
+shared count would put a database write in front of every answer for a limit that only
+caps a flood's size; the rule that matters to each resident, one answer per address per
+10 minutes, is in the database and holds across nodes.
 """
 
 from __future__ import annotations

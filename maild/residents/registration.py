@@ -81,6 +81,8 @@ _SELECT_FOR_ANSWER = (
         Subscriber.last_bounce_at,
     )
     .where(Subscriber.address.in_(bindparam("addresses", expanding=True)))
+    # Rows locked in one order by every group, on every node: no deadlock between two.
+    .order_by(Subscriber.address)
     .with_for_update()
 )
 _ANSWER_STATE = ("status", "updated_at", "last_answer_at", "bounce_score", "last_bounce_at")
@@ -186,9 +188,10 @@ class Registrations:
                 outcomes = self._answer_group(valid)
                 break
             except IntegrityError:
-                # PostgreSQL: another transaction created one of these subscribers between
-                # our SELECT and INSERT (SQLite takes the write lock first and never gets
-                # here). Once more: the subscriber is found, and its request is a repeat.
+                # PostgreSQL: another transaction (on this node or another) created one of
+                # these subscribers between our SELECT and INSERT (SQLite takes the write
+                # lock first and never gets here). Once more: the subscriber is found, its
+                # last answer is a moment ago, and its request is throttled as a repeat.
                 if attempt == RACE_ATTEMPTS:
                     raise
                 log.info("registration requests met a concurrent one; trying again")
@@ -241,6 +244,10 @@ class Registrations:
                 outcomes.append(outcome)
                 answers.append((subscriber, request, outcome))
             if new:
+                # In address order, as the rows are locked: two groups creating the same
+                # two subscribers (on two nodes) wait for each other instead of deadlocking,
+                # and the later one fails on the unique address and is tried again.
+                new.sort(key=lambda s: s.address)
                 ids = connection.execute(
                     _INSERT_NEW,
                     [{c: getattr(s, c) for c in _NEW_COLUMNS} for s in new],

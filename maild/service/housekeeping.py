@@ -7,6 +7,9 @@
 - Delivery rows of finished alerts: erased after ``housekeeping.keep_days``;
   the alert keeps its counts in ``final_counts``, so ``alerts show`` still
   answers "how many got it".
+
+With several nodes on one database, one of them at a time does a pass (an advisory
+lock; maild.store.locks); the others skip theirs.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from maild.common.clock import Clock
 from maild.common.config import Config
 from maild.residents.links import REGISTER_MAX_AGE
 from maild.store.db import Database
+from maild.store.locks import Lock, try_lock
 from maild.store.models import (
     ALERT_FAILED,
     ALERT_SENT,
@@ -62,7 +66,16 @@ class Housekeeping:
         """A reloaded config (SIGHUP): ``keep_days`` counts from the next pass."""
         self.config = config
 
-    def run(self) -> Pruned:
+    def run(self) -> Pruned | None:
+        """One pass; None when another node holds the housekeeping lock (it is doing this
+        very work, so this node skips a round)."""
+        with try_lock(self.db.engine, Lock.HOUSEKEEPING) as ours:
+            if not ours:
+                log.debug("housekeeping: another node is at it; skipping this pass")
+                return None
+            return self._run()
+
+    def _run(self) -> Pruned:
         now = self.clock.now()
         pruned = Pruned(
             registrations=self._expired_registrations(now),

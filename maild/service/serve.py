@@ -41,6 +41,7 @@ from maild.mail.aiosmtplib_compat import UnsupportedAiosmtplib
 from maild.mail.dkim import SigningRelay, signer_for
 from maild.mail.outbox import OutboxSender
 from maild.mail.relay import open_relay
+from maild.residents.keyring import KeyMismatch
 from maild.service import systemd
 from maild.service.housekeeping import Housekeeping
 from maild.service.metrics import Metrics
@@ -49,6 +50,7 @@ from maild.service.services import Reconfigurable, Services, build_services, ope
 from maild.service.watchdog import watchdog
 from maild.service.workers import WorkerPool, fanout_relay_config
 from maild.store.db import DatabaseUnusable
+from maild.store.nodes import HEARTBEAT, NodeNameInUse, NodeRecord, UpgradeRefused
 from maild.web.app import WebApp, create_app
 from maild.web.health import database_health
 from maild.web.server import WebServer
@@ -87,8 +89,8 @@ class Daemon:
         os.umask(0o077)  # everything we create (keys, maildir files, db) is ours alone
         config = self.config
         try:
-            db = await asyncio.to_thread(open_database, config)
-        except DatabaseUnusable as e:
+            db = await asyncio.to_thread(open_database, config, True, self.clock)
+        except (DatabaseUnusable, UpgradeRefused) as e:
             raise StartupError(str(e)) from None
         metrics = Metrics(
             db, sessions=lambda: inbound.session_count, refusals=lambda: services.budget.refused
@@ -106,8 +108,18 @@ class Daemon:
         # Signing wraps the timing, so relay latency measures the relay alone.
         outbox_relay = SigningRelay(metrics.timed(outbox_transport, "outbox"), signer)
         alert_relay = SigningRelay(metrics.timed(alert_transport, "alert"), signer)
-        sender = OutboxSender(db, outbox_relay, self.clock, OUTBOX_CONNECTIONS)
-        services = await asyncio.to_thread(build_services, config, self.clock, db, sender.wake)
+        sender = OutboxSender(
+            db, outbox_relay, self.clock, OUTBOX_CONNECTIONS, node=config.service.node_name
+        )
+        try:
+            services = await asyncio.to_thread(build_services, config, self.clock, db, sender.wake)
+        except KeyMismatch as e:
+            raise StartupError(str(e)) from None
+        node = NodeRecord(db, config.service.node_name, self.clock, services.key_fingerprint)
+        try:
+            await asyncio.to_thread(node.start)
+        except NodeNameInUse as e:
+            raise StartupError(str(e)) from None
         fanout = FanoutSender(
             config,
             services.db,
@@ -162,6 +174,7 @@ class Daemon:
 
         app, web, web_thread = self._start_web(services, health, metrics.render)
         await asyncio.to_thread(fanout.release_claims)  # before any worker claims
+        await asyncio.to_thread(sender.release_claims)  # this node's, before it claims again
         workers = WorkerPool(config, config.relay.workers, self.log_level)
         workers.start()
         housekeeping = Housekeeping(config, services.db, services.alerts, self.clock)
@@ -181,6 +194,7 @@ class Daemon:
 
         scheduler.start()  # its first sync releases what came due while we were down
         scheduler.every(HOUSEKEEPING_INTERVAL, housekeeping.run, "housekeeping")
+        scheduler.every(HEARTBEAT, node.beat, "heartbeat")
         tasks = [
             asyncio.create_task(sender.run(self.stopping), name="outbox"),
             asyncio.create_task(fanout.run(self.stopping), name="fanout"),
@@ -214,6 +228,10 @@ class Daemon:
             await asyncio.to_thread(app.close)  # /signup answers still queued
             await outbox_relay.close()
             await alert_relay.close()
+            try:
+                await asyncio.to_thread(node.stop)
+            except Exception as e:  # the database has gone: the row just ages out
+                log.warning("could not record this node as stopped: %s", e)
             services.db.dispose()
             log.info("stopped")
         if self._failure is not None:

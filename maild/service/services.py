@@ -17,10 +17,12 @@ from maild.common.clock import Clock
 from maild.common.config import Config
 from maild.residents.areas import AreaMap, shared_area_map
 from maild.residents.bounces import Bounces
+from maild.residents.keyring import current_key, fingerprint
 from maild.residents.limits import AnswerBudget
-from maild.residents.links import Links, VerpTokens, load_or_create_key, read_key
+from maild.residents.links import Links, VerpTokens, read_key
 from maild.residents.registration import Registrations
 from maild.store.db import Database
+from maild.store.nodes import refuse_while_others_run
 
 
 class Reconfigurable(Protocol):
@@ -42,6 +44,7 @@ class Services:
     rules: WindowRules
     bounces: Bounces
     budget: AnswerBudget  # registration answers, shared by SMTP and /signup
+    key_fingerprint: str  # of the current secret key (maild.residents.keyring)
 
     def reconfigure(self, config: Config) -> None:
         """A reloaded config (SIGHUP): what the entry points read from here."""
@@ -54,16 +57,20 @@ class Services:
         return [self, self.registrations, self.alerts, self.bounces]
 
 
-def open_database(config: Config, migrate: bool = True) -> Database:
-    """The database, migrated to the newest schema (or, ``migrate`` False, checked to be)."""
+def open_database(config: Config, migrate: bool = True, clock: Clock | None = None) -> Database:
+    """The database, migrated to the newest schema (or, ``migrate`` False, checked to be).
+
+    The migration is the starting daemon's: refused while another node runs another
+    schema (:class:`maild.store.nodes.UpgradeRefused`).
+    """
     db = Database(config.database_url, create=migrate)
     try:
         if migrate:
-            db.upgrade()
+            db.upgrade(refuse_while_others_run(clock or Clock(), starting=config.service.node_name))
         else:
             db.check_schema()
     except BaseException:
-        db.dispose()  # the connection the check opened is pooled; do not leave it to the GC
+        db.dispose()
         raise
     return db
 
@@ -78,14 +85,14 @@ def build_services(
     """``wake_outbox`` is called when a registration mail is queued (the daemon's sender)."""
     clock = clock or Clock()
     opened = db is None
-    db = db or open_database(config, migrate)
+    db = db or open_database(config, migrate, clock)
     try:
-        key = load_or_create_key(config.service.state_dir)
-        old_keys = [read_key(p) for p in config.service.old_secret_key_files]
+        key = current_key(db, config)  # KeyMismatch: not the key of the other nodes
     except BaseException:
         if opened:
-            db.dispose()  # its pooled connection must not wait for the garbage collector
+            db.dispose()
         raise
+    old_keys = [read_key(p) for p in config.service.old_secret_key_files]
     links = Links(key, old_keys, clock)
     areas = shared_area_map(config.areas.file)
     registrations = Registrations(config, db, links, areas, clock, wake_outbox)
@@ -95,7 +102,18 @@ def build_services(
     bounces = Bounces.from_config(config, db, clock)
     budget = AnswerBudget(config.limits, clock)
     return Services(
-        config, clock, db, links, areas, registrations, alerts, verp, rules, bounces, budget
+        config,
+        clock,
+        db,
+        links,
+        areas,
+        registrations,
+        alerts,
+        verp,
+        rules,
+        bounces,
+        budget,
+        fingerprint(key),
     )
 
 

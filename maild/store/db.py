@@ -37,8 +37,9 @@ unique-key race that only PostgreSQL's concurrent writers can meet.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,8 @@ from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
+
+from maild.store.locks import Lock, lock_for_transaction
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 15000
@@ -73,6 +76,8 @@ POSTGRESQL_MAX_OVERFLOW = 8
 # libpq waits for the operating system's TCP timeout (minutes) for a host that does not
 # answer; an SMTP session waiting for its answer would outlast the sending MTA's patience.
 POSTGRESQL_CONNECT_TIMEOUT_S = 10
+# Refuses a migration by raising: (connection, current revision, the newest revision).
+UpgradeCheck = Callable[[Connection, str | None, str], None]
 
 
 class Base(DeclarativeBase):
@@ -245,18 +250,17 @@ class Database:
         with self._durable.begin() as connection:
             yield connection
 
-    def upgrade(self) -> None:
-        upgrade(self.url, self.engine)
+    def upgrade(self, check: UpgradeCheck | None = None) -> None:
+        upgrade(self.url, self.engine, check)
 
     def check_schema(self) -> None:
         """Raise :class:`SchemaError` unless the schema is at the newest revision."""
-        script = ScriptDirectory.from_config(alembic_config(self.url))
         with connect(self.engine) as connection, _explained("cannot read", self.engine):
             current = MigrationContext.configure(connection).get_current_revision()
-        if current != script.get_current_head():
+        if current != head_revision():
             raise SchemaError(
                 f"the database schema is at {current or 'nothing'}, this maild needs "
-                f"{script.get_current_head()}: run `maild db upgrade`"
+                f"{head_revision()}: run `maild db upgrade`"
             )
 
     def dispose(self) -> None:
@@ -271,14 +275,31 @@ def alembic_config(url: str) -> AlembicConfig:
     return cfg
 
 
-def upgrade(url: str, engine: Engine | None = None) -> None:
-    """Bring the schema to the newest revision (``maild db upgrade``; ``serve`` runs it too)."""
+@functools.cache
+def head_revision() -> str:
+    """The schema revision this maild's code needs: the newest migration."""
+    head = ScriptDirectory.from_config(alembic_config("")).get_current_head()
+    assert head is not None
+    return head
+
+
+def upgrade(url: str, engine: Engine | None = None, check: UpgradeCheck | None = None) -> None:
+    """Bring the schema to the newest revision (``maild db upgrade``; ``serve`` runs it too).
+
+    One node at a time (the migrations lock, held until the migration commits): a node
+    that waited finds the schema new already. ``check(connection, current, head)`` runs
+    under the lock when a migration is due and may refuse it by raising.
+    """
     own = engine is None
     engine = engine or make_engine(url)
     cfg = alembic_config(url)
     try:
         with connect(engine) as connection, _explained("cannot migrate", engine):
             with connection.begin():
+                lock_for_transaction(connection, Lock.MIGRATIONS)
+                current = MigrationContext.configure(connection).get_current_revision()
+                if check is not None and current != head_revision():
+                    check(connection, current, head_revision())
                 cfg.attributes["connection"] = connection
                 command.upgrade(cfg, "head")
     finally:

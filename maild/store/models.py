@@ -83,6 +83,10 @@ class OutboxMail(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Set while a node's sender holds the row (maild.mail.outbox): a claim whose lease has
+    # run out is free again, so the mails of a node that died go out from another.
+    claimed_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 # Alert.status values (SPEC §2)
@@ -168,3 +172,28 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(32))
     user: Mapped[str] = mapped_column(String(64))
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Node(Base):
+    """One maild daemon among those sharing the database (maild.store.nodes)."""
+
+    __tablename__ = "nodes"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))  # the machine it last ran on
+    version: Mapped[str] = mapped_column(String(32))  # of maild
+    schema_revision: Mapped[str] = mapped_column(String(32))  # the one its code needs
+    # Of the node's current secret key (maild.residents.keyring): which nodes are stale.
+    key_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())  # its last heartbeat
+    stopped_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class Setting(Base):
+    """Values every node must agree on, by name (the secret key's fingerprint)."""
+
+    __tablename__ = "settings"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
