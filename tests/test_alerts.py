@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import re
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
+from maild.alerts import workflow
 from maild.alerts.alertfile import AlertDraft, parse_alert
 from maild.alerts.workflow import AlertActionError, Source
 from maild.common.clock import FakeClock
@@ -108,3 +110,40 @@ def test_operator_guide_examples_are_valid_alert_files() -> None:
             tz=ZoneInfo("Asia/Tokyo"),
         )
         assert draft.body
+
+
+def test_release_writes_the_first_recipients_and_fill_the_rest_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small parts, so that 53 recipients take a release and several fills.
+    monkeypatch.setattr(workflow, "FIRST_PART", 7)
+    monkeypatch.setattr(workflow, "PART", 10)
+    s = services(tmp_path)
+    add_subscribers(s, 53)
+    other = build_services(s.config, s.clock)  # a second node: its own engine, one database
+    urgent = AlertDraft("件名", ("aoba",), "other", True, None, None, "本文", "utf-8")
+    alert_id = s.alerts.intake(urgent, Source(None, "sato"))
+    assert s.alerts.release(alert_id) == 7
+    # Written so far: 7; the alert cannot finish while recipients are still to be written.
+    with s.db.transaction() as session:
+        session.execute(update(Delivery).values(status="sent"))
+        assert not s.alerts.finish_if_done(session, alert_id, s.clock.now())
+    # Two nodes filling at once: each part is written by exactly one of them.
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        while any(pool.map(lambda alerts: alerts.fill(), (s.alerts, other.alerts))):
+            pass
+    with s.db.transaction() as session:
+        rows = session.execute(select(Delivery.subscriber_id).where(Delivery.alert_id == alert_id))
+        ids = [r[0] for r in rows]
+        assert len(ids) == len(set(ids)) == 53
+        assert s.alerts.finish_if_done(session, alert_id, s.clock.now()) is False  # 46 queued
+        session.execute(update(Delivery).values(status="sent"))
+        assert s.alerts.finish_if_done(session, alert_id, s.clock.now())
+    audit = s.alerts.show(alert_id)["audit"]
+    assert [(e["action"], e["detail"]) for e in audit if e["user"] == "maild"] == [
+        ("released", "7 recipients so far"),
+        ("recipients", "53 in all"),
+        ("finished", None),
+    ]
+    other.db.dispose()
+    s.db.dispose()

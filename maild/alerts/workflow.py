@@ -16,7 +16,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import case, func, insert, literal, select, update
+from sqlalchemy import Select, case, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from maild.alerts import legacy_check
@@ -49,6 +49,10 @@ from maild.store.models import (
 log = logging.getLogger("maild.alerts.workflow")
 
 SYSTEM_USER = "maild"
+# Recipients written by the release itself (the first messages go out at once), then by
+# each call of Alerts.fill: parts small enough that SQLite's write lock is held briefly.
+FIRST_PART = 2_000
+PART = 20_000
 
 
 class AlertActionError(Exception):
@@ -231,11 +235,15 @@ class Alerts:
         return [(alert_id, release_at) for alert_id, release_at in rows if release_at]
 
     def release(self, alert_id: int) -> int | None:
-        """Start the fan-out if the alert is due: writes one delivery row per recipient.
+        """Start the fan-out if the alert is due: the status change and the first part of
+        the recipients' delivery rows, in one transaction.
 
-        Returns the number of recipients, or None when the alert was not due (already
+        Returns how many recipients that first part wrote (all of them for an alert to
+        fewer than :data:`FIRST_PART`), or None when the alert was not due (already
         released, cancelled, or its time has not come). Safe to call from anywhere, any
-        number of times: only the first call that finds it due releases it.
+        number of times, on any node: only the first call that finds it due releases it.
+        The rest of the recipients are written by :meth:`fill` while the first ones are
+        being sent, so the first message does not wait for a million rows.
         """
         now = self.clock.now()
         with self.db.transaction() as session:
@@ -247,18 +255,74 @@ class Alerts:
             if claimed.rowcount != 1:  # type: ignore[attr-defined]
                 return None
             alert = self._get(session, alert_id)
-            count = self._write_deliveries(session, alert, now)
-            self._audit(session, alert_id, "released", SYSTEM_USER, f"{count} recipients")
-            if count == 0:
+            # Who can be a recipient is fixed here: subscribers who exist at the release
+            # (one who completes the form during the fan-out may still be reached, if their
+            # part is written after that; one who cancels is skipped at sending).
+            alert.fill_end = session.scalar(select(func.max(Subscriber.id)))
+            alert.fill_next = 0 if alert.fill_end is not None else None
+            count = self._write_part(session, alert, now, FIRST_PART)
+            detail = f"{count} recipients" + ("" if alert.fill_next is None else " so far")
+            self._audit(session, alert_id, "released", SYSTEM_USER, detail)
+            if count == 0 and alert.fill_next is None:
                 alert.status = ALERT_SENT
                 alert.finished_at = now
-        log.info("alert %d released to %d recipients", alert_id, count)
+        log.info("alert %d released: %s", alert_id, detail)
         return count
 
-    def _write_deliveries(self, session: Session, alert: Alert, now: dt.datetime) -> int:
-        """One INSERT … SELECT: the recipients never pass through Python (1M subscribers)."""
-        recipients = self.recipients_query(alert.area_ids, alert.category)
-        session.execute(
+    def fill(self) -> bool:
+        """Write the next part of a sending alert's delivery rows; False when none is left.
+
+        Any node may call it at any time: the part is taken by a guarded update of the
+        alert's ``fill_next`` (the row lock on PostgreSQL, the write lock on SQLite), so
+        a second caller waits for the first, finds ``fill_next`` moved and writes nothing.
+        Each part is its own transaction: a crash loses at most the part being written,
+        which the next call writes again.
+        """
+        now = self.clock.now()
+        with self.db.transaction() as session:
+            row = session.execute(
+                select(Alert.id, Alert.fill_next)
+                .where(Alert.status == SENDING, Alert.fill_next.is_not(None))
+                .order_by(Alert.urgent.desc(), Alert.id)
+                .limit(1)
+            ).first()
+            if row is None:
+                return False
+            alert_id, start = row
+            taken = session.execute(
+                update(Alert)
+                .where(Alert.id == alert_id, Alert.status == SENDING, Alert.fill_next == start)
+                .values(fill_next=start)
+            )
+            if taken.rowcount != 1:  # type: ignore[attr-defined]
+                return True  # another node wrote this part (or the alert was cancelled)
+            alert = self._get(session, alert_id)
+            self._write_part(session, alert, now, PART)
+            if alert.fill_next is None:
+                total = session.scalar(
+                    select(func.count()).select_from(Delivery).where(Delivery.alert_id == alert_id)
+                )
+                self._audit(session, alert_id, "recipients", SYSTEM_USER, f"{total} in all")
+                log.info("alert %d: all %d recipients written", alert_id, total)
+        return True
+
+    def _write_part(self, session: Session, alert: Alert, now: dt.datetime, limit: int) -> int:
+        """Delivery rows for the next ``limit`` recipients from ``alert.fill_next`` on, in
+        subscriber id order; moves ``fill_next`` past them (None: that was the last part).
+
+        One INSERT … SELECT: the recipients never pass through Python (1M subscribers).
+        """
+        if alert.fill_next is None or alert.fill_end is None:
+            alert.fill_next = None
+            return 0
+        recipients = (
+            self._recipients(alert.area_ids, alert.category)
+            .where(Subscriber.id >= alert.fill_next, Subscriber.id <= alert.fill_end)
+            .order_by(Subscriber.id)
+            .limit(limit)
+            .subquery()
+        )
+        written = session.execute(
             insert(Delivery).from_select(
                 ["alert_id", "subscriber_id", "status", "attempts", "next_attempt_at"],
                 select(
@@ -268,26 +332,32 @@ class Alerts:
                     literal(0),
                     literal(now, type_=Delivery.__table__.c.next_attempt_at.type),
                 ),
+            ),
+            # Only UPDATE and DELETE report their rowcount on every driver without it.
+            execution_options={"preserve_rowcount": True},
+        ).rowcount  # type: ignore[attr-defined]
+        if written < limit:
+            alert.fill_next = None
+        else:
+            last = session.scalar(
+                select(func.max(Delivery.subscriber_id)).where(Delivery.alert_id == alert.id)
             )
-        )
-        count = session.scalar(
-            select(func.count()).select_from(Delivery).where(Delivery.alert_id == alert.id)
-        )
-        return count or 0
+            assert last is not None
+            alert.fill_next = None if last >= alert.fill_end else last + 1
+        return int(written)
 
     def recipients_query(self, area_ids: tuple[str, ...], category: str) -> Any:
         """Active subscribers taking ``category`` whose areas intersect the alert's (SPEC §4)."""
+        return self._recipients(area_ids, category).subquery()
+
+    def _recipients(self, area_ids: tuple[str, ...], category: str) -> Select[Any]:
         matching = sorted(self.areas.matching_area_ids(area_ids))
-        return (
-            select(Subscriber.id)
-            .where(
-                Subscriber.status == ACTIVE,
-                Subscriber.category_mask.op("&")(category_bit(category)) != 0,
-                Subscriber.id.in_(
-                    select(SubscriberArea.subscriber_id).where(SubscriberArea.area_id.in_(matching))
-                ),
-            )
-            .subquery()
+        return select(Subscriber.id).where(
+            Subscriber.status == ACTIVE,
+            Subscriber.category_mask.op("&")(category_bit(category)) != 0,
+            Subscriber.id.in_(
+                select(SubscriberArea.subscriber_id).where(SubscriberArea.area_id.in_(matching))
+            ),
         )
 
     def count_recipients(self, area_ids: tuple[str, ...], category: str) -> int:
@@ -297,7 +367,7 @@ class Alerts:
             return session.scalar(select(func.count()).select_from(query)) or 0
 
     def finish_if_done(self, session: Session, alert_id: int, now: dt.datetime) -> bool:
-        """Mark a sending alert sent once no delivery is left to try."""
+        """Mark a sending alert sent once every recipient is written and none is left to try."""
         # "Is any left?", not "how many?": called after every batch, it must not count
         # a million rows each time.
         left = session.scalar(
@@ -317,7 +387,7 @@ class Alerts:
         )
         done = session.execute(
             update(Alert)
-            .where(Alert.id == alert_id, Alert.status == SENDING)
+            .where(Alert.id == alert_id, Alert.status == SENDING, Alert.fill_next.is_(None))
             # Nobody reached at all (every delivery failed) is a failed alert.
             .values(status=ALERT_SENT if delivered else ALERT_FAILED, finished_at=now)
         )

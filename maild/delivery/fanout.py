@@ -1,11 +1,18 @@
 """The fan-out: sends the delivery rows of released alerts through the relay.
 
-Rows are claimed in batches (a lease in ``claimed_until``), sent over the
-relay's pooled connections, one recipient per message (SPEC §10). Sent messages
-are written every :data:`RECORD_INTERVAL` while the batch goes out (failures and
-the alert's end once a batch), so a crash repeats what was sent in the last interval
-plus the messages in flight, not the whole claimed batch. Memory does not grow with
-the number of subscribers. A cancelled alert's rows are simply no longer claimed.
+Rows are claimed in batches (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, a lease in
+``claimed_until`` renewed while the batch goes out, the node in ``claimed_by``), sent
+over the relay's pooled connections, one recipient per message (SPEC §10), by one
+*lane* per relay connection. A lane hands a message to the relay only once its
+previous message is on record as sent: a crash (kill -9, a dead machine) repeats at
+most one message per lane, the messages in flight, as Postfix promises. The records
+of all lanes go in one commit (a group commit, :class:`_Recorder`), so the wait costs
+a lane no more than one commit while it prepares its next message. Failures and the
+alert's end are written once a batch. Memory does not grow with the number of
+subscribers. A cancelled alert's rows are simply no longer claimed.
+
+The daemon's fan-out (``fills=True``) also writes the delivery rows of a released
+alert that are still to be written (:meth:`Alerts.fill`), while the first ones go out.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from maild.delivery.alertmail import (
     date_header,
     template_for,
 )
+from maild.delivery.recorder import SentRecorder
 from maild.mail.compose import ISO_2022_JP, UTF8, Charset, charset_for
 from maild.mail.errors import DeliveryError, PermanentFailure, TemporaryFailure
 from maild.mail.legacy import LegacyCharsetError
@@ -53,10 +61,10 @@ from maild.store.models import (
 
 log = logging.getLogger("maild.delivery")
 
-# How often a batch's sent messages are written while it goes out (see send_batch).
-RECORD_INTERVAL = 0.05
 BATCH = 500
-LEASE = dt.timedelta(minutes=5)
+# A claim that is not renewed is free for any node after this long: how long a dead
+# node's batch waits before another node sends it. Renewed every LEASE / 4 meanwhile.
+LEASE = dt.timedelta(seconds=60)
 # 4xx and connection failures are retried for a day (issue 3), then recorded as failed.
 GIVE_UP_AFTER = dt.timedelta(days=1)
 IDLE_POLL_SECONDS = 1.0
@@ -77,6 +85,13 @@ class _Row:
 
 
 @dataclass(frozen=True)
+class _Message:
+    row: _Row
+    envelope_from: str
+    data: bytes
+
+
+@dataclass(frozen=True)
 class _Result:
     row: _Row
     error: DeliveryError | None
@@ -94,8 +109,11 @@ class FanoutSender:
         verp: VerpTokens,
         clock: Clock,
         bounces: Bounces | None = None,
+        fills: bool = False,
     ) -> None:
         self.bounces = bounces
+        self.node = config.service.node_name  # a restart-only key: fixed for the process
+        self.fills = fills
         self.config = config
         self.db = db
         self.alerts = alerts
@@ -105,6 +123,7 @@ class FanoutSender:
         self.clock = clock
         self._templates: dict[tuple[int, Charset], AlertTemplate | LegacyCharsetError] = {}
         self._wake = asyncio.Event()
+        self._fill_wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._paused_until: dt.datetime | None = None
         self._outage_attempts = 0
@@ -121,9 +140,36 @@ class FanoutSender:
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._wake.set)
+            loop.call_soon_threadsafe(self._fill_wake.set)
 
     async def run(self, stopping: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()
+        filling = asyncio.create_task(self._fill(stopping)) if self.fills else None
+        try:
+            await self._send(stopping)
+        finally:
+            if filling is not None:
+                filling.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await filling
+
+    async def _fill(self, stopping: asyncio.Event) -> None:
+        """Write released alerts' remaining delivery rows, a part at a time, waking the
+        senders after each part (their claims would otherwise wait for the idle poll)."""
+        while not stopping.is_set():
+            self._fill_wake.clear()
+            try:
+                wrote = await asyncio.to_thread(self.alerts.fill)
+            except Exception:
+                log.exception("writing an alert's recipients failed; retrying shortly")
+                wrote = False
+            if wrote:
+                self._wake.set()
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._fill_wake.wait(), IDLE_POLL_SECONDS)
+
+    async def _send(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
             self._wake.clear()
             try:
@@ -139,12 +185,13 @@ class FanoutSender:
                 pass
 
     def release_claims(self) -> None:
-        """At the daemon's start, before any worker runs: claims left by a crashed run
-        (whose workers died with it) are free again at once, not after their lease."""
+        """At the daemon's start, before any worker runs: this node's claims left by a
+        crashed run (whose workers died with it) are free again at once. Other nodes'
+        claims are theirs until their lease runs out."""
         with self.db.transaction() as session:
             session.execute(
                 update(Delivery)
-                .where(Delivery.claimed_until.is_not(None))
+                .where(Delivery.claimed_until.is_not(None), Delivery.claimed_by == self.node)
                 .values(claimed_until=None)
             )
 
@@ -153,7 +200,7 @@ class FanoutSender:
         now = self.clock.now()
         if self._paused_until is not None and now < self._paused_until:
             return False
-        rows = await asyncio.to_thread(self._claim, now)
+        claim, rows = await asyncio.to_thread(self._claim, now)
         if not rows:
             return False
         keys = {(r.alert_id, charset_for(self.config, r.address or "")) for r in rows}
@@ -161,49 +208,57 @@ class FanoutSender:
         cancelled: set[int] = set()
         results: list[_Result] = []
         pending = iter(rows)  # shared by the lanes: each row is taken by exactly one
-        unrecorded: list[int] = []  # sent, not yet written to the database
+        recorder = SentRecorder(self._record_sent)
 
         async def lane() -> None:
             # One lane per relay connection rather than one task per row: only as many
             # messages wait for the relay as it has connections, so a cancel noticed
             # mid-batch stops the rest instead of a queue of hundreds.
+            on_record: asyncio.Future[None] | None = None
             for row in pending:
                 if row.alert_id in cancelled:
                     results.append(_Result(row, None, skipped=True))
                     continue
-                result = await self._send_one(row, templates)
-                if result.error is None:
-                    unrecorded.append(row.delivery_id)
+                message = self._prepare(row, templates)
+                if on_record is not None:
+                    # Invariant: a lane has at most one message sent and not on record.
+                    await on_record
+                    on_record = None
+                result = message if isinstance(message, _Result) else await self._deliver(message)
+                if result.error is None and not isinstance(message, _Result):
+                    on_record = recorder.add(row.delivery_id)
                 results.append(result)
 
-        async def record_as_they_go() -> None:
-            # Sent messages are written every RECORD_INTERVAL, not once a batch: a crash
-            # repeats what was sent in the last interval, not the whole claimed batch.
-            while True:
-                finished = lanes_done.is_set()
-                if not finished:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lanes_done.wait(), RECORD_INTERVAL)
-                if unrecorded:
-                    done = unrecorded[:]
-                    del unrecorded[:]
-                    await asyncio.to_thread(self._record_sent, done)
-                if finished:
-                    return  # a last pass after the lanes ended took what they sent last
-
-        lanes_done = asyncio.Event()
-        recorder = asyncio.create_task(record_as_they_go())
-        watcher = asyncio.create_task(self._watch_cancel({r.alert_id for r in rows}, cancelled))
+        recording = asyncio.create_task(recorder.run())
+        watchers = [
+            asyncio.create_task(self._watch_cancel({r.alert_id for r in rows}, cancelled)),
+            asyncio.create_task(self._keep_claim(claim)),
+        ]
         try:
             await asyncio.gather(
                 *(lane() for _ in range(min(self.config.relay.connections, len(rows))))
             )
         finally:
-            watcher.cancel()
-            lanes_done.set()
-            await recorder  # the last of them, before the rest of the batch is written
+            for watcher in watchers:
+                watcher.cancel()
+            recorder.close()
+            await recording  # the last group, before the rest of the batch is written
         await asyncio.to_thread(self._record, results, self.clock.now())
         return True
+
+    async def _keep_claim(self, claim: str) -> None:
+        """Renew the batch's lease while it goes out (a slow relay, a paced fan-out)."""
+        while True:
+            await asyncio.sleep(LEASE.total_seconds() / 4)
+            await asyncio.to_thread(self._renew, claim)
+
+    def _renew(self, claim: str) -> None:
+        with self.db.bookkeeping() as connection:
+            connection.execute(
+                update(Delivery)
+                .where(Delivery.claim == claim, Delivery.claimed_until.is_not(None))
+                .values(claimed_until=self.clock.now() + LEASE)
+            )
 
     async def _watch_cancel(self, alert_ids: set[int], cancelled: set[int]) -> None:
         """While a (possibly long, paced) batch goes out, notice an operator's cancel."""
@@ -219,7 +274,8 @@ class FanoutSender:
                 )
             )
 
-    async def _send_one(self, row: _Row, templates: _Templates) -> _Result:
+    def _prepare(self, row: _Row, templates: _Templates) -> _Message | _Result:
+        """The personal message for ``row``, or the failure that keeps it from being sent."""
         if row.address is None:
             gone = PermanentFailure(None, "subscriber no longer active", stage="compose")
             return _Result(row, gone)
@@ -238,9 +294,15 @@ class FanoutSender:
             unsubscribe_url=f"{base}/unsubscribe/{unsubscribe}",
             envelope_from=f"{local}+{self.verp.make(row.subscriber_id)}@{domain}",
         )
-        data = template.personalise(personal, self._date_now())
+        return _Message(
+            row, personal.envelope_from, template.personalise(personal, self._date_now())
+        )
+
+    async def _deliver(self, message: _Message) -> _Result:
+        row = message.row
+        assert row.address is not None
         try:
-            await self.relay.send(personal.envelope_from, row.address, data)
+            await self.relay.send(message.envelope_from, row.address, message.data)
         except DeliveryError as e:
             return _Result(row, e)
         return _Result(row, None)
@@ -253,7 +315,7 @@ class FanoutSender:
             self._date_second, self._date_text = second, date_header(now, self.config)
         return self._date_text
 
-    def _claim(self, now: dt.datetime) -> list[_Row]:
+    def _claim(self, now: dt.datetime) -> tuple[str, list[_Row]]:
         """Take up to BATCH due rows in ONE statement, so that several workers (processes
         here, machines on PostgreSQL later) never take the same row."""
         claim = secrets.token_hex(16)
@@ -281,14 +343,14 @@ class FanoutSender:
                 taken = session.execute(
                     update(Delivery)
                     .where(Delivery.id.in_(due.scalar_subquery()))
-                    .values(claimed_until=now + LEASE, claim=claim)
+                    .values(claimed_until=now + LEASE, claim=claim, claimed_by=self.node)
                     .execution_options(synchronize_session=False)
                 )
                 wanted -= taken.rowcount  # type: ignore[attr-defined]
                 if wanted <= 0:
                     break
             if wanted == BATCH:
-                return []
+                return claim, []
             found = session.execute(
                 select(
                     Delivery.id,
@@ -303,7 +365,7 @@ class FanoutSender:
                 .where(Delivery.claim == claim)
                 .order_by(Delivery.id)
             ).all()
-        return [
+        return claim, [
             _Row(
                 delivery_id=r[0],
                 alert_id=r[1],
@@ -345,8 +407,8 @@ class FanoutSender:
         return template_for(self.config, content, charset)
 
     def _record_sent(self, delivery_ids: list[int]) -> None:
-        with self.db.transaction() as session:
-            session.execute(
+        with self.db.bookkeeping() as connection:
+            connection.execute(
                 update(Delivery)
                 .where(Delivery.id.in_(delivery_ids))
                 .values(status=DELIVERY_SENT, claimed_until=None, last_error=None)

@@ -129,6 +129,7 @@ class Daemon:
             services.verp,
             self.clock,
             bounces=services.bounces,
+            fills=True,  # the delivery workers only send
         )
         scheduler = ReleaseScheduler(services.alerts, self.clock, lambda alert_id: fanout.wake())
 

@@ -250,6 +250,20 @@ class Database:
         with self._durable.begin() as connection:
             yield connection
 
+    @contextmanager
+    def bookkeeping(self) -> Iterator[Connection]:
+        """A Core transaction for the fan-out's record of what it sent: many small commits
+        a second, each not flushed to disk on its own. SQLite's ordinary commits are
+        like that already (``synchronous=NORMAL``); on PostgreSQL ``synchronous_commit``
+        is off for the transaction. Either way a crash of maild loses nothing; a crash of
+        the database's machine may undo the last fraction of a second of records, which
+        sends those messages again, never misses them.
+        """
+        with self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+            yield connection
+
     def upgrade(self, check: UpgradeCheck | None = None) -> None:
         upgrade(self.url, self.engine, check)
 

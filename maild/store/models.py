@@ -129,6 +129,11 @@ class Alert(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     released_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # While a released alert's recipients are still being written (Alerts.fill): the
+    # lowest subscriber id not written yet, and the highest id there was at release.
+    # fill_next is NULL once every recipient has its delivery row.
+    fill_next: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    fill_end: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # Delivery counts as JSON, written when housekeeping prunes the alert's delivery rows.
     final_counts: Mapped[str | None] = mapped_column(Text, nullable=True)
 
@@ -138,7 +143,7 @@ class Alert(Base):
 
 
 class Delivery(Base):
-    """One recipient of one alert. Rows are written in batches at release."""
+    """One recipient of one alert. Rows are written in parts from the release on (Alerts.fill)."""
 
     __tablename__ = "deliveries"
     __table_args__ = (
@@ -158,6 +163,9 @@ class Delivery(Base):
     # Which claim (one batch of one worker) holds the row: set by the single UPDATE that
     # claims, so concurrent workers can never take the same row.
     claim: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    # The node whose fan-out holds the claim: at its start a node frees its own claims at
+    # once (its processes died with it); other nodes' claims wait for their lease.
+    claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 

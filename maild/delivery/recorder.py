@@ -1,0 +1,74 @@
+"""The fan-out's record of sent messages: one commit for what all lanes sent meanwhile.
+
+A lane waits for its previous message to be on record before it hands the relay the
+next one (:mod:`maild.delivery.fanout`), so what a crash repeats is bounded by the
+number of lanes. Each lane's wait would cost a commit per message if each wrote its
+own; instead the ids of every lane go into the commit that starts next, and a commit
+starts as soon as the previous one has ended (a group commit: the busier the lanes,
+the more each commit holds). Nothing here knows SQL: ``write`` does the commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+
+class SentRecorder:
+    """Group commit of sent delivery ids. Use within one event loop; run :meth:`run`
+    as a task, :meth:`add` from the lanes, :meth:`close` when the lanes have ended."""
+
+    def __init__(self, write: Callable[[list[int]], None]) -> None:
+        self._write = write  # blocking; runs in a worker thread
+        self._ids: list[int] = []
+        self._next: asyncio.Future[None] | None = None  # resolved by the commit of _ids
+        self._wake = asyncio.Event()
+        self._closed = False
+        self.commits = 0
+
+    def add(self, delivery_id: int) -> asyncio.Future[None]:
+        """Record ``delivery_id`` as sent; the future is done once that is committed (or
+        holds the commit's exception)."""
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+            # Nobody may await the last group's future (the lanes ended): retrieving its
+            # exception here keeps asyncio from reporting it as never retrieved.
+            self._next.add_done_callback(_retrieve)
+        self._ids.append(delivery_id)
+        self._wake.set()
+        return self._next
+
+    async def run(self) -> None:
+        """Commit until closed, a group at a time; a failed commit fails its waiters, and
+        :meth:`close` raises it so that the batch is not taken as recorded."""
+        failure: BaseException | None = None
+        while True:
+            if not self._ids:
+                if self._closed:
+                    if failure is not None:
+                        raise failure
+                    return
+                await self._wake.wait()
+                self._wake.clear()
+                continue
+            ids, done = self._ids, self._next
+            self._ids, self._next = [], None
+            assert done is not None
+            try:
+                await asyncio.to_thread(self._write, ids)
+            except Exception as e:  # the database: the waiting lanes stop sending
+                done.set_exception(e)
+                failure = failure or e
+            else:
+                done.set_result(None)
+                self.commits += 1
+
+    def close(self) -> None:
+        """No more ids: :meth:`run` commits what is left and returns."""
+        self._closed = True
+        self._wake.set()
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -1,0 +1,69 @@
+"""The fan-out's group commit of sent messages (maild.delivery.recorder)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from maild.delivery.recorder import SentRecorder
+
+
+def test_every_id_is_written_and_each_waiter_released_after_its_commit() -> None:
+    written: list[list[int]] = []
+    gate = threading.Event()
+
+    def write(ids: list[int]) -> None:
+        gate.wait(5)
+        written.append(ids)
+
+    async def scenario() -> None:
+        recorder = SentRecorder(write)
+        running = asyncio.create_task(recorder.run())
+        first = recorder.add(1)
+        await asyncio.sleep(0.05)  # the commit of [1] has started and waits at the gate
+        later = [recorder.add(n) for n in (2, 3, 4)]
+        assert not first.done() and all(not f.done() for f in later)
+        gate.set()
+        await first
+        assert written[0] == [1]
+        await asyncio.gather(*later)
+        recorder.close()
+        await running
+        # One commit for what came while the first was under way: a group commit.
+        assert written == [[1], [2, 3, 4]] and recorder.commits == 2
+
+    asyncio.run(scenario())
+
+
+def test_closed_before_it_ran_still_writes_what_was_added() -> None:
+    # The lanes may all end before the recorder's task first runs: close() then comes
+    # before the first commit, and run() must commit and return, not wait forever.
+    written: list[list[int]] = []
+
+    async def scenario() -> None:
+        recorder = SentRecorder(written.append)
+        done = recorder.add(7)
+        recorder.close()
+        await asyncio.wait_for(recorder.run(), 5)
+        assert done.done() and written == [[7]]
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_commit_fails_its_waiters_and_the_close() -> None:
+    def write(ids: list[int]) -> None:
+        raise RuntimeError("database is gone")
+
+    async def scenario() -> None:
+        recorder = SentRecorder(write)
+        running = asyncio.create_task(recorder.run())
+        waiter = recorder.add(1)
+        with pytest.raises(RuntimeError):
+            await waiter
+        recorder.close()
+        with pytest.raises(RuntimeError):
+            await running
+
+    asyncio.run(scenario())
