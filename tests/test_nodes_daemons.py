@@ -1,4 +1,4 @@
-"""Two real daemons on one PostgreSQL database (issue 14, item 3's acceptance).
+"""Two real daemons on one PostgreSQL database (issue 14's acceptance).
 
 Each node is a ``maild serve`` process with its own config, state directory (the same
 key file, copied), spool and SMTP port; they share the database and relay to one SMTP
@@ -7,6 +7,7 @@ sink. Time comes from one clock file for both, as NTP gives real nodes one time.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import smtplib
 import threading
@@ -17,10 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from maild.common.schema import RelayConfig
+from maild.delivery.fanout import LEASE
 from tests.daemon import DaemonFailed, DaemonProcess, maild_command
 from tests.nodeconfigs import node_config, share_key
 from tests.smtpsink import SmtpSink
 from tests.test_alerts_flow import (
+    SATURDAY,
     alert_text,
     drop,
     import_subscribers,
@@ -151,3 +155,43 @@ def test_a_held_alert_is_released_once_with_both_nodes_running(
     # (the unique delivery rows would stop a second release as well, with a traceback).
     for name in ("a", "b"):
         assert "Traceback" not in (tmp_path / f"{name}.log").read_text()
+
+
+def test_a_node_killed_at_a_quarter_of_a_fanout_is_finished_by_the_other(
+    postgresql: Callable[[], str],
+    start_node: Callable[..., DaemonProcess],
+    sink: SmtpSink,
+    tmp_path: Path,
+) -> None:
+    # An urgent alert to 20,000 dropped on node a; node a killed (-9, the daemon and by
+    # PR_SET_PDEATHSIG its delivery worker) at a quarter; node b finishes.
+    count = 20_000
+    url = postgresql()
+    clock = tmp_path / "now"
+    clock.write_text(SATURDAY)
+    env = {"MAILD_CLOCK_FILE": str(clock)}
+    config_a = node_config(tmp_path, "a", url, relay={"url": sink.url})
+    config_b = node_config(tmp_path, "b", url, relay={"url": sink.url})
+    maild_command(config_a, "db", "upgrade")
+    import_subscribers(config_a, tmp_path, [(f"u{n}@example.jp", "all", "") for n in range(count)])
+    a = start_node("a", config_a, env)
+    share_key(tmp_path, "a", "b")
+    b = start_node("b", config_b, env)
+    drop(tmp_path / "a" / "spool", "all.txt", alert_text("県内全域"))
+    sink.wait_for(count // 4, timeout=120)
+    a.kill()
+    assert len(recipients(sink)) < count, "the fan-out ended before the kill: proves nothing"
+    # Node a's claimed batches are node b's once their lease has run out.
+    later = dt.datetime.fromisoformat(SATURDAY) + LEASE + dt.timedelta(seconds=1)
+    clock.write_text(later.isoformat())
+    (alert,) = wait_for_alerts(config_b, env, 1)
+    done = wait_status(config_b, env, alert["id"], "sent")
+    assert b.stop() == 0
+    got = recipients(sink)
+    assert len(got) == count  # nobody missed
+    repeats = sum(got.values()) - count
+    defaults = RelayConfig()
+    bound = defaults.connections * (defaults.workers + 1)  # node a's relay connections
+    print(f"repeats after node a was killed: {repeats} (bound {bound})")
+    assert repeats <= bound
+    assert done["counts"]["sent"] == count and done["counts"]["failed"] == 0
