@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.procs import BenchError, Daemon, Sink, Tree, code_state, smtp_source
+from bench.procs import BenchError, Daemon, Sink, Tree, code_state, cpu_seconds, smtp_source
 from bench.workspace import (
     ALERT_SUBJECT,
     Workspace,
@@ -72,6 +72,7 @@ class NodesRun:
     sent: int  # the alert's counts.sent at the end
     daemon_cpu_seconds: float  # both daemons' trees, from the drop to the alert's end
     server_cpu_seconds: float | None  # PostgreSQL's processes (a throw-away server only)
+    sink_cpu_seconds: float  # smtp-sink, dumping every message
     sent_by_node: list[int]  # "fan-out: N sent" in each node's log during the run
     log_errors: int  # ERROR lines and tracebacks in the nodes' logs during the run
     timed_out: bool = False
@@ -212,6 +213,7 @@ def _run(
         server = Tree(options.server_pid) if options.server_pid else None
         cpu = sum(t.cpu_seconds() for t in trees)
         server_cpu = server.cpu_seconds() if server else 0.0
+        sink_cpu = cpu_seconds(sink.pid)
         subject = f"{ALERT_SUBJECT} {tag}"
         sink.expect(1)
         sink.expect(size)
@@ -228,6 +230,7 @@ def _run(
         alert = configured[0].wait_finished(alert["id"], 120)
         cpu = sum(t.cpu_seconds() for t in trees) - cpu
         server_used = server.cpu_seconds() - server_cpu if server else None
+        sink_cpu = cpu_seconds(sink.pid) - sink_cpu
         time.sleep(SETTLE_SECONDS)
         messages = sink.count
         stack.close()  # the daemons stop before the sink (its dump is complete then)
@@ -256,6 +259,7 @@ def _run(
         sent=alert["counts"]["sent"],
         daemon_cpu_seconds=cpu,
         server_cpu_seconds=server_used,
+        sink_cpu_seconds=sink_cpu,
         sent_by_node=[sum(int(m) for m in _SENT.findall(text)) for text in logs],
         log_errors=sum(len(_TROUBLE.findall(text)) for text in logs),
         timed_out=timed_out,

@@ -144,6 +144,7 @@ def nodes_rows(result: nodes.NodesResult) -> list[Row]:
     """Two nodes beside one on one PostgreSQL: rate, CPU per message, duplicates."""
     size = label(result.size)
     one, two = result.of(1), result.of(2)
+    runs = one + two
     ceiling = f"smtp-source into the dumping sink {result.sink_ceiling:,.0f} msg/s"
     shares = "; ".join("/".join(f"{n:,}" for n in r.sent_by_node) for r in two)
     rate = Row(
@@ -166,7 +167,10 @@ def nodes_rows(result: nodes.NodesResult) -> list[Row]:
         reference=median([r.cpu_ms_per_message for r in one]),
         reference_samples=[r.cpu_ms_per_message for r in one],
         reference_name="1 node",
-        notes="the daemons' process trees (workers included)",
+        notes=(
+            "the daemons' process trees (workers included); the dumping sink "
+            f"{median([1000 * r.sink_cpu_seconds / max(1, r.messages) for r in runs]) or 0:.3f} ms"
+        ),
     )
     server_two = [r.server_cpu_ms_per_message for r in two]
     server_one = [r.server_cpu_ms_per_message for r in one]
@@ -175,7 +179,6 @@ def nodes_rows(result: nodes.NodesResult) -> list[Row]:
             f"; PostgreSQL {median([m for m in server_two if m is not None]) or 0:.3f} ms "
             f"(1 node: {median([m for m in server_one if m is not None]) or 0:.3f} ms)"
         )
-    runs = one + two
     duplicates = sum(r.duplicates for r in runs)
     missing = sum(r.missing + r.unexpected for r in runs)
     errors = sum(r.log_errors for r in runs)
