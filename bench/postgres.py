@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import pwd
 import secrets
 import shutil
 import subprocess
@@ -69,8 +70,6 @@ def unavailable() -> str | None:
         return "initdb/pg_ctl not found (Debian: apt-get install postgresql)"
     if os.geteuid() == 0:
         try:
-            import pwd
-
             pwd.getpwnam(OWNER)
         except KeyError:
             return f"running as root and there is no {OWNER!r} user to own the cluster"
