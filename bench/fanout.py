@@ -57,6 +57,11 @@ class FanoutRun:
     daemon_cpu_seconds: float
     sink_cpu_seconds: float
     timed_out: bool = False
+    # PostgreSQL's backends (a throw-away server only): CPU that SQLite spends in the daemon.
+    server_cpu_seconds: float | None = None
+    # From released_at until the release's transaction had written every delivery row (the
+    # daemon's "released to N recipients" line): the part of the urgent latency it takes.
+    release_seconds: float | None = None
 
     @property
     def seconds(self) -> float:
@@ -107,6 +112,7 @@ class Probe:
 @dataclass
 class SizeResult:
     size: int
+    backend: str  # "sqlite" or "postgresql"
     import_seconds: float
     message_bytes: int
     runs: list[FanoutRun] = field(default_factory=list)
@@ -118,6 +124,7 @@ class SizeResult:
     def to_json(self) -> dict[str, Any]:
         return {
             "size": self.size,
+            "backend": self.backend,
             "code": self.code,
             "import_seconds": self.import_seconds,
             "message_bytes": self.message_bytes,
@@ -136,6 +143,8 @@ class FanoutOptions:
     probe: bool = False  # send the registration probe at this size
     profile_seconds: float = 0.0  # py-spy the first run for this long (0: no)
     results: Path = Path("bench/results")
+    database_url: str | None = None  # None: SQLite in the daemon's folder
+    server_pid: int | None = None  # PostgreSQL's postmaster, when the suite started it
 
 
 def run_size(
@@ -143,20 +152,22 @@ def run_size(
 ) -> SizeResult:
     """Every run at one size, in one fresh daemon; the workspace is removed by the caller."""
     with Sink() as sink:
-        workspace = Workspace(folder, sink.url, options.connections)
+        workspace = Workspace(folder, sink.url, options.connections, options.database_url)
         workspace.write_config()
-        say(f"fan-out {size:,}: importing subscribers")
+        backend = "sqlite" if options.database_url is None else "postgresql"
+        name = f"fan-out {size:,}" + (" on PostgreSQL" if options.database_url else "")
+        say(f"{name}: importing subscribers")
         imported = workspace.import_subscribers(size)
         message = sample_message(workspace)
         message_file = write_message_file(folder / "alert.eml", message)
-        result = SizeResult(size, imported, len(message))
+        result = SizeResult(size, backend, imported, len(message))
         limit = 60.0 + size / options.min_rate
         with Daemon(workspace.config_path, workspace.log_path) as daemon:
             result.code = daemon.code
             for number in range(options.repeats):
                 reference = _reference(sink, size, message_file, limit)
                 result.references.append(reference)
-                say(f"fan-out {size:,}: smtp-source {reference.rate:,.0f} msg/s")
+                say(f"{name}: smtp-source {reference.rate:,.0f} msg/s")
                 profiling = options.profile_seconds if number == 0 else 0.0
                 run, summary = _fanout(
                     workspace, sink, daemon, size, f"{size}-{number}", limit, profiling, options
@@ -165,7 +176,7 @@ def run_size(
                 if summary is not None:
                     result.profile = summary
                 say(
-                    f"fan-out {size:,}: maild {run.rate:,.0f} msg/s, first after "
+                    f"{name}: maild {run.rate:,.0f} msg/s, first after "
                     f"{run.first_latency:.3f} s, peak {run.peak_rss_kib / 1024:.0f} MB"
                     + (" (TIMED OUT)" if run.timed_out else "")
                 )
@@ -174,7 +185,7 @@ def run_size(
             if options.probe and not any(r.timed_out for r in result.runs):
                 expected = min(r.seconds for r in result.runs)
                 result.probe = _probe(workspace, sink, daemon, size, expected, limit)
-                say(f"fan-out {size:,}: registration answers during the fan-out measured")
+                say(f"{name}: registration answers during the fan-out measured")
     return result
 
 
@@ -206,7 +217,9 @@ def _fanout(
 ) -> tuple[FanoutRun, dict[str, Any] | None]:
     base = sink.count
     tree = Tree(daemon.pid)
+    server = Tree(options.server_pid) if options.server_pid else None
     daemon_cpu, sink_cpu = tree.cpu_seconds(), cpu_seconds(sink.pid)
+    server_cpu = server.cpu_seconds() if server else 0.0
     sampler = RssSampler(daemon.pid).start()
     subject = f"{ALERT_SUBJECT} {tag}"
     sink.expect(base + 1)
@@ -232,11 +245,13 @@ def _fanout(
         peak = sampler.stop()
     delivered = sink.count - base
     used = tree.cpu_seconds() - daemon_cpu
+    server_used = server.cpu_seconds() - server_cpu if server else None
     alert = workspace.alert_by_subject(subject)
     if timed_out:
         workspace.maild("alerts", "cancel", str(alert["id"]))
     alert = workspace.wait_finished(alert["id"], 120)
     released = dt.datetime.fromisoformat(alert["released_at"]).timestamp()
+    written = workspace.release_logged_at(alert["id"])
     run = FanoutRun(
         size=size,
         landed_at=landed,
@@ -249,6 +264,8 @@ def _fanout(
         daemon_cpu_seconds=used,
         sink_cpu_seconds=cpu_seconds(sink.pid) - sink_cpu,
         timed_out=timed_out,
+        server_cpu_seconds=server_used,
+        release_seconds=written - released if written is not None else None,
     )
     if not timed_out and run.sent != size:
         raise BenchError(f"alert {alert['id']}: {run.sent} of {size} sent ({alert['counts']})")

@@ -23,10 +23,13 @@ from bench.stats import median  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _series(results: dict[str, Any]) -> dict[str, list[float]]:
+def _series(results: dict[str, Any], backend: str) -> dict[str, list[float]]:
     sizes, maild, reference, peaks = [], [], [], []
     for entry in sorted(results["fanout"], key=lambda e: e["size"]):
         runs = entry["runs"]
+        # Results written before PostgreSQL was measured have no backend: SQLite.
+        if entry.get("backend", "sqlite") != backend:
+            continue
         if not runs:
             continue
         sizes.append(float(entry["size"]))
@@ -38,13 +41,18 @@ def _series(results: dict[str, Any]) -> dict[str, list[float]]:
 
 def plot(results_path: Path, output: Path) -> Path:
     results = json.loads(results_path.read_text(encoding="utf-8"))
-    data = _series(results)
+    data = _series(results, "sqlite")
+    pg = _series(results, "postgresql")
     machine = results.get("machine", {})
     figure, (rate_axes, memory_axes) = plt.subplots(1, 2, figsize=(11, 4.2))
     sizes = data["sizes"]
 
     rate_axes.plot(sizes, data["reference"], "s--", color="grey", label="smtp-source -s 20 -d")
     rate_axes.plot(sizes, data["maild"], "o-", color="tab:blue", label="maild fan-out")
+    if pg["sizes"]:
+        rate_axes.plot(
+            pg["sizes"], pg["maild"], "^-", color="tab:purple", label="maild on PostgreSQL"
+        )
     rate_axes.axhline(5000, color="tab:red", linewidth=0.8, linestyle=":", label="target 5,000/s")
     rate_axes.set_xscale("log")
     rate_axes.set_yscale("log")
@@ -55,6 +63,8 @@ def plot(results_path: Path, output: Path) -> Path:
     rate_axes.legend(fontsize=8)
 
     memory_axes.plot(sizes, data["peaks"], "o-", color="tab:green", label="maild peak RSS")
+    if pg["sizes"]:
+        memory_axes.plot(pg["sizes"], pg["peaks"], "^-", color="tab:purple", label="on PostgreSQL")
     memory_axes.axhline(250, color="tab:red", linewidth=0.8, linestyle=":", label="limit 250 MB")
     if data["peaks"]:
         memory_axes.axhline(
@@ -66,7 +76,7 @@ def plot(results_path: Path, output: Path) -> Path:
         )
     memory_axes.set_xscale("log")
     # Room for both limit lines above the points (1.25 x the smallest peak may pass 250 MB).
-    tops = [250.0, *data["peaks"], 1.25 * data["peaks"][0] if data["peaks"] else 0.0]
+    tops = [250.0, *data["peaks"], *pg["peaks"], 1.25 * data["peaks"][0] if data["peaks"] else 0.0]
     memory_axes.set_ylim(0, max(tops) * 1.1)
     memory_axes.set_xlabel("subscribers")
     memory_axes.set_ylabel("MB")

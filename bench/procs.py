@@ -102,11 +102,16 @@ class Sink:
     ``-c`` makes it print ``sess=… quit=… mesg=N`` after every message; a reader thread
     keeps the latest count and the wall time it changed, so a benchmark can wait for
     the N-th message without the sink storing anything.
+
+    ``dump``: also append every mail transaction to this file (``-D``; its envelope is in
+    ``X-Rcpt-Args:`` lines), to tell recipients apart. It costs the sink a write per
+    message; the file's folder must be writable by ``nobody`` when the suite is root.
     """
 
-    def __init__(self, backlog: int = 1024) -> None:
+    def __init__(self, backlog: int = 1024, dump: Path | None = None) -> None:
         self.port = free_port()
         self.backlog = backlog
+        self.dump = dump
         self.count = 0
         self.changed_at = 0.0  # time.time() of the latest count change
         self._marks: dict[int, float | None] = {}  # count waited for: time.time() reached
@@ -124,8 +129,9 @@ class Sink:
         return self._process.pid
 
     def __enter__(self) -> Sink:
+        dump = ["-D", str(self.dump)] if self.dump is not None else []
         self._process = subprocess.Popen(
-            ["smtp-sink", "-c", "-u", "nobody", f"127.0.0.1:{self.port}", str(self.backlog)],
+            ["smtp-sink", "-c", "-u", "nobody", *dump, f"127.0.0.1:{self.port}", str(self.backlog)],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )

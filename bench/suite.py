@@ -2,46 +2,41 @@
 
 Every figure is the median of several runs and is set beside a reference measured
 in the same run on the same machine (Postfix's smtp-source, a bare aiosmtpd server,
-a trivial WSGI app), because this machine is shared and its speed varies from
-minute to minute; the ratio is what most targets are written against.
+a trivial WSGI app, one node for two), because this machine is shared and its speed
+varies from minute to minute; the ratio is what most targets are written against.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
-from bench import fanout, inbound, web
-from bench.procs import REPO, BenchError, Daemon, Server, Sink, code_state, free_port, require
-from bench.stats import Row, markdown, median, percentile, text_line
+from sqlalchemy.engine import make_url
+
+from bench import fanout, inbound, nodes, postgres, web
+from bench import rows as rows_of
+from bench.machine import machine
+from bench.procs import REPO, BenchError, Daemon, Server, Sink, free_port, require
+from bench.stats import Row, markdown, text_line
 from bench.workspace import Workspace
 
 RESULTS = REPO / "bench" / "results"
 DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
-URGENT_SIZE = 100_000  # issue 5: urgent latency "with 100k subscribers"
-MB = 1024.0
-
-# Targets on this 2-core machine: issue 5's, with issue 12's in place of its inbound and
-# web ratios (the registration path stays on stock library seams; the fan-out races).
-FANOUT_TARGET_RATE = 5000.0
-FANOUT_TARGET_RATIO = 0.4
-RSS_TARGET_RATIO = 1.25
-RSS_TARGET_MB = 250.0
-URGENT_TARGET_SECONDS = 1.0
-ANSWER_TARGET_P99 = 2.0
-INBOUND_TARGET_RATE = 300.0  # mail/s; the ratio is reported
-ANSWERS_TARGET_SECONDS = 10.0
-WEB_TARGET_RATE = 500.0  # req/s; the ratio is reported
+DEFAULT_NODE_SIZES = (100_000,)
+BENCHMARKS = ("fanout", "fanout-pg", "nodes", "inbound", "web")
+ON_POSTGRESQL = frozenset({"fanout-pg", "nodes"})
 
 
 @dataclass
@@ -60,11 +55,19 @@ class Options:
     keep: bool
     output: Path
     plot: Path | None
+    postgresql: str | None = None  # a server's URL; None: start a throw-away one
+    node_sizes: tuple[int, ...] = DEFAULT_NODE_SIZES
+    node_repeats: int | None = None
 
     def repeats_for(self, size: int) -> int:
         if self.repeats is not None:
             return self.repeats
         return 5 if size <= 10_000 else 3 if size <= 100_000 else 1
+
+    def node_repeats_for(self, size: int) -> int:
+        if self.node_repeats is not None:
+            return self.node_repeats
+        return 2 if size <= 100_000 else 1
 
 
 def parse_size(text: str) -> int:
@@ -80,6 +83,10 @@ def parse_size(text: str) -> int:
     return value
 
 
+def parse_sizes(text: str) -> tuple[int, ...]:
+    return tuple(parse_size(s) for s in text.split(",") if s.strip())
+
+
 def parse_args(argv: list[str]) -> Options:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
@@ -89,16 +96,31 @@ def parse_args(argv: list[str]) -> Options:
     parser.add_argument("--quick", action="store_true", help="10k only, fewer repeats (~2 min)")
     parser.add_argument(
         "--sizes",
-        type=lambda t: tuple(parse_size(s) for s in t.split(",") if s.strip()),
-        help="fan-out sizes, e.g. 10k,100k,1M (default: 10k,100k,1M)",
+        type=parse_sizes,
+        help="fan-out sizes on each backend, e.g. 10k,100k,1M (default: 10k,100k,1M)",
     )
     parser.add_argument(
         "--repeats", type=int, help="fan-out runs per size (default 5 at 10k, 3 at 100k, 1 above)"
     )
     parser.add_argument(
         "--only",
-        default="fanout,inbound,web",
-        help="comma-separated subset of fanout,inbound,web (default: all)",
+        default=",".join(BENCHMARKS),
+        help=f"comma-separated subset of {','.join(BENCHMARKS)} (default: all)",
+    )
+    parser.add_argument(
+        "--postgresql",
+        default=os.environ.get(postgres.ENV) or None,
+        metavar="URL",
+        help="PostgreSQL server for fanout-pg and nodes, postgresql+psycopg://USER@HOST:PORT/DB "
+        f"(default: ${postgres.ENV}, else a throw-away server the suite starts)",
+    )
+    parser.add_argument(
+        "--node-sizes",
+        type=parse_sizes,
+        help="sizes of the one-node/two-node comparison (default: 100k; --quick: 10k)",
+    )
+    parser.add_argument(
+        "--node-repeats", type=int, help="runs of each node setup (default 2 at 100k, 1 above)"
     )
     parser.add_argument(
         "--connections", type=int, default=32, help="maild's [relay] connections (default 32)"
@@ -118,13 +140,13 @@ def parse_args(argv: list[str]) -> Options:
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
     parser.add_argument(
         "--plot",
-        type=Path,
-        default=RESULTS / "latest.png",
+        # A string: Path("") is ".", which would write a file called ".png".
+        default=str(RESULTS / "latest.png"),
         help="PNG of rate and memory against subscribers (needs matplotlib; '' for none)",
     )
     args = parser.parse_args(argv)
     only = frozenset(s.strip() for s in args.only.split(",") if s.strip())
-    unknown = only - {"fanout", "inbound", "web"}
+    unknown = only - set(BENCHMARKS)
     if unknown:
         parser.error(f"--only: unknown benchmark(s) {', '.join(sorted(unknown))}")
     sizes = args.sizes or ((10_000,) if args.quick else DEFAULT_SIZES)
@@ -143,66 +165,13 @@ def parse_args(argv: list[str]) -> Options:
         workdir=args.workdir,
         keep=args.keep,
         output=args.output,
-        plot=args.plot if args.plot and str(args.plot) else None,
+        plot=Path(args.plot) if args.plot else None,
+        postgresql=args.postgresql,
+        node_sizes=args.node_sizes or ((10_000,) if args.quick else DEFAULT_NODE_SIZES),
+        node_repeats=args.node_repeats
+        if args.node_repeats is not None
+        else (1 if args.quick else None),
     )
-
-
-# --- the machine --------------------------------------------------------------------
-
-
-def machine() -> dict[str, Any]:
-    """What a reader needs to compare figures: cores, memory, CPU, load, versions."""
-    info: dict[str, Any] = {
-        "nproc": os.cpu_count(),
-        "memory_mb": _meminfo_mb("MemTotal"),
-        "cpu": _cpu_model(),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "loadavg_start": os.getloadavg(),
-    }
-    for package in ("postfix", "wrk"):
-        info[package] = _command(["dpkg-query", "-W", "-f", "${Version}", package])
-    for module in ("aiosmtpd", "aiosmtplib", "waitress", "sqlalchemy"):
-        info[module] = _module_version(module)
-    info["maild_code_at_start"] = code_state()
-    return info
-
-
-def _meminfo_mb(field: str) -> float | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / MB
-    except OSError:
-        pass
-    return None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def _command(args: list[str]) -> str:
-    try:
-        done = subprocess.run(args, capture_output=True, text=True, timeout=10)
-    except OSError:
-        return ""
-    return done.stdout.strip() if done.returncode == 0 else ""
-
-
-def _module_version(name: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return ""
 
 
 # --- running ------------------------------------------------------------------------
@@ -212,9 +181,23 @@ def say(text: str) -> None:
     print(f"  · {text}", file=sys.stderr, flush=True)
 
 
-def emit(row: Row) -> Row:
-    print(text_line(row), flush=True)
-    return row
+def emit(found: list[Row]) -> list[Row]:
+    for row in found:
+        print(text_line(row), flush=True)
+    return found
+
+
+@dataclass
+class PostgreSQL:
+    """The server the PostgreSQL benchmarks use, and what to say about it."""
+
+    url: str
+    server_pid: int | None  # the postmaster, when the suite started the server
+    settings: dict[str, Any]
+
+    def describe(self) -> dict[str, Any]:
+        shown = make_url(self.url).render_as_string(hide_password=True)
+        return {"url": shown, "started_by_suite": self.server_pid is not None, **self.settings}
 
 
 def run(options: Options) -> dict[str, Any]:
@@ -226,14 +209,19 @@ def run(options: Options) -> dict[str, Any]:
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine(),
         "options": {
+            "only": sorted(options.only),
             "sizes": list(options.sizes),
             "repeats": {str(s): options.repeats_for(s) for s in options.sizes},
+            "node_sizes": list(options.node_sizes),
+            "node_repeats": {str(s): options.node_repeats_for(s) for s in options.node_sizes},
             "relay_connections": options.connections,
             "inbound_repeats": options.inbound_repeats,
             "web_repeats": options.web_repeats,
             "web_seconds": options.web_seconds,
         },
+        "postgresql": None,
         "fanout": [],
+        "nodes": [],
         "inbound": None,
         "web": None,
         "errors": [],
@@ -241,8 +229,12 @@ def run(options: Options) -> dict[str, Any]:
     rows: list[Row] = []
     print(f"maild benchmarks; daemons under {root}", file=sys.stderr)
     try:
-        if "fanout" in options.only:
-            rows += _fanout(root, options, results)
+        with contextlib.ExitStack() as stack:
+            pg = _postgresql(options, stack, results) if options.only & ON_POSTGRESQL else None
+            if options.only & {"fanout", "fanout-pg"}:
+                rows += _fanout(root, options, results, pg)
+            if "nodes" in options.only and pg is not None:
+                rows += _nodes(root, options, results, pg)
         if options.only & {"inbound", "web"}:
             rows += _inbound_and_web(root, options, results)
     finally:
@@ -259,112 +251,119 @@ def run(options: Options) -> dict[str, Any]:
     return results
 
 
-def _fanout(root: Path, options: Options, results: dict[str, Any]) -> list[Row]:
-    rows: list[Row] = []
-    probe_size = URGENT_SIZE if URGENT_SIZE in options.sizes else max(options.sizes)
-    by_size: dict[int, fanout.SizeResult] = {}
-    for size in options.sizes:
-        folder = root / f"fanout-{size}"
-        settings = fanout.FanoutOptions(
-            repeats=options.repeats_for(size),
-            connections=options.connections,
-            min_rate=options.min_rate,
-            probe=size == probe_size,
-            profile_seconds=options.profile_seconds if options.profile == size else 0.0,
-            results=options.output.parent,
-        )
+def _postgresql(
+    options: Options, stack: contextlib.ExitStack, results: dict[str, Any]
+) -> PostgreSQL | None:
+    """The given server, else a throw-away one; None (and a line saying why) without."""
+    if options.postgresql:
+        # A server named on purpose that cannot be reached stops the suite (BenchError).
+        pg = PostgreSQL(options.postgresql, None, postgres.check_server(options.postgresql))
+    else:
+        reason = postgres.unavailable()
+        if reason is not None:
+            print(
+                f"PostgreSQL benchmarks skipped: {reason}; or pass --postgresql URL",
+                file=sys.stderr,
+            )
+            results["postgresql"] = {"skipped": reason}
+            return None
         try:
-            result = fanout.run_size(folder, size, settings, say)
+            server = stack.enter_context(postgres.ThrowawayServer(options.workdir))
+            pg = PostgreSQL(server.url, server.postmaster_pid(), postgres.check_server(server.url))
         except (BenchError, subprocess.SubprocessError, OSError) as e:
-            results["errors"].append(f"fan-out {size}: {e}")
-            print(f"fan-out {size:,}: FAILED: {e}", file=sys.stderr)
+            results["errors"].append(f"PostgreSQL: {e}")
+            print(f"PostgreSQL benchmarks skipped: the server did not start: {e}", file=sys.stderr)
+            return None
+        say(f"PostgreSQL {pg.settings['server_version']} started on {server.url}")
+    results["postgresql"] = pg.describe()
+    return pg
+
+
+def _fanout(
+    root: Path, options: Options, results: dict[str, Any], pg: PostgreSQL | None
+) -> list[Row]:
+    """Each size on SQLite, then on PostgreSQL: the two runs of a size are close in time."""
+    rows: list[Row] = []
+    probe_size = rows_of.URGENT_SIZE if rows_of.URGENT_SIZE in options.sizes else max(options.sizes)
+    backends = [
+        b
+        for b, name in (("sqlite", "fanout"), ("postgresql", "fanout-pg"))
+        if name in options.only and (b == "sqlite" or pg is not None)
+    ]
+    by_size: dict[str, dict[int, fanout.SizeResult]] = {b: {} for b in backends}
+    for size in options.sizes:
+        for backend in backends:
+            folder = root / f"fanout-{backend}-{size}"
+            database = None
+            try:
+                if backend == "postgresql":
+                    assert pg is not None
+                    database = postgres.create_database(pg.url, f"fanout_{size}")
+                settings = fanout.FanoutOptions(
+                    repeats=options.repeats_for(size),
+                    connections=options.connections,
+                    min_rate=options.min_rate,
+                    probe=size == probe_size,
+                    profile_seconds=(
+                        options.profile_seconds
+                        if options.profile == size and backend == "sqlite"
+                        else 0.0
+                    ),
+                    results=options.output.parent,
+                    database_url=database,
+                    server_pid=pg.server_pid if database and pg else None,
+                )
+                result = fanout.run_size(folder, size, settings, say)
+            except (BenchError, subprocess.SubprocessError, OSError) as e:
+                results["errors"].append(f"fan-out {size} ({backend}): {e}")
+                print(f"fan-out {size:,} ({backend}): FAILED: {e}", file=sys.stderr)
+                continue
+            finally:
+                _drop(pg, database)
+                if not options.keep:
+                    shutil.rmtree(folder, ignore_errors=True)
+            by_size[backend][size] = result
+            results["fanout"].append(result.to_json())
+            rows += emit(rows_of.fanout_rows(result, by_size[backend]))
+    return rows
+
+
+def _nodes(root: Path, options: Options, results: dict[str, Any], pg: PostgreSQL) -> list[Row]:
+    rows: list[Row] = []
+    for size in options.node_sizes:
+        folder = root / f"nodes-{size}"
+        database = None
+        try:
+            database = postgres.create_database(pg.url, f"nodes_{size}")
+            settings = nodes.NodesOptions(
+                database_url=database,
+                repeats=options.node_repeats_for(size),
+                connections=options.connections,
+                min_rate=options.min_rate,
+                server_pid=pg.server_pid,
+                workdir=options.workdir,
+            )
+            result = nodes.run_size(folder, size, settings, say)
+        except (BenchError, subprocess.SubprocessError, OSError) as e:
+            results["errors"].append(f"nodes {size}: {e}")
+            print(f"nodes {size:,}: FAILED: {e}", file=sys.stderr)
             continue
         finally:
+            _drop(pg, database)
             if not options.keep:
                 shutil.rmtree(folder, ignore_errors=True)
-        by_size[size] = result
-        results["fanout"].append(result.to_json())
-        rows += _fanout_rows(result, by_size)
+        results["nodes"].append(result.to_json())
+        rows += emit(rows_of.nodes_rows(result))
     return rows
 
 
-def _fanout_rows(result: fanout.SizeResult, by_size: dict[int, fanout.SizeResult]) -> list[Row]:
-    size = result.size
-    rates = [r.rate for r in result.runs]
-    reference = [r.rate for r in result.references]
-    rate_row = Row(
-        name=f"fan-out {_label(size)}: release → last msg at sink",
-        unit="msg/s",
-        value=median(rates),
-        samples=rates,
-        reference=median(reference),
-        reference_samples=reference,
-        reference_name="smtp-source -s 20 -d",
-        extra={
-            "seconds": [r.seconds for r in result.runs],
-            "daemon_cpu_per_1000": [1000 * r.daemon_cpu_seconds / r.delivered for r in result.runs],
-            "daemon_cpu_share": [r.daemon_cpu_seconds / r.seconds for r in result.runs],
-            "message_bytes": result.message_bytes,
-            "import_seconds": result.import_seconds,
-            "timed_out": any(r.timed_out for r in result.runs),
-        },
-    )
-    if size == URGENT_SIZE:
-        rate_row.target = f">= {FANOUT_TARGET_RATE:,.0f}/s, ratio >= {FANOUT_TARGET_RATIO}"
-        rate_row.met = (rate_row.value or 0) >= FANOUT_TARGET_RATE and (
-            rate_row.ratio or 0
-        ) >= FANOUT_TARGET_RATIO
-    if any(r.timed_out for r in result.runs):
-        rate_row.notes = "cut off by the time limit; rate of what was sent"
-    rows = [emit(rate_row)]
-
-    peaks = [r.peak_rss_kib / MB for r in result.runs]
-    smallest = min(by_size)
-    base_peak = max(r.peak_rss_kib for r in by_size[smallest].runs) / MB
-    memory = Row(
-        name=f"peak RSS during fan-out {_label(size)}",
-        unit="MB",
-        value=max(peaks),
-        samples=peaks,
-        reference=base_peak,
-        reference_name=f"peak at {_label(smallest)}",
-    )
-    if size >= 1_000_000 and smallest <= 10_000:
-        memory.target = f"<= {RSS_TARGET_RATIO} x 10k, < {RSS_TARGET_MB:.0f} MB"
-        memory.met = (memory.ratio or 99) <= RSS_TARGET_RATIO and max(peaks) < RSS_TARGET_MB
-    rows.append(emit(memory))
-
-    if size == URGENT_SIZE or (URGENT_SIZE not in by_size and result.probe is not None):
-        firsts = [r.first_latency for r in result.runs]
-        urgent = Row(
-            name=f"urgent file → first msg at sink ({_label(size)})",
-            unit="s",
-            value=median(firsts),
-            samples=firsts,
-            target=f"< {URGENT_TARGET_SECONDS:g} s" if size == URGENT_SIZE else "(at 100k)",
-            notes=f"max {max(firsts):.3f} s",
-        )
-        if size == URGENT_SIZE:
-            urgent.met = (urgent.value or 99) < URGENT_TARGET_SECONDS
-        rows.append(emit(urgent))
-    if result.probe is not None:
-        probe = result.probe
-        answers = Row(
-            name=f"registration answer during fan-out {_label(size)}, p99",
-            unit="s",
-            value=percentile(probe.latencies, 0.99),
-            samples=probe.latencies,
-            target=f"p99 < {ANSWER_TARGET_P99:g} s" if size == URGENT_SIZE else "(at 100k)",
-            notes=(
-                f"median {median(probe.latencies) or 0:.3f} s; {probe.during_fanout}/50 mails "
-                f"accepted during the fan-out; {probe.missing} answers missing"
-            ),
-            extra={"median": median(probe.latencies)},
-        )
-        if size == URGENT_SIZE:
-            answers.met = probe.missing == 0 and (answers.value or 99) < ANSWER_TARGET_P99
-        rows.append(emit(answers))
-    return rows
+def _drop(pg: PostgreSQL | None, database: str | None) -> None:
+    if pg is None or database is None:
+        return
+    try:
+        postgres.drop_database(pg.url, database)
+    except BenchError as e:  # a leftover database must not hide the result
+        print(f"bench: {e}", file=sys.stderr)
 
 
 def _inbound_and_web(root: Path, options: Options, results: dict[str, Any]) -> list[Row]:
@@ -383,7 +382,7 @@ def _inbound_and_web(root: Path, options: Options, results: dict[str, Any]) -> l
                         workspace, sink, daemon, bare, options.inbound_repeats, say
                     )
                     results["inbound"] = found.to_json()
-                    rows += _inbound_rows(found)
+                    rows += emit(rows_of.inbound_rows(found))
                 if "web" in options.only:
                     if "inbound" not in options.only:
                         # The page needs a resident who sent a blank mail.
@@ -393,7 +392,7 @@ def _inbound_and_web(root: Path, options: Options, results: dict[str, Any]) -> l
                         workspace, daemon, options.web_repeats, options.web_seconds, say
                     )
                     results["web"] = page.to_json()
-                    rows += _web_rows(page)
+                    rows += emit(rows_of.web_rows(page))
     except (BenchError, subprocess.SubprocessError, OSError) as e:
         results["errors"].append(f"inbound/web: {e}")
         print(f"inbound/web: FAILED: {e}", file=sys.stderr)
@@ -401,73 +400,6 @@ def _inbound_and_web(root: Path, options: Options, results: dict[str, Any]) -> l
         if not options.keep:
             shutil.rmtree(folder, ignore_errors=True)
     return rows
-
-
-def _inbound_rows(found: inbound.InboundResult) -> list[Row]:
-    rate = Row(
-        name="inbound: blank mails accepted, 1,000 senders",
-        unit="mail/s",
-        value=median(found.maild),
-        samples=found.maild,
-        reference=median(found.reference),
-        reference_samples=found.reference,
-        reference_name="bare aiosmtpd",
-        target=f">= {INBOUND_TARGET_RATE:,.0f} mail/s",
-        notes=(
-            f"generator ceiling (to smtp-sink) {median(found.ceiling) or 0:,.0f} mail/s; CPU "
-            f"{median(found.maild_cpu_ms) or 0:.1f} ms/mail (bare "
-            f"{median(found.reference_cpu_ms) or 0:.1f})"
-        ),
-        extra={
-            "ceiling": found.ceiling,
-            "maild_cpu_ms_per_mail": found.maild_cpu_ms,
-            "reference_cpu_ms_per_mail": found.reference_cpu_ms,
-        },
-    )
-    rate.met = (rate.value or 0) >= INBOUND_TARGET_RATE
-    answers = Row(
-        name="inbound: all 1,000 answers at sink",
-        unit="s",
-        value=median(found.answers_seconds),
-        samples=found.answers_seconds,
-        target=f"< {ANSWERS_TARGET_SECONDS:g} s",
-    )
-    answers.met = (answers.value or 99) < ANSWERS_TARGET_SECONDS
-    single = Row(
-        name="inbound: smtp-source -s 10 -m 1000, one sender",
-        unit="mail/s",
-        value=median(found.smtp_source_maild),
-        samples=found.smtp_source_maild,
-        reference=median(found.smtp_source_reference),
-        reference_samples=found.smtp_source_reference,
-        reference_name="bare aiosmtpd",
-        notes="one address: maild answers once and throttles the rest",
-    )
-    return [emit(rate), emit(answers), emit(single)]
-
-
-def _web_rows(page: web.WebResult) -> list[Row]:
-    row = Row(
-        name="web: GET /register/TOKEN",
-        unit="req/s",
-        value=median(page.maild),
-        samples=page.maild,
-        reference=median(page.reference),
-        reference_samples=page.reference,
-        reference_name="trivial WSGI app",
-        target=f">= {WEB_TARGET_RATE:,.0f} req/s",
-        extra={"page_bytes": page.page_bytes},
-    )
-    row.met = (row.value or 0) >= WEB_TARGET_RATE
-    return [emit(row)]
-
-
-def _label(size: int) -> str:
-    if size % 1_000_000 == 0:
-        return f"{size // 1_000_000}M"
-    if size % 1_000 == 0:
-        return f"{size // 1_000}k"
-    return str(size)
 
 
 def _plot(results: Path, output: Path) -> None:
@@ -480,8 +412,14 @@ def _plot(results: Path, output: Path) -> None:
     print(f"plot: {output}", file=sys.stderr)
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(sys.argv[1:] if argv is None else argv)
+    # A SIGTERM unwinds like Ctrl-C, so every process and server started is stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         results = run(options)
     except BenchError as e:

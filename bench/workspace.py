@@ -2,7 +2,8 @@
 
 Everything here goes through maild's public surface as an operator would use it
 (``maild subscribers import``, files in ``SPOOL/incoming``, ``maild alerts … --json``);
-the database is only read, never written, by the suite.
+the database is only read by the suite, with one exception: on PostgreSQL the
+subscribers are written with ``COPY`` (see :meth:`Workspace.import_subscribers`).
 """
 
 from __future__ import annotations
@@ -10,14 +11,19 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import sqlite3
+import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import bindparam, create_engine, text
+from sqlalchemy.pool import NullPool
+
+from bench import postgres
 from bench.procs import BenchError
 from maild.alerts.spool_files import place_in_spool
 from maild.common.config import Config, load_config
@@ -28,6 +34,7 @@ from tests.configs import to_toml  # one TOML writer for tests and benchmarks
 
 REPO = Path(__file__).resolve().parent.parent
 AREAS_FILE = REPO / "config" / "areas.toml"
+DOMAINS = ("docomo.ne.jp", "ezweb.ne.jp", "softbank.ne.jp", "i.softbank.jp", "gmail.com")
 REGISTRATION_ADDRESS = "entry@mail.example.jp"
 CLI_TIMEOUT = 900.0
 
@@ -62,6 +69,7 @@ class Workspace:
     folder: Path
     relay_url: str
     relay_connections: int
+    database_url: str | None = None  # None: a SQLite file in the state folder
 
     @property
     def config_path(self) -> Path:
@@ -76,6 +84,10 @@ class Workspace:
         return self.folder / "state" / "maild.db"
 
     @property
+    def url(self) -> str:
+        return self.database_url or f"sqlite:///{self.database}"
+
+    @property
     def spool(self) -> Path:
         return self.folder / "spool"
 
@@ -85,7 +97,7 @@ class Workspace:
                 "base_url": "https://mail.example.jp",
                 "state_dir": str(self.folder / "state"),
             },
-            "database": {"url": f"sqlite:///{self.database}"},
+            "database": {"url": self.url},
             "smtp": {
                 "listen": "127.0.0.1:0",
                 "hostname": "mail.example.jp",
@@ -123,7 +135,18 @@ class Workspace:
         return done.stdout
 
     def import_subscribers(self, count: int) -> float:
-        """Write a CSV of ``count`` residents and import it; the seconds the import took."""
+        """``count`` residents in the database; the seconds it took.
+
+        SQLite: a CSV imported with ``maild subscribers import``, as an operator would.
+        PostgreSQL: the same rows with ``COPY`` (bench.postgres.fill_subscribers): the
+        import takes about 100 s per million rows there, far from the fan-out under test.
+        """
+        if self.database_url is not None:
+            started = time.monotonic()
+            filled = postgres.fill_subscribers(self.database_url, residents(count))
+            if filled != count:
+                raise BenchError(f"filled {filled} of {count} subscribers")
+            return time.monotonic() - started
         csv = self.folder / f"subscribers-{count}.csv"
         write_subscribers(csv, count)
         started = time.monotonic()
@@ -174,11 +197,39 @@ class Workspace:
                 raise BenchError(f"alert {alert_id} still {alert['status']} after {timeout:.0f} s")
             time.sleep(0.5)
 
+    def release_logged_at(self, alert_id: int) -> float | None:
+        """When the daemon logged the alert's release (its delivery rows all written)."""
+        pattern = re.compile(
+            rf"^(\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d,\d{{3}}) \S+ \S+ alert {alert_id} released to ",
+            re.MULTILINE,
+        )
+        found = pattern.findall(self.log_path.read_text(encoding="utf-8", errors="replace"))
+        if not found:
+            return None
+        # logging's asctime: the local time, milliseconds after a comma
+        return dt.datetime.strptime(found[-1], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
     # --- read-only looks into the daemon's database ---
 
-    def _read(self, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with sqlite3.connect(f"file:{self.database}?mode=ro", uri=True, timeout=30) as db:
-            return db.execute(query, params).fetchall()
+    def _read(self, query: str, **params: Any) -> list[tuple[Any, ...]]:
+        """Rows of one read-only query, on SQLite or PostgreSQL alike (SQLAlchemy)."""
+        if self.database_url is None:
+            url = f"sqlite:///file:{self.database}?mode=ro&uri=true"
+            engine = create_engine(url, connect_args={"timeout": 30})
+        else:
+            engine = create_engine(self.database_url, poolclass=NullPool)
+        try:
+            with engine.connect() as connection:
+                statement = text(query).bindparams(
+                    *(
+                        bindparam(k, expanding=True)
+                        for k, v in params.items()
+                        if isinstance(v, list)
+                    )
+                )
+                return [tuple(row) for row in connection.execute(statement, params)]
+        finally:
+            engine.dispose()
 
     def answered_at(self, recipients: list[str]) -> dict[str, float]:
         """When the relay took each registration answer (the outbox's ``finished_at``).
@@ -186,11 +237,10 @@ class Workspace:
         The outbox stamps a whole batch when its last mail is taken, so this is an upper
         bound on when each answer reached the sink.
         """
-        marks = ",".join("?" * len(recipients))
         rows = self._read(
-            f"SELECT recipient, finished_at FROM outbox WHERE status = 'sent' "
-            f"AND recipient IN ({marks})",
-            tuple(recipients),
+            "SELECT recipient, finished_at FROM outbox WHERE status = 'sent' "
+            "AND recipient IN :recipients",
+            recipients=recipients,
         )
         return {r: _utc_seconds(at) for r, at in rows if at}
 
@@ -205,19 +255,26 @@ class Workspace:
         return Links(key).subscriber_link(REGISTER, rows[0][0], rows[0][1])
 
 
-def _utc_seconds(text: str) -> float:
-    return dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC).timestamp()
+def _utc_seconds(value: str | dt.datetime) -> float:
+    """A stored naive-UTC time: SQLite hands it over as text, PostgreSQL as a datetime."""
+    at = value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(value)
+    return at.replace(tzinfo=dt.UTC).timestamp()
+
+
+def residents(count: int) -> Iterator[tuple[str, str]]:
+    """``count`` (address, area id) pairs: residents spread over the municipalities."""
+    areas = AreaMap.load(AREAS_FILE)
+    places = [a.id for a in areas.areas() if a.kind == "municipality"] or ["all"]
+    for i in range(count):
+        yield f"r{i:07d}.miyagi@{DOMAINS[i % len(DOMAINS)]}", places[i % len(places)]
 
 
 def write_subscribers(path: Path, count: int) -> None:
-    """``address,areas,categories``: residents spread over the municipalities, all categories."""
-    areas = AreaMap.load(AREAS_FILE)
-    places = [a.id for a in areas.areas() if a.kind == "municipality"] or ["all"]
-    domains = ["docomo.ne.jp", "ezweb.ne.jp", "softbank.ne.jp", "i.softbank.jp", "gmail.com"]
+    """``address,areas,categories``: the :func:`residents`, with every category."""
     with path.open("w", encoding="utf-8") as f:
         f.write("address,areas,categories\n")
-        for i in range(count):
-            f.write(f"r{i:07d}.miyagi@{domains[i % len(domains)]},{places[i % len(places)]},\n")
+        for address, area in residents(count):
+            f.write(f"{address},{area},\n")
 
 
 def sample_message(workspace: Workspace) -> bytes:
