@@ -67,3 +67,41 @@ def test_a_failed_commit_fails_its_waiters_and_the_close() -> None:
             await running
 
     asyncio.run(scenario())
+
+
+def test_a_commit_waits_for_one_id_from_each_lane_still_sending() -> None:
+    written: list[list[int]] = []
+
+    async def scenario() -> None:
+        recorder = SentRecorder(written.append, lanes=3)
+        running = asyncio.create_task(recorder.run())
+        recorder.add(1)
+        await asyncio.sleep(0)  # the recorder sees one id of three: it waits
+        recorder.add(2)
+        await asyncio.sleep(0)
+        third = recorder.add(3)
+        await third
+        assert written == [[1, 2, 3]]
+        # Two lanes have ended: one id from the last one fills a group.
+        recorder.lane_done()
+        recorder.lane_done()
+        await recorder.add(4)
+        recorder.close()
+        await running
+        assert written == [[1, 2, 3], [4]]
+
+    asyncio.run(scenario())
+
+
+def test_a_group_that_does_not_fill_is_committed_after_a_moment() -> None:
+    written: list[list[int]] = []
+
+    async def scenario() -> None:
+        recorder = SentRecorder(written.append, lanes=8)
+        running = asyncio.create_task(recorder.run())
+        await asyncio.wait_for(recorder.add(1), 1)  # the other lanes are slow or failing
+        recorder.close()
+        await running
+        assert written == [[1]]
+
+    asyncio.run(scenario())

@@ -208,26 +208,33 @@ class FanoutSender:
         cancelled: set[int] = set()
         results: list[_Result] = []
         pending = iter(rows)  # shared by the lanes: each row is taken by exactly one
-        recorder = SentRecorder(self._record_sent)
+        lanes = min(self.config.relay.connections, len(rows))
+        recorder = SentRecorder(self._record_sent, lanes)
 
         async def lane() -> None:
             # One lane per relay connection rather than one task per row: only as many
             # messages wait for the relay as it has connections, so a cancel noticed
             # mid-batch stops the rest instead of a queue of hundreds.
             on_record: asyncio.Future[None] | None = None
-            for row in pending:
-                if row.alert_id in cancelled:
-                    results.append(_Result(row, None, skipped=True))
-                    continue
-                message = self._prepare(row, templates)
-                if on_record is not None:
-                    # Invariant: a lane has at most one message sent and not on record.
-                    await on_record
-                    on_record = None
-                result = message if isinstance(message, _Result) else await self._deliver(message)
-                if result.error is None and not isinstance(message, _Result):
-                    on_record = recorder.add(row.delivery_id)
-                results.append(result)
+            try:
+                for row in pending:
+                    if row.alert_id in cancelled:
+                        results.append(_Result(row, None, skipped=True))
+                        continue
+                    message = self._prepare(row, templates)
+                    if on_record is not None:
+                        # Invariant: a lane has at most one message sent and not on record.
+                        await on_record
+                        on_record = None
+                    if isinstance(message, _Result):
+                        results.append(message)
+                        continue
+                    result = await self._deliver(message)
+                    if result.error is None:
+                        on_record = recorder.add(row.delivery_id)
+                    results.append(result)
+            finally:
+                recorder.lane_done()
 
         recording = asyncio.create_task(recorder.run())
         watchers = [
@@ -235,9 +242,7 @@ class FanoutSender:
             asyncio.create_task(self._keep_claim(claim)),
         ]
         try:
-            await asyncio.gather(
-                *(lane() for _ in range(min(self.config.relay.connections, len(rows))))
-            )
+            await asyncio.gather(*(lane() for _ in range(lanes)))
         finally:
             for watcher in watchers:
                 watcher.cancel()
