@@ -44,6 +44,7 @@ def base_settings(folder: Path) -> dict[str, dict[str, Any]]:
         "service": {
             "base_url": "http://127.0.0.1:8080",
             "state_dir": str(folder / "state"),
+            "control_socket": str(folder / "control.sock"),
         },
         "smtp": {
             "listen": "127.0.0.1:0",
