@@ -116,6 +116,14 @@ def may(config: Config, uid: int, user: str, needed: str) -> bool:
     return needed in held
 
 
+def _words(argv: list[str]) -> str:
+    """The command's name (``alerts approve``), none of its arguments."""
+    for words in COMMANDS:
+        if tuple(argv[: len(words)]) == words:
+            return " ".join(words)
+    return ""
+
+
 def _alert_id(argv: list[str]) -> int | None:
     if argv[:1] == ["alerts"] and len(argv) >= 3 and argv[2].isdigit():
         return int(argv[2])
@@ -131,7 +139,10 @@ class ControlServer:
 
     async def start(self) -> None:
         path = self.path
-        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        if not path.parent.exists():
+            # Everyone must reach the socket; the umask (0077) would keep them out.
+            path.parent.mkdir(parents=True)
+            os.chmod(path.parent, 0o755)
         if path.is_socket():
             path.unlink()  # left by a daemon that was killed
         self._server = await asyncio.start_unix_server(self._serve, path, limit=MAX_REQUEST)
@@ -170,7 +181,7 @@ class ControlServer:
     ) -> dict[str, Any]:
         config = self._config()
         needed = needed_role(argv)
-        words = " ".join(argv[:2])
+        words = _words(argv) or " ".join(argv[:1])
         if needed is None:
             return _failed(
                 f"maild: {words} は制御ソケットからは実行できません / {words} cannot be run "
@@ -178,7 +189,10 @@ class ControlServer:
             )
         if not await asyncio.to_thread(may, config, uid, user, needed):
             log.warning("control socket: refused %s to %s (needs %s)", words, user, needed)
-            await asyncio.to_thread(self._audit, user, " ".join(argv[:3]), _alert_id(argv))
+            # The command's words and the alert's id only: never an address (STYLE).
+            alert_id = _alert_id(argv)
+            detail = _words(argv) + (f" {alert_id}" if alert_id is not None else "")
+            await asyncio.to_thread(self._audit, user, detail, alert_id)
             return _failed(f"maild: {roles.refusal(user, needed)}")
         return await self._run(config, user, argv, files)
 
