@@ -53,6 +53,9 @@ log = logging.getLogger("maild.control")
 CALLER_ENV = "MAILD_CALLER"
 MAX_REQUEST = 32 * 1024 * 1024  # alert files and an import CSV, base64
 COMMAND_SECONDS = 600.0
+# Commands run at once; more wait their turn. Anyone may connect (window, qr), so a
+# caller in a loop must not fork the daemon's machine to a halt.
+CONCURRENT_COMMANDS = 4
 PUBLIC = "public"  # anyone: what a poster or the web page shows anyway
 
 # The role each command needs, by its first words. Anything else (serve, deliver, db
@@ -135,6 +138,7 @@ class ControlServer:
         self._config = config  # the running config: a reload changes the groups
         self._audit = audit
         self._server: asyncio.base_events.Server | None = None
+        self._slots = asyncio.Semaphore(CONCURRENT_COMMANDS)
         self.path = config().service.control_socket
 
     async def start(self) -> None:
@@ -194,7 +198,8 @@ class ControlServer:
             detail = _words(argv) + (f" {alert_id}" if alert_id is not None else "")
             await asyncio.to_thread(self._audit, user, detail, alert_id)
             return _failed(f"maild: {roles.refusal(user, needed)}")
-        return await self._run(config, user, argv, files)
+        async with self._slots:
+            return await self._run(config, user, argv, files)
 
     async def _run(
         self, config: Config, user: str, argv: list[str], files: dict[str, bytes]
