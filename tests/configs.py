@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +38,15 @@ def to_toml(data: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _socket_path(folder: Path) -> str:
+    """In the test's folder, unless that makes a path too long for a Unix socket (108
+    bytes): then under /tmp, named after the folder (the daemon removes it at its stop)."""
+    path = str(folder / "control.sock")
+    if len(path.encode()) < 100:
+        return path
+    return f"/tmp/maild-{hashlib.sha256(path.encode()).hexdigest()[:16]}.sock"
+
+
 def base_settings(folder: Path) -> dict[str, dict[str, Any]]:
     """A complete config for a daemon under ``folder``: ports 0, relay a maildir; the
     database is SQLite in the state directory, or a fresh PostgreSQL (tests.databases)."""
@@ -44,6 +54,7 @@ def base_settings(folder: Path) -> dict[str, dict[str, Any]]:
         "service": {
             "base_url": "http://127.0.0.1:8080",
             "state_dir": str(folder / "state"),
+            "control_socket": _socket_path(folder),
         },
         "smtp": {
             "listen": "127.0.0.1:0",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from maild.common.config import ConfigError, ListenAddress, load_config
+from maild.common.config import ConfigError, ConfigUnreadable, ListenAddress, load_config
 from tests.configs import REPO, make_config, to_toml, write_config
 
 
@@ -133,3 +133,29 @@ def test_base_url_must_be_https_with_a_real_relay(
             load_config(path)
     else:
         assert load_config(path).service.base_url == base_url
+
+
+# --- issue 15: the groups of the roles ------------------------------------------------------
+
+
+def test_roles_default_to_the_groups_sysusers_makes(tmp_path: Path) -> None:
+    roles = load_config(write_config(tmp_path)).roles
+    assert (roles.operators_group, roles.approvers_group, roles.admins_group) == (
+        "maild-operators",
+        "maild-approvers",
+        "maild-admins",
+    )
+
+
+@pytest.mark.parametrize("name", ["", "Kacho", "maild operators", "a" * 33, "-x"])
+def test_a_role_group_must_be_a_unix_group_name(tmp_path: Path, name: str) -> None:
+    path = write_config(tmp_path, roles={"approvers_group": name})
+    with pytest.raises(ConfigError, match=r"approvers_group: .* is not a Unix group name"):
+        load_config(path)
+
+
+def test_an_unreadable_config_says_so_by_its_own_kind(tmp_path: Path) -> None:
+    """The CLI asks the daemon only when the config exists but is not the caller's."""
+    with pytest.raises(ConfigError) as missing:
+        load_config(tmp_path / "nothing.toml")
+    assert not isinstance(missing.value, ConfigUnreadable)

@@ -165,6 +165,12 @@ CHANGES: dict[Key, Callable[[dict[str, Path]], dict[str, dict[str, Any]]]] = {
     ("window", "holidays"): lambda f: {"window": {"holidays": ""}},
     ("window", "closed_dates"): lambda f: {"window": {"closed_dates": ["12-31"]}},
     ("spool", "dir"): lambda f: {"spool": {"dir": str(f["plain"].parent / "spool2")}},
+    ("service", "control_socket"): lambda f: {
+        "service": {"control_socket": str(f["plain"].parent / "other.sock")}
+    },
+    ("roles", "operators_group"): lambda f: {"roles": {"operators_group": "hassin"}},
+    ("roles", "approvers_group"): lambda f: {"roles": {"approvers_group": "shonin"}},
+    ("roles", "admins_group"): lambda f: {"roles": {"admins_group": "kanri"}},
     ("approval", "required"): lambda f: {"approval": {"required": True}},
     ("approval", "approvers"): lambda f: {"approval": {"approvers": ["kacho"]}},
     ("approval", "test_recipients"): lambda f: {

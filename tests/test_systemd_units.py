@@ -152,6 +152,8 @@ EXPECTED_SERVICE = {
     "Group": ["maild"],
     "SupplementaryGroups": ["maild-operators"],
     "UMask": ["0077"],
+    "RuntimeDirectory": ["maild"],  # /run/maild/control.sock (issue 15)
+    "RuntimeDirectoryMode": ["0755"],
     "ProtectSystem": ["strict"],
     "ReadWritePaths": ["/var/lib/maild /var/spool/maild"],
     "NoNewPrivileges": ["yes"],
@@ -241,6 +243,7 @@ def test_sysusers_and_tmpfiles_make_what_the_service_expects(tmp_path: Path) -> 
     uid, gid = int(user[2]), int(user[3])
     assert uid < 1000 and int(groups["maild"][2]) == gid  # a system user with its own group
     operators = int(groups["maild-operators"][2])
+    assert {"maild-approvers", "maild-admins"} <= set(groups)  # [roles]' default groups
 
     expected = {
         "etc/maild": (0o750, 0, gid),

@@ -24,6 +24,7 @@ from maild.alerts.alertfile import AlertDraft, AlertFileInvalid
 from maild.alerts.window import WindowRules, release_time
 from maild.common.clock import Clock
 from maild.common.config import Config
+from maild.common.roles import is_approver
 from maild.residents.areas import AreaMap, shared_area_map
 from maild.residents.categories import category_bit
 from maild.store.db import Database
@@ -70,7 +71,14 @@ def check_draft(config: Config, draft: AlertDraft) -> None:
 
 def needs_approval(config: Config, requester: str) -> bool:
     """運用要領 5(1): with approval on, only an approver's own alert goes without one."""
-    return config.approval.required and requester not in config.approval.approvers
+    return config.approval.required and not is_approver(config, requester)
+
+
+def _not_approver(user: str) -> AlertActionError:
+    return AlertActionError(
+        f"{user} は承認者ではありません / {user} is not an approver"
+        " ([roles] approvers_group, [approval] approvers)"
+    )
 
 
 @dataclass(frozen=True)
@@ -157,10 +165,8 @@ class Alerts:
     # --- operator actions -------------------------------------------------------------
 
     def approve(self, alert_id: int, user: str) -> None:
-        if user not in self.config.approval.approvers:
-            raise AlertActionError(
-                f"{user} は承認者ではありません / {user} is not an approver ([approval] approvers)"
-            )
+        if not is_approver(self.config, user):
+            raise _not_approver(user)
         now = self.clock.now()
         with self.db.transaction() as session:
             alert = self._get(session, alert_id)
@@ -187,10 +193,17 @@ class Alerts:
         with self.db.transaction() as session:
             alert = self._get(session, alert_id)
             approval = self.config.approval
-            if approval.required and user not in approval.approvers and user != alert.requester:
+            approver = is_approver(self.config, user)
+            if approval.required and not approver and user != alert.requester:
                 raise AlertActionError(
                     f"{user} は承認者でも依頼者でもないため取り消せません / {user} is neither an "
                     f"approver nor the requester of alert {alert_id}"
+                )
+            if approval.required and not approver and alert.status != PENDING_APPROVAL:
+                # Issue 15: once approved, stopping it is the approver's call (運用要領 5).
+                raise AlertActionError(
+                    f"承認済みの警報 {alert_id} は承認者だけが取り消せます / alert {alert_id} is "
+                    f"{alert.status}; once approved only an approver can cancel it"
                 )
             if alert.status not in (PENDING_APPROVAL, SCHEDULED, SENDING):
                 raise AlertActionError(
@@ -208,10 +221,8 @@ class Alerts:
         With approval on, sending outside the window is the 運用責任者's call (運用要領 5(2)).
         """
         approval = self.config.approval
-        if approval.required and user not in approval.approvers:
-            raise AlertActionError(
-                f"{user} は承認者ではありません / {user} is not an approver ([approval] approvers)"
-            )
+        if approval.required and not is_approver(self.config, user):
+            raise _not_approver(user)
         with self.db.transaction() as session:
             alert = self._get(session, alert_id)
             if alert.status != SCHEDULED:

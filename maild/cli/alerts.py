@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import sys
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -21,7 +20,6 @@ from maild.cli.common import (
     invoker,
     opened_services,
     print_json,
-    user_name,
 )
 from maild.cli.submit import Checked, CountRecipients, Submitter
 from maild.common.clock import clock_from_environment
@@ -44,9 +42,7 @@ def cmd_submit(config: Config, args: argparse.Namespace) -> int:
 def _submit(config: Config, args: argparse.Namespace, count: CountRecipients | None) -> int:
     areas = AreaMap.load(config.areas.file)
     clock = clock_from_environment()
-    submitter = Submitter(
-        config, areas, window_rules(config), clock.now(), user_name(os.getuid()), count
-    )
+    submitter = Submitter(config, areas, window_rules(config), clock.now(), invoker(config), count)
     results = [submitter.check(Path(f)) for f in args.files]
     all_valid = all(r.valid for r in results)
     sent_problems: list[str] = []
@@ -63,13 +59,13 @@ def _submit(config: Config, args: argparse.Namespace, count: CountRecipients | N
     if args.json:
         print_json([r.as_json() for r in results])
     else:
-        _print_submitted(results, args, len(config.approval.test_recipients))
+        print_submitted(results, args, len(config.approval.test_recipients))
     for problem in sent_problems:
         print(f"maild: test send failed: {problem}", file=sys.stderr)
     return 0 if all_valid and not sent_problems else EXIT_FAILURE
 
 
-def _print_submitted(results: list[Checked], args: argparse.Namespace, testers: int) -> None:
+def print_submitted(results: list[Checked], args: argparse.Namespace, testers: int | None) -> None:
     for r in results:
         if not r.valid:
             print(f"{r.file}: 不備があります / invalid")

@@ -15,6 +15,7 @@ from typing import Any
 from maild.common.clock import clock_from_environment
 from maild.common.config import Config
 from maild.residents.keyring import KeyMismatch
+from maild.service.control import CALLER_ENV
 from maild.service.services import Services, build_services
 from maild.store.db import SchemaError
 
@@ -39,8 +40,8 @@ def opened_services(config: Config) -> Iterator[Services]:
         raise CommandError(str(e)) from None
     except PermissionError as e:
         raise CommandError(
-            f"{e.filename}: permission denied; run the command as the service user "
-            "(e.g. sudo -u maild maild …)"
+            f"{e.filename}: 読む権限がありません / permission denied (only the service user "
+            "may open it; others use the daemon's control socket)"
         ) from None
     try:
         yield services
@@ -51,12 +52,13 @@ def opened_services(config: Config) -> Iterator[Services]:
 def invoker(config: Config) -> str:
     """The Unix user for the audit log (SPEC §2).
 
-    Operators run commands as the service user through sudo, so the person is
-    ``SUDO_USER``; it is trusted only when the command runs as root or as the
-    owner of the state folder, which only sudo can make it.
+    A command the daemon runs for a caller of its control socket names the caller in
+    ``MAILD_CALLER`` (learnt from the kernel, maild.service.control); one run through
+    sudo, in ``SUDO_USER``. Either is trusted only when the command runs as root or as
+    the owner of the state folder, which only the daemon or sudo can make it.
     """
     uid = os.getuid()
-    sudo_user = os.environ.get("SUDO_USER")
+    sudo_user = os.environ.get(CALLER_ENV) or os.environ.get("SUDO_USER")
     if sudo_user:
         try:
             owner = config.service.state_dir.stat().st_uid

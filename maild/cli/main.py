@@ -18,6 +18,7 @@ from typing import Any
 from maild import __version__
 from maild.cli import alerts as alerts_cli
 from maild.cli import nodes as nodes_cli
+from maild.cli import remote
 from maild.cli import subscribers as subscribers_cli
 from maild.cli.common import (
     EXIT_FAILURE,
@@ -26,7 +27,7 @@ from maild.cli.common import (
     Handler,
     print_json,
 )
-from maild.common.config import Config, ConfigError, load_config
+from maild.common.config import Config, ConfigError, ConfigUnreadable, load_config
 from maild.mail.dkim import signer_for, zone_records
 from maild.mail.legacy import legacy_problems, problem_texts
 from maild.residents.areas import AreaFileError, AreaMap
@@ -134,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"config file (default: $MAILD_CONFIG or {DEFAULT_CONFIG})",
     )
     parser.add_argument(
+        "--socket",
+        metavar="PATH",
+        help="ask the running daemon over this control socket (default when the config is "
+        f"not readable: $MAILD_SOCKET or {remote.DEFAULT_SOCKET})",
+    )
+    parser.add_argument(
         "--log-level",
         default=os.environ.get("MAILD_LOG_LEVEL", "INFO"),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -226,14 +233,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The service user's own commands: never asked of the daemon.
+LOCAL_ONLY = ("serve", "deliver", "db")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(words)
     setup_logging(args.log_level)
     config_path = args.config or os.environ.get("MAILD_CONFIG") or DEFAULT_CONFIG
     handler: Handler = args.handler
     try:
-        config = load_config(Path(config_path))
+        if args.socket and args.command not in LOCAL_ONLY:
+            return remote.run_remote(words, args)
+        try:
+            config = load_config(Path(config_path))
+        except ConfigUnreadable:
+            # Issue 15: people other than the service user keep out of the config, the
+            # database and the keys; the daemon does what their role allows.
+            if args.command in LOCAL_ONLY:
+                raise
+            return remote.run_remote(words, args)
         return handler(config, args)
     except (ConfigError, AreaFileError, CommandError) as e:
         print(f"maild: {e}", file=sys.stderr)

@@ -31,6 +31,7 @@ from maild.common.schema import (
     ListenAddress,
     MailConfig,
     RelayConfig,
+    RolesConfig,
     ServiceConfig,
     SmtpConfig,
     SpoolConfig,
@@ -41,6 +42,7 @@ from maild.common.schema import (
 )
 
 __all__ = [
+    "ConfigUnreadable",
     "WEEKDAYS",
     "ApprovalConfig",
     "AreasConfig",
@@ -184,6 +186,7 @@ def _read_service(r: _Reader) -> ServiceConfig:
         timezone=timezone,
         state_dir=r.path("state_dir", d.state_dir) or d.state_dir,
         old_secret_key_files=old_keys,
+        control_socket=r.path("control_socket", d.control_socket) or d.control_socket,
     )
 
 
@@ -365,6 +368,19 @@ def _read_approval(r: _Reader) -> ApprovalConfig:
     )
 
 
+# A group name as groupadd accepts it (shadow-utils' default rule).
+GROUP_NAME = r"[a-z_][a-z0-9_-]{0,31}"
+
+
+def _read_roles(r: _Reader) -> RolesConfig:
+    d = RolesConfig()
+    names = {
+        key: r.text(key, getattr(d, key), GROUP_NAME, "a Unix group name")
+        for key in ("operators_group", "approvers_group", "admins_group")
+    }
+    return RolesConfig(**names)
+
+
 def _read_housekeeping(r: _Reader) -> HousekeepingConfig:
     return HousekeepingConfig(
         keep_days=r.integer("keep_days", HousekeepingConfig().keep_days, 1, 3650)
@@ -392,6 +408,7 @@ _READERS: dict[str, Callable[[_Reader], Any]] = {
     "window": _read_window,
     "spool": _read_spool,
     "approval": _read_approval,
+    "roles": _read_roles,
     "housekeeping": _read_housekeeping,
     "areas": _read_areas,
 }
@@ -444,6 +461,10 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+class ConfigUnreadable(ConfigError):
+    """The config exists but is not ours to read: the CLI asks the daemon instead."""
+
+
 def load_config(path: Path | str) -> Config:
     """Read and check the config file at ``path``; raise ConfigError with one clear sentence."""
     source = Path(path).resolve()
@@ -453,7 +474,7 @@ def load_config(path: Path | str) -> Config:
     except FileNotFoundError:
         raise ConfigError(f"config file {source} does not exist") from None
     except PermissionError:
-        raise ConfigError(f"config file {source} cannot be read (permission denied)") from None
+        raise ConfigUnreadable(f"config file {source} cannot be read (permission denied)") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source}: not valid TOML: {e}") from None
     return parse_config(data, source)

@@ -41,6 +41,8 @@ class ServiceConfig:
     old_secret_key_files: tuple[Path, ...] = ()
     # This machine among the nodes that share one database (maild.store.nodes).
     node_name: str = field(default_factory=socket.gethostname)
+    # Where the daemon listens for the CLI of people who cannot read the config (issue 15).
+    control_socket: Path = Path("/run/maild/control.sock")
 
     @property
     def tz(self) -> zoneinfo.ZoneInfo:
@@ -159,6 +161,15 @@ class ApprovalConfig:
 
 
 @dataclass(frozen=True)
+class RolesConfig:
+    """The Unix groups whose members hold each role (maild.common.roles)."""
+
+    operators_group: str = "maild-operators"
+    approvers_group: str = "maild-approvers"
+    admins_group: str = "maild-admins"
+
+
+@dataclass(frozen=True)
 class HousekeepingConfig:
     keep_days: int = 30  # delivery rows of finished alerts; per-alert counts are kept
 
@@ -183,6 +194,7 @@ class Config:
     window: WindowConfig = field(default_factory=WindowConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     approval: ApprovalConfig = field(default_factory=ApprovalConfig)
+    roles: RolesConfig = field(default_factory=RolesConfig)
     housekeeping: HousekeepingConfig = field(default_factory=HousekeepingConfig)
     areas: AreasConfig = field(default_factory=AreasConfig)
 

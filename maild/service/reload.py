@@ -36,6 +36,7 @@ RESTART_KEYS: frozenset[tuple[str, str]] = frozenset(
         ("service", "state_dir"),  # the database file and the secret key live there
         ("service", "timezone"),  # the spool's dates and the bounce days are read in it
         ("service", "old_secret_key_files"),  # links are checked with the keys read at start
+        ("service", "control_socket"),  # bound once, like the SMTP listener
         ("service", "node_name"),  # the node's row and its claims carry the name it started with
         ("database", "url"),
         ("smtp", "listen"),

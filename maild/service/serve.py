@@ -43,6 +43,7 @@ from maild.mail.outbox import OutboxSender
 from maild.mail.relay import open_relay
 from maild.residents.keyring import KeyMismatch
 from maild.service import systemd
+from maild.service.control import ControlServer, refusal_recorder
 from maild.service.housekeeping import Housekeeping
 from maild.service.metrics import Metrics
 from maild.service.reload import ReloadRefused, reconfigure_all, reload_config
@@ -193,6 +194,13 @@ class Daemon:
         def status() -> str:  # for systemctl status; in-memory figures only, no database
             return f"accepting mail; {inbound.session_count} SMTP sessions"
 
+        control = ControlServer(lambda: self.config, refusal_recorder(services.db, self.clock))
+        try:
+            await control.start()
+        except OSError as e:
+            raise StartupError(
+                f"cannot listen on the control socket {control.path}: {e.strerror}"
+            ) from e
         scheduler.start()  # its first sync releases what came due while we were down
         scheduler.every(HOUSEKEEPING_INTERVAL, housekeeping.run, "housekeeping")
         scheduler.every(HEARTBEAT, node.beat, "heartbeat")
@@ -221,6 +229,7 @@ class Daemon:
             systemd.notify("STOPPING=1")
             log.info("stopping: draining SMTP sessions (up to %.0f s)", SMTP_DRAIN_SECONDS)
             await inbound.close(SMTP_DRAIN_SECONDS)
+            await control.close()
             self.stopping.set()
             await workers.stop(SMTP_DRAIN_SECONDS)
             await asyncio.gather(*tasks, return_exceptions=True)

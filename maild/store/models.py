@@ -170,12 +170,16 @@ class Delivery(Base):
 
 
 class AuditEntry(Base):
-    """Every change of an alert's state, with the Unix user who made it (SPEC §2)."""
+    """Every change of an alert's state, with the Unix user who made it (SPEC §2), and every
+    command the control socket refused (issue 15); a refusal of a command that names no
+    alert has no ``alert_id``."""
 
     __tablename__ = "audit_log"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id", ondelete="CASCADE"), index=True)
+    alert_id: Mapped[int | None] = mapped_column(
+        ForeignKey("alerts.id", ondelete="CASCADE"), index=True, nullable=True
+    )
     at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     action: Mapped[str] = mapped_column(String(32))
     user: Mapped[str] = mapped_column(String(64))
