@@ -406,7 +406,10 @@ def test_export_then_import_round_trips(
     exported = out.getvalue()
     assert exported.splitlines() == [
         "address,areas,categories,status",
-        "taro..test.@docomo.ne.jp,all st-sendai-kita izumi,,active",
+        # All categories by id, never "empty means all": a category added later would
+        # otherwise reach residents who never chose it.
+        "taro..test.@docomo.ne.jp,all st-sendai-kita izumi,"
+        "child-women street-crime frequent-crime community other,active",
         "a.b+tag@example.jp,aoba,community other,active",
         "s@example.jp,shichigahama,street-crime,suspended",
     ]
