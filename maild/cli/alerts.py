@@ -24,7 +24,7 @@ from maild.cli.common import (
     user_name,
 )
 from maild.cli.submit import Checked, CountRecipients, Submitter
-from maild.common.clock import clock_from_environment
+from maild.common.clock import clock_from_environment, local_text
 from maild.common.config import Config
 from maild.residents.areas import AreaMap
 from maild.service.services import Services, window_rules
@@ -187,7 +187,8 @@ def cmd_window(config: Config, args: argparse.Namespace) -> int:
             at = at.replace(tzinfo=config.service.tz)
     else:
         at = clock_from_environment().now()
-    at = at.astimezone(config.service.tz)
+    tz = config.service.tz
+    at = at.astimezone(tz)
     is_open = window.is_open(rules, at)
     upcoming = None if is_open else window.next_open(rules, at)
     closes = window.closes_at(rules, at)
@@ -195,19 +196,20 @@ def cmd_window(config: Config, args: argparse.Namespace) -> int:
     if args.json:
         print_json(
             {
-                "at": at.isoformat(),
+                "at": local_text(at, tz),
                 "open": is_open,
-                "next_open": upcoming.isoformat() if upcoming else None,
-                "closes_at": closes.isoformat() if closes else None,
+                "next_open": local_text(upcoming, tz) if upcoming else None,
+                "closes_at": local_text(closes, tz) if closes else None,
                 "closed_reason": reason,
             }
         )
     elif is_open:
-        print(f"{at.isoformat()}: 送信可 / open until {closes.isoformat() if closes else '?'}")
+        until = local_text(closes, tz) if closes else "?"
+        print(f"{local_text(at, tz)}: 送信可 / open until {until}")
     else:
         why = f" ({reason})" if reason else ""
         print(
-            f"{at.isoformat()}: 送信時間外 / closed{why}; next opening "
-            f"{upcoming.isoformat() if upcoming else 'never (check [window])'}"
+            f"{local_text(at, tz)}: 送信時間外 / closed{why}; next opening "
+            f"{local_text(upcoming, tz) if upcoming else 'never (check [window])'}"
         )
     return 0
