@@ -269,7 +269,7 @@ def parse_alert(
     parser = _Parser(resolve_area, tz)
     draft = parser.parse(lines, encoding)
     if draft is None:
-        problems = parser.problems
+        problems = sorted(parser.problems, key=lambda p: (p.line is None, p.line or 0))  # by line
         if len(problems) > MAX_PROBLEMS:
             rest = len(problems) - MAX_PROBLEMS
             problems = problems[:MAX_PROBLEMS] + [
