@@ -507,3 +507,9 @@ def test_problems_are_listed_in_line_order() -> None:
     problems = problems_of(text)
     assert [p.line for p in problems] == [1, 2, 3]
     assert problems[0].en.startswith("Send-After")
+
+
+@pytest.mark.parametrize("separator", [", ", "、", "・", "　", " ", "，"])
+def test_areas_take_the_separators_the_subscribers_csv_takes(separator: str) -> None:
+    draft = parse(minimal(Area=f"仙台市青葉区{separator}仙台北警察署"))
+    assert draft.area_ids == ("04101", "st-sendai-kita")

@@ -492,3 +492,21 @@ def test_a_large_import_goes_in_chunks_and_stats_agree(
     assert result["by_category"]["child-women"] == rows
     assert result["by_category"]["other"] == rows // 2
     assert area_rows(db) == rows
+
+
+def test_areas_take_the_separators_alert_files_take(
+    db: Database, areas: AreaMap, clock: FakeClock
+) -> None:
+    # One list of separators for both files (maild.residents.areas.AREA_SEPARATORS).
+    report = run(
+        db,
+        areas,
+        clock,
+        "address,areas,categories\n"
+        'a@example.jp,"aoba,izumi",\n'
+        "b@example.jp,青葉区・泉区,\n"
+        "c@example.jp,青葉区，泉区,\n"
+        "d@example.jp,青葉区、　泉区,\n",
+    )
+    assert report == ImportReport(imported=4, skipped=0, problems=[])
+    assert {areas_ for _, areas_, _ in stored(db).values()} == {("aoba", "izumi")}

@@ -9,9 +9,11 @@ The CSV format is the same both ways, so an export imports again::
 (an empty ``categories`` is read as all of them; export writes every id instead)
 
 ``address``, ``areas`` and ``categories`` are required in the header, in any order;
-``status`` is optional. Several areas or categories in one field are separated by spaces
-(also full-width spaces and 「、」); areas go by id, JIS code or Japanese name, categories by
-id or label, and an empty ``categories`` field means all of them.
+``status`` is optional. Several areas in one field are separated as in an alert file's
+Area header (:data:`maild.residents.areas.AREA_SEPARATORS`: white space, full-width too,
+「、」, 「・」, commas in a quoted field); several categories by white space or 「、」.
+Areas go by id, JIS code or Japanese name, categories by id or label, and an empty
+``categories`` field means all of them.
 
 Imported subscribers are active -- unless the file says ``suspended``: an address that kept
 bouncing in the old system (or here, before an export) must not be mailed again just because

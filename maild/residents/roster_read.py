@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TextIO, TypeVar
 
 from maild.common import addresses
-from maild.residents.areas import AreaMap, UnknownArea
+from maild.residents.areas import AreaMap, UnknownArea, split_areas
 from maild.residents.categories import (
     ALL_CATEGORIES_MASK,
     UnknownCategory,
@@ -218,7 +218,7 @@ class RowParser:
         )
 
     def _area_ids(self, text: str) -> tuple[str, ...]:
-        names = _split(text)
+        names = split_areas(text)  # the separators alert files take too
         if not names:
             raise BadRow("配信エリアが空です", "no area given")
         ids: dict[str, None] = {}
