@@ -171,3 +171,15 @@ def test_the_window_command_shows_seconds_in_the_service_time_zone(tmp_path: Pat
     done = maild_command(config, "window", "--at", "2026-12-05T01:00:12.345678+00:00")
     assert done.stdout.startswith("2026-12-05T10:00:12+09:00: 送信時間外 / closed")
     assert "next opening 2026-12-07T08:30:00+09:00" in done.stdout
+
+
+def test_submit_check_counts_residents_with_the_plural_right(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    maild_command(config, "db", "upgrade")
+    alert = tmp_path / "alert.txt"
+    alert.write_text("Subject: 件名\nArea: 青葉区\nCategory: other\n\n本文\n", encoding="utf-8")
+    csv = tmp_path / "people.csv"
+    csv.write_text("address,areas,categories\na@docomo.ne.jp,aoba,\n", encoding="utf-8")
+    maild_command(config, "subscribers", "import", str(csv))
+    done = maild_command(config, "submit", "--check", str(alert))
+    assert "現在の対象者数 / recipients now: 1 人 / 1 resident\n" in done.stdout

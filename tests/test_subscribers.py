@@ -274,7 +274,8 @@ def test_status_column_keeps_suspended_and_refuses_pending(
     [
         ("", "the file is empty"),
         ("\n\n", "the file is empty"),
-        ("address,areas\nb@example.jp,aoba\n", "lacks column(s): categories"),
+        ("address,areas\nb@example.jp,aoba\n", "lacks column: categories"),
+        ("address\nb@example.jp\n", "lacks columns: areas, categories"),
         ("address,areas,categories,name\nb@example.jp,aoba,,\n", "in the header: name"),
         ("address,areas,categories,areas\nb@example.jp,aoba,,\n", "twice in the header: areas"),
         ("a@example.jp,aoba,\nb@example.jp,aoba,\n", "in the header: a@example.jp"),

@@ -29,6 +29,7 @@ def test_an_import_that_skipped_rows_fails_unless_partial(config: Path, tmp_path
     assert done.returncode == 1
     assert "2 imported, 1 skipped" in done.stdout
     assert "line 3" in done.stderr and "--partial" in done.stderr
+    assert "1 行をスキップしました" in done.stderr and "1 row was skipped" in done.stderr
     # The rows that were good are in; again with --partial, all are "already registered"
     # skips, accepted.
     again = maild_command(config, "subscribers", "import", "--partial", str(csv), check=False)
@@ -52,6 +53,7 @@ def test_export_to_a_file_is_0600_and_names_every_category(config: Path, tmp_pat
     done = maild_command(config, "subscribers", "export", "--output", str(out))
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     assert done.stdout == ""  # nothing on stdout: the file has it
+    assert "1 件出力しました / 1 subscriber exported" in done.stderr
     assert out.read_text(encoding="utf-8").splitlines() == [
         "address,areas,categories,status",
         "taro@docomo.ne.jp,aoba,child-women street-crime frequent-crime community other,active",

@@ -26,6 +26,7 @@ from maild.cli.common import (
 from maild.cli.submit import Checked, CountRecipients, Submitter
 from maild.common.clock import clock_from_environment, local_text
 from maild.common.config import Config
+from maild.common.text import counted
 from maild.residents.areas import AreaMap
 from maild.service.services import Services, window_rules
 
@@ -79,7 +80,8 @@ def _print_submitted(results: list[Checked], args: argparse.Namespace, testers: 
         if args.check:
             what = "問題ありません / valid (not placed: --check)"
         elif args.test:
-            what = f"テスト送信しました / test-sent to {testers} test recipient(s)"
+            to = counted(testers, "test recipient")
+            what = f"テスト送信しました（{testers} 件） / test-sent to {to}"
         else:
             what = "受け付けました / placed in the spool"
         print(f"{r.file}: {what}")
@@ -89,7 +91,9 @@ def _print_submitted(results: list[Checked], args: argparse.Namespace, testers: 
         else:
             print(f"  送信 / release: {r.release_at or '-'}")
         shown = (
-            "不明（データベースを読めません） / unknown" if r.recipients is None else r.recipients
+            "不明（データベースを読めません） / unknown"
+            if r.recipients is None
+            else f"{r.recipients} 人 / {counted(r.recipients, 'resident')}"
         )
         print(f"  現在の対象者数 / recipients now: {shown}")
     if not all(r.valid for r in results):

@@ -13,6 +13,7 @@ from typing import TextIO
 from maild.cli.common import EXIT_FAILURE, CommandError, opened_services, print_json
 from maild.common.addresses import InvalidAddress, mask
 from maild.common.config import Config
+from maild.common.text import counted
 from maild.residents import roster, roster_read, subscribers
 
 EXPORT_WARNING = (
@@ -50,7 +51,8 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
     if report.skipped and not args.partial:
         print(
             f"maild: {report.skipped} 行をスキップしました（--partial で受け入れます）"
-            f" / {report.skipped} rows were skipped (--partial accepts that)",
+            f" / {counted(report.skipped, 'row was', 'rows were')} skipped"
+            " (--partial accepts that)",
             file=sys.stderr,
         )
         return EXIT_FAILURE
@@ -81,7 +83,9 @@ def cmd_export(config: Config, args: argparse.Namespace) -> int:
         else:
             with _private_file(Path(args.output)) as out:
                 count = roster.export_csv(services.db, services.areas, out)
-    print(f"maild: {count} 件出力しました / {count} subscribers exported", file=sys.stderr)
+    print(
+        f"maild: {count} 件出力しました / {counted(count, 'subscriber')} exported", file=sys.stderr
+    )
     return 0
 
 
