@@ -20,6 +20,8 @@ from pathlib import Path
 from maild.cli.main import main
 
 READY = re.compile(r"ready: smtp (\S+):(\d+), web http://(\S+):(\d+)/")
+# The same line goes on to the operators' listener (/metrics): "operators http://H:P/".
+OPERATORS = re.compile(r", operators http://(\S+):(\d+)/")
 
 
 class DaemonFailed(RuntimeError):
@@ -41,10 +43,16 @@ class DaemonProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self.smtp_port = 0
         self.web_port = 0
+        self.operators_port = 0
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.web_port}"
+
+    @property
+    def operators_url(self) -> str:
+        """The operators' listener (/metrics, /healthz): ``[web] operators_listen``."""
+        return f"http://127.0.0.1:{self.operators_port}"
 
     def start(self, timeout: float = 30.0) -> DaemonProcess:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
@@ -72,6 +80,9 @@ class DaemonProcess:
             if match:
                 self.smtp_port = int(match.group(2))
                 self.web_port = int(match.group(4))
+                operators = OPERATORS.search(text, match.end())
+                assert operators is not None, f"no operators' listener in {match.group(0)!r}"
+                self.operators_port = int(operators.group(2))
                 return self
             if self.process.poll() is not None:
                 raise DaemonFailed(f"daemon exited with {self.process.returncode}:\n{text}")

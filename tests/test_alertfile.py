@@ -433,12 +433,12 @@ Priority: high
 """
     problems = problems_of(text)
     assert [(p.line, p.en.split(":")[0]) for p in problems] == [
-        (6, "duplicate header Area (also on line 2)"),
-        (7, "unknown header"),
         (2, "unknown area"),
         (3, "unknown category"),
         (4, "Urgent must be yes or no, not maybe"),
         (5, "Send-After is not a valid date and time"),
+        (6, "duplicate header Area (also on line 2)"),
+        (7, "unknown header"),
         (None, "the body is empty (write it after one empty line below the headers)"),
     ]
 
@@ -498,3 +498,18 @@ def test_subject_with_area() -> None:
     # A 【】 in the middle is not the area part.
     assert subject_with_area("【注意】声かけ事案", "青葉区") == "【注意】声かけ事案【青葉区】"
     assert subject_with_area("声かけ事案", "") == "声かけ事案"
+
+
+def test_problems_are_listed_in_line_order() -> None:
+    # Headers in another order than the checks run (Subject, Area, Category, …): the
+    # operator reads the report top to bottom beside the file.
+    text = "Send-After: someday\nCategory: 交通\nArea: どこか\nSubject: 件名\n\n本文\n"
+    problems = problems_of(text)
+    assert [p.line for p in problems] == [1, 2, 3]
+    assert problems[0].en.startswith("Send-After")
+
+
+@pytest.mark.parametrize("separator", [", ", "、", "・", "　", " ", "，"])
+def test_areas_take_the_separators_the_subscribers_csv_takes(separator: str) -> None:
+    draft = parse(minimal(Area=f"仙台市青葉区{separator}仙台北警察署"))
+    assert draft.area_ids == ("04101", "st-sendai-kita")

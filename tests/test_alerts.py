@@ -16,7 +16,8 @@ from maild.alerts.workflow import AlertActionError, Source
 from maild.common.clock import FakeClock
 from maild.service.services import Services, build_services
 from maild.store.models import Delivery, Subscriber, SubscriberArea
-from tests.configs import REPO, make_config
+from tests.configs import REPO, make_config, write_config
+from tests.daemon import maild_command
 
 SATURDAY = dt.datetime(2026, 12, 5, 1, 0, tzinfo=dt.UTC)  # 10:00 in Tokyo, closed
 DRAFT = AlertDraft("件名", ("aoba",), "other", False, None, None, "本文", "utf-8")
@@ -147,3 +148,38 @@ def test_release_writes_the_first_recipients_and_fill_the_rest_once(
     ]
     other.db.dispose()
     s.db.dispose()
+
+
+def test_times_are_shown_to_the_second_in_the_service_time_zone(tmp_path: Path) -> None:
+    # A moment with microseconds (as the real clock has): operators read seconds only.
+    at = SATURDAY + dt.timedelta(seconds=12, microseconds=345678)
+    s = build_services(
+        make_config(tmp_path, approval={"required": True, "approvers": ["kacho"]}), FakeClock(at)
+    )
+    alert_id = s.alerts.intake(DRAFT, Source(None, "sato"))
+    s.alerts.approve(alert_id, "kacho")
+    s.alerts.send_now(alert_id, "kacho")
+    shown = s.alerts.show(alert_id)
+    assert shown["created_at"] == "2026-12-05T10:00:12+09:00"
+    assert shown["release_at"] == "2026-12-05T10:00:12+09:00"
+    assert {e["at"] for e in shown["audit"]} == {"2026-12-05T10:00:12+09:00"}
+    assert s.alerts.listing(None)[0]["release_at"] == "2026-12-05T10:00:12+09:00"
+
+
+def test_the_window_command_shows_seconds_in_the_service_time_zone(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    done = maild_command(config, "window", "--at", "2026-12-05T01:00:12.345678+00:00")
+    assert done.stdout.startswith("2026-12-05T10:00:12+09:00: 送信時間外 / closed")
+    assert "next opening 2026-12-07T08:30:00+09:00" in done.stdout
+
+
+def test_submit_check_counts_residents_with_the_plural_right(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    maild_command(config, "db", "upgrade")
+    alert = tmp_path / "alert.txt"
+    alert.write_text("Subject: 件名\nArea: 青葉区\nCategory: other\n\n本文\n", encoding="utf-8")
+    csv = tmp_path / "people.csv"
+    csv.write_text("address,areas,categories\na@docomo.ne.jp,aoba,\n", encoding="utf-8")
+    maild_command(config, "subscribers", "import", str(csv))
+    done = maild_command(config, "submit", "--check", str(alert))
+    assert "現在の対象者数 / recipients now: 1 人 / 1 resident\n" in done.stdout

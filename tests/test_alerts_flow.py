@@ -687,7 +687,7 @@ def test_metrics_move_after_a_registration_and_an_alert(
     maild = daemon(config, clock.env)
 
     def metrics() -> str:
-        with urllib.request.urlopen(f"{maild.base_url}/metrics", timeout=5) as response:
+        with urllib.request.urlopen(f"{maild.operators_url}/metrics", timeout=5) as response:
             assert response.headers["Content-Type"].startswith("text/plain")
             return response.read().decode()
 

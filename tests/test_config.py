@@ -159,3 +159,18 @@ def test_an_unreadable_config_says_so_by_its_own_kind(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as missing:
         load_config(tmp_path / "nothing.toml")
     assert not isinstance(missing.value, ConfigUnreadable)
+
+
+def test_the_operators_listener_must_differ_from_the_residents_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"\[web\] operators_listen: must differ"):
+        make_config(
+            tmp_path, web={"listen": "127.0.0.1:8080", "operators_listen": "127.0.0.1:8080"}
+        )
+    # Port 0 picks a port for each: never the same one.
+    config = make_config(tmp_path, web={"listen": "127.0.0.1:0", "operators_listen": "127.0.0.1:0"})
+    assert config.web.operators_listen == ListenAddress("127.0.0.1", 0)
+    # Unset, loopback: /metrics is for the host's own scraper until an operator says otherwise.
+    default = tmp_path / "default.toml"
+    default.write_text(to_toml({"web": {"listen": "0.0.0.0:8080"}}), encoding="utf-8")
+    (tmp_path / "areas.toml").write_bytes((REPO / "config" / "areas.toml").read_bytes())
+    assert load_config(default).web.operators_listen == ListenAddress("127.0.0.1", 9080)

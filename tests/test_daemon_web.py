@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import socket
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -137,3 +138,33 @@ def test_maild_serve_exits_1_when_the_daemon_stopped_on_a_failure(
     monkeypatch.setattr(cli, "setup_logging", lambda level: None)  # pytest keeps the logging
     assert cli.main(["--config", str(write_config(tmp_path)), "serve"]) == 1
     assert "maild: the web server stopped unexpectedly" in capsys.readouterr().err
+
+
+# --- the operators' listener (issue 15 item 4) ----------------------------------------------
+
+
+def http_get(url: str) -> tuple[int, str, str]:
+    """(status, Content-Type, body) of a GET, errors included."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.headers["Content-Type"], response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers["Content-Type"], e.read().decode()
+
+
+def test_metrics_are_served_on_the_operators_listener_only(
+    daemon: Callable[..., DaemonProcess], config_path: Callable[..., Path]
+) -> None:
+    maild = daemon(config_path())
+    assert maild.operators_port not in (0, maild.web_port)
+    status, content_type, body = http_get(f"{maild.operators_url}/metrics")
+    assert status == 200 and content_type.startswith("text/plain; version=0.0.4")
+    assert "maild_" in body
+    # The residents' listener: /metrics is not there, whichever way it is asked for.
+    for path in ("/metrics", "/metrics/", "/METRICS"):
+        assert http_get(f"{maild.base_url}{path}")[0] == 404, path
+    # /healthz on both: the load balancer checks the residents' one (high-availability.md).
+    assert healthz(maild.base_url) == 200
+    assert healthz(maild.operators_url) == 200
+    # The operators' listener serves nothing else: no resident's page there.
+    assert http_get(f"{maild.operators_url}/signup")[0] == 404

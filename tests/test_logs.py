@@ -89,7 +89,7 @@ def test_a_flood_past_the_hourly_limit_is_a_few_log_lines_and_exact_metrics(
         fields = [("csrf", csrf_of(page)), ("address", f"w{n}@example.jp")]
         status, _ = browser.post(f"{maild.base_url}/signup", fields)
         assert status == 429
-    with urllib.request.urlopen(f"{maild.base_url}/metrics", timeout=10) as response:
+    with urllib.request.urlopen(f"{maild.operators_url}/metrics", timeout=10) as response:
         metrics = response.read().decode()
     assert maild.stop() == 0
     assert 'maild_answer_refusals_total{limit="hourly"} 78.0' in metrics

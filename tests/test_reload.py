@@ -132,6 +132,7 @@ CHANGES: dict[Key, Callable[[dict[str, Path]], dict[str, dict[str, Any]]]] = {
         "smtp": {"tls_cert_file": str(f["plain"]), "tls_key_file": str(f["plain"])}
     },
     ("web", "listen"): lambda f: {"web": {"listen": "127.0.0.1:8081"}},
+    ("web", "operators_listen"): lambda f: {"web": {"operators_listen": "127.0.0.1:9081"}},
     ("relay", "url"): lambda f: {"relay": {"url": "smtp://127.0.0.1:2526"}},
     ("relay", "username"): lambda f: {
         "relay": {"username": "maild", "password_file": str(f["plain"])}

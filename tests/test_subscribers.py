@@ -274,7 +274,8 @@ def test_status_column_keeps_suspended_and_refuses_pending(
     [
         ("", "the file is empty"),
         ("\n\n", "the file is empty"),
-        ("address,areas\nb@example.jp,aoba\n", "lacks column(s): categories"),
+        ("address,areas\nb@example.jp,aoba\n", "lacks column: categories"),
+        ("address\nb@example.jp\n", "lacks columns: areas, categories"),
         ("address,areas,categories,name\nb@example.jp,aoba,,\n", "in the header: name"),
         ("address,areas,categories,areas\nb@example.jp,aoba,,\n", "twice in the header: areas"),
         ("a@example.jp,aoba,\nb@example.jp,aoba,\n", "in the header: a@example.jp"),
@@ -406,7 +407,10 @@ def test_export_then_import_round_trips(
     exported = out.getvalue()
     assert exported.splitlines() == [
         "address,areas,categories,status",
-        "taro..test.@docomo.ne.jp,all st-sendai-kita izumi,,active",
+        # All categories by id, never "empty means all": a category added later would
+        # otherwise reach residents who never chose it.
+        "taro..test.@docomo.ne.jp,all st-sendai-kita izumi,"
+        "child-women street-crime frequent-crime community other,active",
         "a.b+tag@example.jp,aoba,community other,active",
         "s@example.jp,shichigahama,street-crime,suspended",
     ]
@@ -489,3 +493,21 @@ def test_a_large_import_goes_in_chunks_and_stats_agree(
     assert result["by_category"]["child-women"] == rows
     assert result["by_category"]["other"] == rows // 2
     assert area_rows(db) == rows
+
+
+def test_areas_take_the_separators_alert_files_take(
+    db: Database, areas: AreaMap, clock: FakeClock
+) -> None:
+    # One list of separators for both files (maild.residents.areas.AREA_SEPARATORS).
+    report = run(
+        db,
+        areas,
+        clock,
+        "address,areas,categories\n"
+        'a@example.jp,"aoba,izumi",\n'
+        "b@example.jp,青葉区・泉区,\n"
+        "c@example.jp,青葉区，泉区,\n"
+        "d@example.jp,青葉区、　泉区,\n",
+    )
+    assert report == ImportReport(imported=4, skipped=0, problems=[])
+    assert {areas_ for _, areas_, _ in stored(db).values()} == {("aoba", "izumi")}

@@ -27,6 +27,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
+from maild.residents.areas import split_areas
+
 MAX_ALERT_FILE_BYTES = 64 * 1024
 MAX_SUBJECT_CHARS = 100
 MAX_SENDER_CHARS = 100  # the alerts column's length: PostgreSQL refuses a longer value
@@ -138,7 +140,6 @@ _HEADER_NAMES: Mapping[str, _Header] = {
 }
 
 _HEADER_LINE = re.compile(r"([^:：]+)[:：](.*)")
-_AREA_SEPARATORS = re.compile(r"[,、，・]")
 _SEND_AFTER_FORMAT = re.compile(
     r"(\d{4})[-/](\d{1,2})[-/](\d{1,2})(?:\s*T\s*|\s+)(\d{1,2}):(\d{2})(?::(\d{2}))?"
 )
@@ -269,7 +270,7 @@ def parse_alert(
     parser = _Parser(resolve_area, tz)
     draft = parser.parse(lines, encoding)
     if draft is None:
-        problems = parser.problems
+        problems = sorted(parser.problems, key=lambda p: (p.line is None, p.line or 0))  # by line
         if len(problems) > MAX_PROBLEMS:
             rest = len(problems) - MAX_PROBLEMS
             problems = problems[:MAX_PROBLEMS] + [
@@ -424,8 +425,7 @@ class _Parser:
         if checked is None:
             return ()
         number, value = checked
-        names = [name.strip() for name in _AREA_SEPARATORS.split(value)]
-        names = [name for name in names if name]
+        names = split_areas(value)  # the separators the subscribers CSV takes too
         if not names:
             self.fail(number, "配信エリア（Area）が空です", "the header Area is empty")
             return ()

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from maild.alerts import legacy_check
 from maild.alerts.alertfile import AlertDraft, AlertFileInvalid
 from maild.alerts.window import WindowRules, release_time
-from maild.common.clock import Clock
+from maild.common.clock import Clock, local_text
 from maild.common.config import Config
 from maild.common.roles import is_approver
 from maild.residents.areas import AreaMap, shared_area_map
@@ -425,7 +425,7 @@ class Alerts:
             result["body"] = alert.body
             result["audit"] = [
                 {
-                    "at": e.at.astimezone(self.config.service.tz).isoformat(),
+                    "at": local_text(e.at, self.config.service.tz),
                     "action": e.action,
                     "user": e.user,
                     "detail": e.detail,
@@ -459,21 +459,17 @@ class Alerts:
             "subject": alert.subject,
             "status": alert.status,
             "urgent": alert.urgent,
-            "release_at": alert.release_at.astimezone(tz).isoformat() if alert.release_at else None,
-            "send_after": alert.send_after.astimezone(tz).isoformat() if alert.send_after else None,
+            "release_at": local_text(alert.release_at, tz) if alert.release_at else None,
+            "send_after": local_text(alert.send_after, tz) if alert.send_after else None,
             "areas": list(alert.area_ids),
             "area_names": self.areas.describe(alert.area_ids) if self._known(alert) else None,
             "category": alert.category,
             "sender": alert.sender,
             "requester": alert.requester,
             "approved_by": alert.approved_by,
-            "created_at": alert.created_at.astimezone(tz).isoformat(),
-            "released_at": alert.released_at.astimezone(tz).isoformat()
-            if alert.released_at
-            else None,
-            "finished_at": alert.finished_at.astimezone(tz).isoformat()
-            if alert.finished_at
-            else None,
+            "created_at": local_text(alert.created_at, tz),
+            "released_at": local_text(alert.released_at, tz) if alert.released_at else None,
+            "finished_at": local_text(alert.finished_at, tz) if alert.finished_at else None,
             "counts": counts
             or {DELIVERY_QUEUED: 0, DELIVERY_SENT: 0, DELIVERY_DEFERRED: 0, DELIVERY_FAILED: 0},
         }

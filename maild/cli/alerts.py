@@ -22,8 +22,9 @@ from maild.cli.common import (
     print_json,
 )
 from maild.cli.submit import Checked, CountRecipients, Submitter
-from maild.common.clock import clock_from_environment
+from maild.common.clock import clock_from_environment, local_text
 from maild.common.config import Config
+from maild.common.text import counted
 from maild.residents.areas import AreaMap
 from maild.service.services import Services, window_rules
 
@@ -75,7 +76,11 @@ def print_submitted(results: list[Checked], args: argparse.Namespace, testers: i
         if args.check:
             what = "問題ありません / valid (not placed: --check)"
         elif args.test:
-            what = f"テスト送信しました / test-sent to {testers} test recipient(s)"
+            if testers is None:  # through the daemon: the config is not the caller's to read
+                what = "テスト送信しました / test-sent to the test recipients"
+            else:
+                to = counted(testers, "test recipient")
+                what = f"テスト送信しました（{testers} 件） / test-sent to {to}"
         else:
             what = "受け付けました / placed in the spool"
         print(f"{r.file}: {what}")
@@ -85,7 +90,9 @@ def print_submitted(results: list[Checked], args: argparse.Namespace, testers: i
         else:
             print(f"  送信 / release: {r.release_at or '-'}")
         shown = (
-            "不明（データベースを読めません） / unknown" if r.recipients is None else r.recipients
+            "不明（データベースを読めません） / unknown"
+            if r.recipients is None
+            else f"{r.recipients} 人 / {counted(r.recipients, 'resident')}"
         )
         print(f"  現在の対象者数 / recipients now: {shown}")
     if not all(r.valid for r in results):
@@ -183,7 +190,8 @@ def cmd_window(config: Config, args: argparse.Namespace) -> int:
             at = at.replace(tzinfo=config.service.tz)
     else:
         at = clock_from_environment().now()
-    at = at.astimezone(config.service.tz)
+    tz = config.service.tz
+    at = at.astimezone(tz)
     is_open = window.is_open(rules, at)
     upcoming = None if is_open else window.next_open(rules, at)
     closes = window.closes_at(rules, at)
@@ -191,19 +199,20 @@ def cmd_window(config: Config, args: argparse.Namespace) -> int:
     if args.json:
         print_json(
             {
-                "at": at.isoformat(),
+                "at": local_text(at, tz),
                 "open": is_open,
-                "next_open": upcoming.isoformat() if upcoming else None,
-                "closes_at": closes.isoformat() if closes else None,
+                "next_open": local_text(upcoming, tz) if upcoming else None,
+                "closes_at": local_text(closes, tz) if closes else None,
                 "closed_reason": reason,
             }
         )
     elif is_open:
-        print(f"{at.isoformat()}: 送信可 / open until {closes.isoformat() if closes else '?'}")
+        until = local_text(closes, tz) if closes else "?"
+        print(f"{local_text(at, tz)}: 送信可 / open until {until}")
     else:
         why = f" ({reason})" if reason else ""
         print(
-            f"{at.isoformat()}: 送信時間外 / closed{why}; next opening "
-            f"{upcoming.isoformat() if upcoming else 'never (check [window])'}"
+            f"{local_text(at, tz)}: 送信時間外 / closed{why}; next opening "
+            f"{local_text(upcoming, tz) if upcoming else 'never (check [window])'}"
         )
     return 0

@@ -33,6 +33,7 @@ from maild.mail.legacy import legacy_problems, problem_texts
 from maild.residents.areas import AreaFileError, AreaMap
 from maild.residents.qr import write_qr
 from maild.service.logs import setup_logging
+from maild.service.production import is_development, production_problems, refusal
 from maild.store.db import SchemaError, safe_url
 from maild.store.models import ALERT_STATUSES
 
@@ -42,6 +43,9 @@ DEFAULT_CONFIG = "/etc/maild/maild.toml"
 def _cmd_serve(config: Config, args: argparse.Namespace) -> int:
     from maild.service.serve import ServiceFailure, StartupError, serve
 
+    # A config that mails real residents starts only if it would pass --production.
+    if not is_development(config) and (problems := production_problems(config)):
+        raise ConfigError(refusal(config, problems))
     try:
         serve(config, args.log_level)
     except (StartupError, ServiceFailure) as e:
@@ -67,6 +71,8 @@ def _cmd_check_config(config: Config, args: argparse.Namespace) -> int:
         raise ConfigError(f"{config.path}: {e}") from None
     if config.mail.legacy_charset_domains:
         _check_legacy_texts(config, areas)
+    if args.production and (problems := production_problems(config)):
+        raise ConfigError(refusal(config, problems))
     summary = {
         "config": str(config.path),
         "areas": len(areas.areas()),
@@ -192,11 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("csv", metavar="CSV")
     sub.add_argument("--json", action="store_true", help="print JSON")
+    sub.add_argument("--partial", action="store_true", help="exit 0 even when rows were skipped")
     sub.set_defaults(handler=subscribers_cli.cmd_import)
     sub = people_commands.add_parser("stats", help="counts by status, area and category")
     sub.add_argument("--json", action="store_true", help="print JSON")
     sub.set_defaults(handler=subscribers_cli.cmd_stats)
     sub = people_commands.add_parser("export", help="CSV of all subscribers on stdout")
+    sub.add_argument("--output", metavar="FILE", help="write to FILE (mode 0600), not stdout")
     sub.set_defaults(handler=subscribers_cli.cmd_export)
     sub = people_commands.add_parser("remove", help="erase one subscriber")
     sub.add_argument("address", metavar="ADDRESS")
@@ -212,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     win.add_argument("--json", action="store_true", help="print JSON")
     check = add("check-config", _cmd_check_config, "validate the config and the area file")
     check.add_argument("--json", action="store_true", help="print JSON")
+    check.add_argument(
+        "--production",
+        action="store_true",
+        help="also refuse what only a development config may have (placeholders, http, no DKIM, …)",
+    )
 
     dkim = commands.add_parser("dkim", help="DKIM keys")
     dkim_commands = dkim.add_subparsers(dest="dkim_command", metavar="COMMAND", required=True)

@@ -25,6 +25,7 @@ from maild.alerts.spool_files import place_in_spool
 from maild.alerts.window import WindowRules, release_time
 from maild.alerts.workflow import check_draft, needs_approval
 from maild.common.addresses import mask
+from maild.common.clock import local_text
 from maild.common.config import Config
 from maild.delivery.alertmail import (
     AlertContent,
@@ -105,7 +106,9 @@ class Submitter:
             areas=[self.areas.get(a).name_ja for a in draft.area_ids],
             recipients=count(draft.area_ids, draft.category) if count else None,
             # An alert waiting for approval gets its release time when it is approved.
-            release_at=release.isoformat() if release and not pending else None,
+            release_at=local_text(release, self.config.service.tz)
+            if release and not pending
+            else None,
             pending_approval=pending,
             draft=draft,
             data=data,

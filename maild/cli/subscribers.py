@@ -5,12 +5,15 @@ system, counts, export, erasure. The rules are :mod:`maild.residents.roster` and
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+from typing import TextIO
 
-from maild.cli.common import CommandError, opened_services, print_json
+from maild.cli.common import EXIT_FAILURE, CommandError, opened_services, print_json
 from maild.common.addresses import InvalidAddress, mask
 from maild.common.config import Config
+from maild.common.text import counted
 from maild.residents import roster, roster_read, subscribers
 
 EXPORT_WARNING = (
@@ -39,7 +42,20 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
     else:
         for problem in report.problems:
             print(problem, file=sys.stderr)
-        print(f"{report.imported} 件登録しました / imported, {report.skipped} skipped")
+        print(
+            f"{report.imported} 件登録、{report.skipped} 件スキップしました"
+            f" / {report.imported} imported, {report.skipped} skipped"
+        )
+    # A skipped row is a resident the old system mailed and this one will not: a script
+    # must not take that for success unless the operator said so (--partial).
+    if report.skipped and not args.partial:
+        print(
+            f"maild: {report.skipped} 行をスキップしました（--partial で受け入れます）"
+            f" / {counted(report.skipped, 'row was', 'rows were')} skipped"
+            " (--partial accepts that)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     return 0
 
 
@@ -62,9 +78,26 @@ def cmd_stats(config: Config, args: argparse.Namespace) -> int:
 def cmd_export(config: Config, args: argparse.Namespace) -> int:
     with opened_services(config) as services:
         print(EXPORT_WARNING, file=sys.stderr)
-        count = roster.export_csv(services.db, services.areas, sys.stdout)
-    print(f"maild: {count} subscribers exported", file=sys.stderr)
+        if args.output is None:
+            count = roster.export_csv(services.db, services.areas, sys.stdout)
+        else:
+            with _private_file(Path(args.output)) as out:
+                count = roster.export_csv(services.db, services.areas, out)
+    print(
+        f"maild: {count} 件出力しました / {counted(count, 'subscriber')} exported", file=sys.stderr
+    )
     return 0
+
+
+def _private_file(path: Path) -> TextIO:
+    """``path`` opened for writing, readable by its owner only (0600) from the first byte:
+    the file holds every resident's address. An existing file is truncated and made 0600."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as e:
+        raise CommandError(f"{path}: {e.strerror}") from None
+    os.fchmod(fd, 0o600)  # O_CREAT's mode is not applied to a file that exists
+    return os.fdopen(fd, "w", encoding="utf-8", newline="")
 
 
 def cmd_remove(config: Config, args: argparse.Namespace) -> int:

@@ -14,6 +14,12 @@ import time
 UTC = dt.UTC
 
 
+def local_text(at: dt.datetime, tz: dt.tzinfo) -> str:
+    """``at`` as operators read it: ISO 8601 in the service's time zone, to the second.
+    Microseconds are noise to a person and make two listings of one moment differ."""
+    return at.astimezone(tz).replace(microsecond=0).isoformat()
+
+
 class Clock:
     """Wall-clock time, always timezone-aware UTC."""
 

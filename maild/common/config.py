@@ -233,7 +233,14 @@ def _read_smtp(r: _Reader) -> SmtpConfig:
 
 
 def _read_web(r: _Reader) -> WebConfig:
-    return WebConfig(listen=r.listen("listen", WebConfig().listen))
+    d = WebConfig()
+    listen = r.listen("listen", d.listen)
+    operators = r.listen("operators_listen", d.operators_listen)
+    # One address for both would hand /metrics to whoever reaches the residents' pages
+    # (or fail to bind at start); port 0 picks a port each, so it never clashes.
+    if operators == listen and listen.port != 0:
+        raise r.fail("operators_listen", f"must differ from listen ({listen})")
+    return WebConfig(listen=listen, operators_listen=operators)
 
 
 def _read_relay(r: _Reader) -> RelayConfig:

@@ -68,6 +68,8 @@ class SmtpConfig:
 @dataclass(frozen=True)
 class WebConfig:
     listen: ListenAddress = ListenAddress("127.0.0.1", 8080)
+    # /metrics (and /healthz again) for operators only: never the residents' listener.
+    operators_listen: ListenAddress = ListenAddress("127.0.0.1", 9080)
 
 
 @dataclass(frozen=True)

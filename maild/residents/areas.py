@@ -25,7 +25,26 @@ from maild.residents.areafile import Area, AreaFileError, AreaKind, read_area_fi
 from maild.residents.names import normalize_name
 
 # Area and AreaFileError belong to the map's interface: callers take them from here.
-__all__ = ["Area", "AreaFileError", "AreaKind", "AreaMap", "UnknownArea", "shared_area_map"]
+__all__ = [
+    "Area",
+    "AreaFileError",
+    "AreaKind",
+    "AreaMap",
+    "UnknownArea",
+    "shared_area_map",
+    "split_areas",
+]
+
+# What separates areas in a list, the same in an alert file's Area header and in the
+# subscribers CSV's areas field (docs/operator-guide.ja.md): commas (, ，), 「、」 (、 ､),
+# 「・」 and white space (the full-width space too). No area name or alias holds one;
+# a comma inside a CSV field needs the field in quotes.
+AREA_SEPARATORS = re.compile(r"[\s,，、､・]+")
+
+
+def split_areas(text: str) -> list[str]:
+    """The area names of a list such as ``青葉区、泉区`` or ``aoba izumi``."""
+    return [part for part in AREA_SEPARATORS.split(text) if part]
 
 
 def _jis_check_digit(code: str) -> str:

@@ -6,10 +6,14 @@ The CSV format is the same both ways, so an export imports again::
     taro..test.@docomo.ne.jp,aoba st-izumi,child-women other,active
     hanako@example.jp,七ヶ浜町 04101,,active
 
+(an empty ``categories`` is read as all of them; export writes every id instead)
+
 ``address``, ``areas`` and ``categories`` are required in the header, in any order;
-``status`` is optional. Several areas or categories in one field are separated by spaces
-(also full-width spaces and 「、」); areas go by id, JIS code or Japanese name, categories by
-id or label, and an empty ``categories`` field means all of them.
+``status`` is optional. Several areas in one field are separated as in an alert file's
+Area header (:data:`maild.residents.areas.AREA_SEPARATORS`: white space, full-width too,
+「、」, 「・」, commas in a quoted field); several categories by white space or 「、」.
+Areas go by id, JIS code or Japanese name, categories by id or label, and an empty
+``categories`` field means all of them.
 
 Imported subscribers are active -- unless the file says ``suspended``: an address that kept
 bouncing in the old system (or here, before an export) must not be mailed again just because
@@ -263,10 +267,11 @@ def _insert_new(
 def export_csv(db: Database, areas: AreaMap, out: TextIO) -> int:
     """Write every subscriber as CSV (``address,areas,categories,status``); return the rows.
 
-    Area ids are in the area file's order (ids it no longer knows last, so that the import
-    names them); categories are empty when the subscriber has all of them. Rows stream in
-    batches of one query, so memory does not grow with the table and the file shows one
-    moment.
+        Area ids are in the area file's order (ids it no longer knows last, so that the import
+        names them); categories are always written by id, all of them when the subscriber has
+    all. Rows stream in
+        batches of one query, so memory does not grow with the table and the file shows one
+        moment.
     """
     order = {area.id: i for i, area in enumerate(areas.areas())}
     writer = csv.writer(out, lineterminator="\n")
@@ -285,10 +290,10 @@ def export_csv(db: Database, areas: AreaMap, out: TextIO) -> int:
             first = rows[0]
             area_ids = [r.area_id for r in rows if r.area_id is not None]
             area_ids.sort(key=lambda i: (order.get(i, len(order)), i))
-            # Empty means all. A mask of 0 would read back as all too, but no form or
-            # import makes one: both insist on at least one category.
             mask = first.category_mask & ALL_CATEGORIES_MASK
-            categories = "" if mask == ALL_CATEGORIES_MASK else " ".join(categories_from_mask(mask))
+            # Always by name, all of them too: an empty field imports as "every category",
+            # which would then include categories added after the export, never chosen.
+            categories = " ".join(categories_from_mask(mask))
             writer.writerow((first.address, " ".join(area_ids), categories, first.status))
             written += 1
     log.info("export: %d subscribers written", written)

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, NamedTuple, TextIO, TypeVar
 
 from maild.common import addresses
-from maild.residents.areas import AreaMap, UnknownArea
+from maild.common.text import plural
+from maild.residents.areas import AreaMap, UnknownArea, split_areas
 from maild.residents.categories import (
     ALL_CATEGORIES_MASK,
     UnknownCategory,
@@ -218,7 +219,7 @@ class RowParser:
         )
 
     def _area_ids(self, text: str) -> tuple[str, ...]:
-        names = _split(text)
+        names = split_areas(text)  # the separators alert files take too
         if not names:
             raise BadRow("配信エリアが空です", "no area given")
         ids: dict[str, None] = {}
@@ -276,20 +277,21 @@ def read_header(reader: Iterator[list[str]]) -> list[str]:
         shown = ", ".join(_shown(name) or '""' for name in unknown)
         raise ImportFileError(
             f"見出しに不明な列があります: {shown}（使える列: {', '.join(known)}）",
-            f"unknown column(s) in the header: {shown} (allowed: {', '.join(known)})",
+            f"unknown {plural(len(unknown), 'column')} in the header: {shown}"
+            f" (allowed: {', '.join(known)})",
         )
     repeated = sorted({name for name in header if header.count(name) > 1})
     if repeated:
         raise ImportFileError(
             f"見出しに同じ列が2回あります: {', '.join(repeated)}",
-            f"column(s) named twice in the header: {', '.join(repeated)}",
+            f"{plural(len(repeated), 'column')} named twice in the header: {', '.join(repeated)}",
         )
     missing = [name for name in REQUIRED_COLUMNS if name not in header]
     if missing:
         raise ImportFileError(
             f"見出しに必要な列がありません: {', '.join(missing)}"
             "（1行目は address,areas,categories）",
-            f"the header lacks column(s): {', '.join(missing)}"
+            f"the header lacks {plural(len(missing), 'column')}: {', '.join(missing)}"
             " (line 1 must be address,areas,categories)",
         )
     return header

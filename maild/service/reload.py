@@ -45,6 +45,7 @@ RESTART_KEYS: frozenset[tuple[str, str]] = frozenset(
         ("smtp", "tls_cert_file"),
         ("smtp", "tls_key_file"),
         ("web", "listen"),
+        ("web", "operators_listen"),
         # The relay connections, their rate and the worker processes are built at start.
         ("relay", "url"),
         ("relay", "username"),

@@ -53,7 +53,7 @@ from maild.service.workers import WorkerPool, fanout_relay_config
 from maild.store.db import DatabaseUnusable
 from maild.store.nodes import HEARTBEAT, NodeNameInUse, NodeRecord, UpgradeRefused
 from maild.web.app import WebApp, create_app
-from maild.web.health import database_health
+from maild.web.health import OperatorsApp, database_health
 from maild.web.server import WebServer
 
 log = logging.getLogger("maild")
@@ -174,7 +174,8 @@ class Daemon:
             report["smtp"] = "listening" if not inbound.closing else "closing"
             return report
 
-        app, web, web_thread = self._start_web(services, health, metrics.render)
+        app, web, web_thread = self._start_web(services, health)
+        operators_web, operators_thread = self._start_operators_web(health, metrics.render)
         await asyncio.to_thread(fanout.release_claims)  # before any worker claims
         await asyncio.to_thread(sender.release_claims)  # this node's, before it claims again
         workers = WorkerPool(config, config.relay.workers, self.log_level)
@@ -215,10 +216,11 @@ class Daemon:
         # next pass.
         self._install_signals(components, workers, lambda: scheduler.run_now("housekeeping"))
         log.info(
-            "ready: smtp %s:%s, web %s, relay %s, spool %s",
+            "ready: smtp %s:%s, web %s, operators %s, relay %s, spool %s",
             config.smtp.listen.host,
             inbound.port,
             " ".join(_url(host, port) for host, port in web.addresses),
+            " ".join(_url(host, port) for host, port in operators_web.addresses),
             _relay_label(config),
             config.spool.dir,
         )
@@ -235,6 +237,7 @@ class Daemon:
             await asyncio.gather(*tasks, return_exceptions=True)
             scheduler.shutdown()
             await _close_web(web, web_thread)
+            await _close_web(operators_web, operators_thread)
             await asyncio.to_thread(app.close)  # /signup answers still queued
             await outbox_relay.close()
             await alert_relay.close()
@@ -248,7 +251,7 @@ class Daemon:
             raise ServiceFailure(self._failure)
 
     def _start_web(
-        self, services: Services, health: Callable[[], dict[str, Any]], metrics: Callable[[], bytes]
+        self, services: Services, health: Callable[[], dict[str, Any]]
     ) -> tuple[WebApp, WebServer, threading.Thread]:
         app = create_app(
             self.config,
@@ -257,36 +260,49 @@ class Daemon:
             services.links,
             self.clock,
             health,
-            metrics,
             budget=services.budget,
         )
-        listen = self.config.web.listen
+        server, thread = self._serve(app, self.config.web.listen, "web")
+        return app, server, thread
+
+    def _start_operators_web(
+        self, health: Callable[[], dict[str, Any]], metrics: Callable[[], bytes]
+    ) -> tuple[WebServer, threading.Thread]:
+        """/metrics (and /healthz) on a listener of their own, never the residents' one."""
+        return self._serve(
+            OperatorsApp(health, metrics), self.config.web.operators_listen, "operators web"
+        )
+
+    def _serve(
+        self, app: Any, listen: ListenAddress, what: str
+    ) -> tuple[WebServer, threading.Thread]:
+        """``app`` served on ``listen`` in a thread; its end while running stops the daemon."""
         try:
             server = self.web_server(app, listen)
         except (OSError, ValueError) as e:  # ValueError: waitress cannot resolve the host
-            raise StartupError(f"cannot listen for the web on {listen}: {e}") from e
+            raise StartupError(f"cannot listen for the {what} on {listen}: {e}") from e
         loop = asyncio.get_running_loop()
 
         def serve_web() -> None:
             try:
                 server.run()
             except Exception:
-                log.exception("the web server failed")
+                log.exception("the %s server failed", what)
             finally:
                 try:
-                    loop.call_soon_threadsafe(self._on_web_ended)
+                    loop.call_soon_threadsafe(self._on_web_ended, what)
                 except RuntimeError:  # the loop is closed: the daemon has stopped already
                     pass
 
-        thread = threading.Thread(target=serve_web, name="web", daemon=True)
+        thread = threading.Thread(target=serve_web, name=what, daemon=True)
         thread.start()
-        return app, server, thread
+        return server, thread
 
-    def _on_web_ended(self) -> None:
+    def _on_web_ended(self, what: str) -> None:
         if self.stopping.is_set():
             return  # closed by the daemon itself
-        log.error("the web server stopped while the daemon was running; stopping maild")
-        self._failure = "the web server stopped unexpectedly"
+        log.error("the %s server stopped while the daemon was running; stopping maild", what)
+        self._failure = f"the {what} server stopped unexpectedly"
         self.stopping.set()
 
     def _install_signals(

@@ -1,6 +1,7 @@
 """The resident-facing web pages (SPEC §8) as one Werkzeug application: sign-up, the
 registration form, change and cancel, unsubscribe (RFC 8058 one-click) and a health
-check.
+check. ``/metrics`` is not here: it is the operators' listener's
+(:class:`~maild.web.health.OperatorsApp`), so the residents' one answers 404 for it.
 
 This module holds the routes (Werkzeug's ``Map``), the one ``try`` at the request
 boundary, the error pages, the security headers and the static files. The pages are
@@ -32,7 +33,7 @@ from maild.residents.areas import AreaMap, shared_area_map
 from maild.residents.limits import AnswerBudget
 from maild.residents.links import Links
 from maild.residents.registration import Registrations
-from maild.web.health import Health, HealthPages, Metrics, database_health
+from maild.web.health import Health, HealthPages, database_health
 from maild.web.page import Block, Page, Site, safe_path
 from maild.web.signup import Runner, SignupPages
 from maild.web.subscription import SubscriptionPages
@@ -78,7 +79,6 @@ URL_MAP = Map(
         Rule("/manage/<token>", endpoint="manage", methods=["GET", "POST"]),
         Rule("/unsubscribe/<token>", endpoint="unsubscribe", methods=["GET", "POST"]),
         Rule("/healthz", endpoint="healthz", methods=["GET"]),
-        Rule("/metrics", endpoint="metrics", methods=["GET"]),
         Rule("/favicon.ico", endpoint="favicon", methods=["GET"]),
         Rule("/static/<path:filename>", endpoint="static", methods=["GET"]),
     ]
@@ -100,7 +100,6 @@ class WebApp:
         links: Links,
         clock: Clock,
         health: Health | None = None,
-        metrics: Metrics | None = None,
         budget: AnswerBudget | None = None,
         answer_signup: Runner | None = None,
     ) -> None:
@@ -122,7 +121,7 @@ class WebApp:
         self.signup = SignupPages(registrations, self.budget, answer_signup)
         signup = self.signup
         subscription = SubscriptionPages(registrations, links)
-        operators = HealthPages(health or database_health(registrations.db), metrics)
+        operators = HealthPages(health or database_health(registrations.db), None)
         self._views: dict[str, Callable[..., Response]] = {
             "index": self.index,
             "signup": signup.signup,
@@ -130,7 +129,6 @@ class WebApp:
             "manage": subscription.manage,
             "unsubscribe": subscription.unsubscribe,
             "healthz": operators.healthz,
-            "metrics": operators.metrics_text,
             "static": self.static,
             "favicon": self.favicon,
         }
@@ -179,7 +177,7 @@ class WebApp:
         page = Page(site, request, urls, endpoint, args)
         try:
             response = self._views[endpoint](page, **args)
-        except HTTPException as e:  # 413 from reading the form, 404 from /metrics, …
+        except HTTPException as e:  # 413 from reading the form, …
             response = self._http_error(page, e)
         except Exception:
             # STYLE §6: catch once, here. The path is masked; the traceback names no token.
@@ -236,7 +234,6 @@ def create_app(
     links: Links,
     clock: Clock,
     health: Health | None = None,
-    metrics: Metrics | None = None,
     budget: AnswerBudget | None = None,
     answer_signup: Runner | None = None,
 ) -> WebApp:
@@ -247,6 +244,4 @@ def create_app(
     ``answer_signup``: runs a /signup's answer (see :mod:`maild.web.signup`); by default
     one background thread, so the page takes as long whoever the address is.
     """
-    return WebApp(
-        config, registrations, areas, links, clock, health, metrics, budget, answer_signup
-    )
+    return WebApp(config, registrations, areas, links, clock, health, budget, answer_signup)
