@@ -50,8 +50,8 @@ from maild.store.models import (
 log = logging.getLogger("maild.alerts.workflow")
 
 SYSTEM_USER = "maild"
-# Recipients written by the release itself (the first messages go out at once), then by
-# each call of Alerts.fill: parts small enough that SQLite's write lock is held briefly.
+# Subscriber ids whose recipients the release itself writes (the first messages go out at
+# once), then each call of Alerts.fill: parts that hold SQLite's write lock briefly.
 FIRST_PART = 2_000
 PART = 20_000
 
@@ -249,8 +249,8 @@ class Alerts:
         """Start the fan-out if the alert is due: the status change and the first part of
         the recipients' delivery rows, in one transaction.
 
-        Returns how many recipients that first part wrote (all of them for an alert to
-        fewer than :data:`FIRST_PART`), or None when the alert was not due (already
+        Returns how many recipients that first part wrote (all of them where there are
+        fewer than :data:`FIRST_PART` subscribers), or None when the alert was not due (already
         released, cancelled, or its time has not come). Safe to call from anywhere, any
         number of times, on any node: only the first call that finds it due releases it.
         The rest of the recipients are written by :meth:`fill` while the first ones are
@@ -269,8 +269,9 @@ class Alerts:
             # Who can be a recipient is fixed here: subscribers who exist at the release
             # (one who completes the form during the fan-out may still be reached, if their
             # part is written after that; one who cancels is skipped at sending).
+            # Two statements: SQLite reads min() or max() alone off the index, not both.
+            alert.fill_next = session.scalar(select(func.min(Subscriber.id)))
             alert.fill_end = session.scalar(select(func.max(Subscriber.id)))
-            alert.fill_next = 0 if alert.fill_end is not None else None
             count = self._write_part(session, alert, now, FIRST_PART)
             detail = f"{count} recipients" + ("" if alert.fill_next is None else " so far")
             self._audit(session, alert_id, "released", SYSTEM_USER, detail)
@@ -317,22 +318,18 @@ class Alerts:
                 log.info("alert %d: all %d recipients written", alert_id, total)
         return True
 
-    def _write_part(self, session: Session, alert: Alert, now: dt.datetime, limit: int) -> int:
-        """Delivery rows for the next ``limit`` recipients from ``alert.fill_next`` on, in
-        subscriber id order; moves ``fill_next`` past them (None: that was the last part).
+    def _write_part(self, session: Session, alert: Alert, now: dt.datetime, span: int) -> int:
+        """Delivery rows for the recipients among the next ``span`` subscriber ids from
+        ``alert.fill_next`` on; moves ``fill_next`` past them (None: that was the last part).
 
-        One INSERT … SELECT: the recipients never pass through Python (1M subscribers).
+        One INSERT … SELECT over an id range of the subscribers and of their areas alike,
+        so that a part costs the same however many subscribers there are (1M).
         """
         if alert.fill_next is None or alert.fill_end is None:
             alert.fill_next = None
             return 0
-        recipients = (
-            self._recipients(alert.area_ids, alert.category)
-            .where(Subscriber.id >= alert.fill_next, Subscriber.id <= alert.fill_end)
-            .order_by(Subscriber.id)
-            .limit(limit)
-            .subquery()
-        )
+        ids = (alert.fill_next, min(alert.fill_next + span - 1, alert.fill_end))
+        recipients = self._recipients(alert.area_ids, alert.category, ids).subquery()
         written = session.execute(
             insert(Delivery).from_select(
                 ["alert_id", "subscriber_id", "status", "attempts", "next_attempt_at"],
@@ -347,29 +344,26 @@ class Alerts:
             # Only UPDATE and DELETE report their rowcount on every driver without it.
             execution_options={"preserve_rowcount": True},
         ).rowcount  # type: ignore[attr-defined]
-        if written < limit:
-            alert.fill_next = None
-        else:
-            last = session.scalar(
-                select(func.max(Delivery.subscriber_id)).where(Delivery.alert_id == alert.id)
-            )
-            assert last is not None
-            alert.fill_next = None if last >= alert.fill_end else last + 1
+        alert.fill_next = None if ids[1] >= alert.fill_end else ids[1] + 1
         return int(written)
 
     def recipients_query(self, area_ids: tuple[str, ...], category: str) -> Any:
         """Active subscribers taking ``category`` whose areas intersect the alert's (SPEC §4)."""
         return self._recipients(area_ids, category).subquery()
 
-    def _recipients(self, area_ids: tuple[str, ...], category: str) -> Select[Any]:
+    def _recipients(
+        self, area_ids: tuple[str, ...], category: str, ids: tuple[int, int] | None = None
+    ) -> Select[Any]:
         matching = sorted(self.areas.matching_area_ids(area_ids))
-        return select(Subscriber.id).where(
+        areas = select(SubscriberArea.subscriber_id).where(SubscriberArea.area_id.in_(matching))
+        query = select(Subscriber.id).where(
             Subscriber.status == ACTIVE,
             Subscriber.category_mask.op("&")(category_bit(category)) != 0,
-            Subscriber.id.in_(
-                select(SubscriberArea.subscriber_id).where(SubscriberArea.area_id.in_(matching))
-            ),
         )
+        if ids is not None:  # a part of a release: the range on both sides of the IN
+            areas = areas.where(SubscriberArea.subscriber_id.between(*ids))
+            query = query.where(Subscriber.id.between(*ids))
+        return query.where(Subscriber.id.in_(areas))
 
     def count_recipients(self, area_ids: tuple[str, ...], category: str) -> int:
         """How many subscribers an alert would reach now (``maild submit``)."""
