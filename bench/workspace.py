@@ -94,7 +94,9 @@ class Workspace:
     def write_config(self) -> Path:
         settings: dict[str, dict[str, Any]] = {
             "service": {
-                "base_url": "https://mail.example.jp",
+                # Loopback: a development config, which `serve` starts without the
+                # production checks (placeholder domains, no DKIM key) that this is not for.
+                "base_url": "http://127.0.0.1:8080",
                 "state_dir": str(self.folder / "state"),
             },
             "database": {"url": self.url},
