@@ -173,6 +173,8 @@ def site() -> Iterator[Site]:
         shutil.chown(spool, group=groups["operators"])
         os.chmod(spool / "incoming", 0o2770)
         shutil.chown(spool / "incoming", group=groups["operators"])
+        # The state folder as tmpfiles.d makes it (a SQLite database would create it too).
+        (folder / "state").mkdir(mode=0o700, exist_ok=True)
         maild_command(config, "db", "upgrade")
         os.chmod(folder / "state", 0o700)
         daemon = DaemonProcess(config, folder / "daemon.log").start()

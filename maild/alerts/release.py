@@ -82,7 +82,9 @@ class ReleaseScheduler:
 
     def shutdown(self) -> None:
         if self._scheduler.running:
-            self._scheduler.shutdown(wait=False)
+            # Wait for jobs under way (housekeeping, the heartbeat): the daemon closes the
+            # database next, and a job still holding a connection would outlive it.
+            self._scheduler.shutdown(wait=True)
 
     def every(self, interval: dt.timedelta, func: Callable[[], object], name: str) -> None:
         """Run ``func`` (blocking; in a worker thread) every ``interval``, first at start."""
