@@ -87,6 +87,6 @@ def test_registered_and_unknown_addresses_take_the_same_time(
         f"median /signup: registered {known_median * 1e3:.3f} ms, new {unknown_median * 1e3:.3f}"
         f" ms; median pair difference {paired * 1e3:+.3f} ms"
     )
-    # The leak this guards against was 20-27 %; a tenth stays clear of it and of the noise
-    # of a loaded machine (6 % was seen once with two CI halves' worth of load).
-    assert abs(paired) <= 0.10 * min(known_median, unknown_median)
+    # The leak this guards against was 20-27 %; 15 % stays clear of it and of the noise
+    # of a loaded machine (6 % and 11 % were seen with a benchmark running beside CI).
+    assert abs(paired) <= 0.15 * min(known_median, unknown_median)
