@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import threading
 import time
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def test_a_held_alert_fires_once_when_the_clock_moves_past_its_time(tmp_path: Pa
             await settle(released, 2, within=0.3)
             assert released == [alert_id]  # exactly once
         finally:
-            scheduler.shutdown()
+            await scheduler.shutdown()
 
     try:
         asyncio.run(main())
@@ -82,7 +83,7 @@ def test_what_came_due_while_down_fires_at_start(tmp_path: Path) -> None:
         try:
             await settle(released, 1)
         finally:
-            scheduler.shutdown()
+            await scheduler.shutdown()
 
     try:
         asyncio.run(main())
@@ -109,10 +110,38 @@ def test_a_cancelled_alert_loses_its_job_and_is_never_released(tmp_path: Path) -
             await asyncio.to_thread(scheduler.sync)
             await settle(released, 1, within=0.3)
         finally:
-            scheduler.shutdown()
+            await scheduler.shutdown()
 
     try:
         asyncio.run(main())
         assert released == []
+    finally:
+        s.db.dispose()
+
+
+def test_shutdown_waits_for_the_jobs_under_way(tmp_path: Path) -> None:
+    """The daemon closes the database right after: a housekeeping pass still running
+    would hold a connection past it (a psycopg ResourceWarning on PostgreSQL)."""
+    s, clock = services(tmp_path)
+    started = threading.Event()
+    finished = threading.Event()
+
+    def chore() -> None:
+        started.set()
+        time.sleep(0.5)
+        finished.set()
+
+    async def main() -> None:
+        scheduler = ReleaseScheduler(s.alerts, clock, sync_every=QUIET)
+        scheduler.start()
+        try:
+            scheduler.every(dt.timedelta(hours=1), chore, "chore")
+            assert await asyncio.to_thread(started.wait, 5.0)
+        finally:
+            await scheduler.shutdown()
+        assert finished.is_set()
+
+    try:
+        asyncio.run(main())
     finally:
         s.db.dispose()

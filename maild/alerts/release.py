@@ -30,10 +30,13 @@ touches no job.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import functools
 import logging
 import threading
 from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.jobstores.memory import MemoryJobStore
@@ -50,6 +53,42 @@ SYNC_SECONDS = 1.0
 TOLERANCE = dt.timedelta(milliseconds=500)
 RELEASES = "releases"  # the job store of release jobs
 CHORES = "chores"  # periodic jobs (the sync itself, housekeeping)
+# How long the stop waits for jobs under way (a housekeeping pass erasing many rows).
+SHUTDOWN_WAIT_SECONDS = 60.0
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class _UnderWay:
+    """How many jobs are running now.
+
+    The stop waits for them itself: AsyncIOScheduler runs blocking jobs in the loop's
+    default executor, whose ``shutdown(wait=True)`` does not wait (and APScheduler 3.11
+    queues the shutdown onto the loop), while the daemon closes the database next.
+    """
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._changed = threading.Condition()
+
+    def counted(self, func: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(func)
+        def run(*args: P.args, **kwargs: P.kwargs) -> R:
+            with self._changed:
+                self._count += 1
+            try:
+                return func(*args, **kwargs)
+            finally:
+                with self._changed:
+                    self._count -= 1
+                    self._changed.notify_all()
+
+        return run
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self._count == 0, timeout)
 
 
 def job_id(alert_id: int) -> str:
@@ -69,6 +108,7 @@ class ReleaseScheduler:
         self.clock = clock
         self.on_release = on_release
         self._sync_lock = threading.Lock()  # intake and the periodic sync may overlap
+        self._under_way = _UnderWay()
         self._scheduler = AsyncIOScheduler(
             jobstores={RELEASES: MemoryJobStore(), CHORES: MemoryJobStore()},
             job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1},
@@ -80,16 +120,21 @@ class ReleaseScheduler:
         self._scheduler.start()
         self.every(dt.timedelta(seconds=self.sync_every), self.sync, "sync")
 
-    def shutdown(self) -> None:
-        if self._scheduler.running:
-            # Wait for jobs under way (housekeeping, the heartbeat): the daemon closes the
-            # database next, and a job still holding a connection would outlive it.
-            self._scheduler.shutdown(wait=True)
+    async def shutdown(self) -> None:
+        """Stop, and wait for the jobs under way (housekeeping, the heartbeat): the daemon
+        closes the database next, and a job still holding a connection would outlive it."""
+        if not self._scheduler.running:
+            return
+        self._scheduler.shutdown(wait=False)
+        while self._scheduler.running:  # the shutdown may be queued onto this loop
+            await asyncio.sleep(0.01)
+        if not await asyncio.to_thread(self._under_way.wait_idle, SHUTDOWN_WAIT_SECONDS):
+            log.warning("jobs still running after %.0f s; stopping anyway", SHUTDOWN_WAIT_SECONDS)
 
     def every(self, interval: dt.timedelta, func: Callable[[], object], name: str) -> None:
         """Run ``func`` (blocking; in a worker thread) every ``interval``, first at start."""
         self._scheduler.add_job(
-            func,
+            self._under_way.counted(func),
             "interval",
             seconds=interval.total_seconds(),
             id=name,
@@ -131,7 +176,7 @@ class ReleaseScheduler:
             job = self._scheduler.get_job(job_id(alert_id), jobstore=RELEASES)
             if job is None:
                 self._scheduler.add_job(
-                    self.release,
+                    self._under_way.counted(self.release),
                     "date",
                     run_date=fire_at,
                     args=[alert_id],

@@ -235,7 +235,7 @@ class Daemon:
             self.stopping.set()
             await workers.stop(SMTP_DRAIN_SECONDS)
             await asyncio.gather(*tasks, return_exceptions=True)
-            scheduler.shutdown()
+            await scheduler.shutdown()
             await _close_web(web, web_thread)
             await _close_web(operators_web, operators_thread)
             await asyncio.to_thread(app.close)  # /signup answers still queued
