@@ -29,7 +29,7 @@ from maild.common.addresses import InvalidAddress, normalize
 from maild.common.throttle import LogThrottle
 from maild.residents.limits import AnswerBudget, Charge, OverBudget
 from maild.residents.registration import SENT_MANAGE, SENT_REGISTER, Registrations
-from maild.web.page import Block, Page, csrf_refused, not_arrived
+from maild.web.page import Block, Page, answer_minutes, csrf_refused, not_arrived
 
 log = logging.getLogger("maild.web")
 # A flood past a limit is one line a minute; /metrics counts every refusal.
@@ -110,7 +110,7 @@ class SignupPages:
             200,
             "signup_sent_title",
             Block(page.t("signup_sent_body")),
-            Block(page.t("signup_sent_registered")),
+            Block(page.t("signup_sent_registered", minutes=answer_minutes())),
             not_arrived(page),
         )
         # Started once the page has gone (WSGI close), so that its work, which differs
