@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from maild.alerts.alertfile import FileProblem
+from maild.alerts.filetext import FileProblem
 from maild.alerts.legacy_check import check_alert_for_legacy
 from maild.alerts.spool_files import error_report
 from maild.common.config import RelayConfig

@@ -15,7 +15,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from maild.alerts.alertfile import AlertDraft, AlertFileInvalid, FileProblem, parse_alert
+from maild.alerts.alertfile import AlertDraft, AlertFileInvalid, parse_alert
+from maild.alerts.filetext import FileProblem
 from maild.alerts.spool import FileMeta, Outcome, SpoolWatcher
 from maild.alerts.spool_files import ensure_layout, place_in_spool
 from maild.residents.areas import AreaMap

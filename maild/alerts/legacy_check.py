@@ -3,7 +3,8 @@ with its line numbers (the mapping itself is :mod:`maild.mail.legacy`)."""
 
 from __future__ import annotations
 
-from maild.alerts.alertfile import AlertDraft, FileProblem
+from maild.alerts.alertfile import AlertDraft
+from maild.alerts.filetext import FileProblem
 from maild.mail.legacy import legacy_problems, problem_texts
 
 

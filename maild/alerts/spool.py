@@ -55,9 +55,9 @@ from maild.alerts.alertfile import (
     MAX_ALERT_FILE_BYTES,
     AlertDraft,
     AlertFileInvalid,
-    FileProblem,
     parse_alert,
 )
+from maild.alerts.filetext import FileProblem
 from maild.alerts.spool_files import (
     ACCEPTED,
     INCOMING,

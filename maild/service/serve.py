@@ -48,7 +48,7 @@ from maild.service.housekeeping import Housekeeping
 from maild.service.metrics import Metrics
 from maild.service.reload import ReloadRefused, reconfigure_all, reload_config
 from maild.service.services import Reconfigurable, Services, build_services, open_database
-from maild.service.watchdog import watchdog
+from maild.service.watchdog import status_text, watchdog
 from maild.service.workers import WorkerPool, fanout_relay_config
 from maild.store.db import DatabaseUnusable
 from maild.store.nodes import HEARTBEAT, NodeNameInUse, NodeRecord, UpgradeRefused
@@ -193,7 +193,7 @@ class Daemon:
         ]
 
         def status() -> str:  # for systemctl status; in-memory figures only, no database
-            return f"accepting mail; {inbound.session_count} SMTP sessions"
+            return status_text(inbound.session_count)
 
         control = ControlServer(lambda: self.config, refusal_recorder(services.db, self.clock))
         try:
@@ -224,7 +224,7 @@ class Daemon:
             _relay_label(config),
             config.spool.dir,
         )
-        systemd.notify("READY=1\nSTATUS=accepting mail")
+        systemd.notify(f"READY=1\nSTATUS={status_text()}")
         try:
             await self.stopping.wait()
         finally:
