@@ -178,10 +178,12 @@ def test_requester_without_a_user_name_is_the_uid(
 
 
 def test_unknown_area_is_rejected_with_a_report(
-    spool: Path, intake: Recorder, areas: AreaMap
+    spool: Path, intake: Recorder, areas: AreaMap, caplog: pytest.LogCaptureFixture
 ) -> None:
     drop(spool, "bad.txt", BAD_AREA)
-    [outcome] = watcher(spool, intake, areas, settle=0).scan_once(0.0)
+    with caplog.at_level(logging.WARNING):
+        [outcome] = watcher(spool, intake, areas, settle=0).scan_once(0.0)
+    assert "rejected bad.txt (1 problem; see bad.txt.error)" in caplog.text
 
     assert outcome.status == "rejected" and outcome.alert_id is None
     assert outcome.problems[0].line == 2

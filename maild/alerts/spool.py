@@ -81,6 +81,7 @@ from maild.alerts.spool_files import (
 )
 from maild.alerts.spool_ready import ReadyFiles
 from maild.common.clock import Clock
+from maild.common.text import counted
 
 log = logging.getLogger("maild.alerts.spool")
 
@@ -390,7 +391,10 @@ class SpoolWatcher:
         fsync_dir(self.processing)
         self.attempts.forget(claim.claim_name)
         log.warning(
-            "rejected %s (%d problem(s); see %s.error)", claim.original_name, len(problems), name
+            "rejected %s (%s; see %s.error)",
+            claim.original_name,
+            counted(len(problems), "problem"),
+            name,
         )
         return Outcome(
             claim.original_name,
