@@ -308,7 +308,7 @@ def test_phone_cancel_on_the_manage_page_asks_once_more(
     page.screenshot(path=shots / "09-manage-confirm.png", full_page=True)
     assert site.subscriber("kaede@example.jp") is not None
     page.get_by_role("link", name="解除しないで、変更・解除のページに戻る").click()
-    expect(page.get_by_role("heading", level=1)).to_have_text("登録内容の変更・解除")
+    expect(page.get_by_role("heading", level=1)).to_have_text("利用者情報の変更・解除")
     page.get_by_role("button", name="登録を解除する").click()
     page.get_by_role("button", name="登録を解除する").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("登録を解除しました")

@@ -19,10 +19,10 @@ from werkzeug.test import Client, TestResponse
 from maild.residents import notices
 from maild.residents.categories import CATEGORIES as CATEGORY_LIST
 from maild.residents.registration import ANSWER_INTERVAL
-from maild.residents.terms import AREAS, CATEGORIES
+from maild.residents.terms import AREAS, CATEGORIES, MANAGE
 from maild.web import page as page_module
 from maild.web.app import MAX_BODY_BYTES
-from maild.web.i18n import TEXTS
+from maild.web.i18n import TEXTS, plain
 from tests.test_web import Web, make_web, signup_from
 
 SWITCH = re.compile(r'<a class="lang" href="([^"]*)" hreflang="(ja|en)"')
@@ -224,4 +224,8 @@ def test_no_other_words_for_areas_and_categories() -> None:
         assert not [t for t in ja if other in t], other
     assert not [t for t in en if "categor" in t.lower()]
     assert CATEGORIES.en in mails[1] and AREAS.en in mails[1]
+    # The manage page is called what every mail's last link calls it (operating rules 5(5)).
+    assert plain(TEXTS["manage_title"][0]) == MANAGE.ja
+    assert f"{MANAGE.ja}はこちら" in mails[1] and f"{MANAGE.ja}はこちら" in mails[2]
+    assert not [t for t in ja if "登録内容の変更" in t]
     assert {c.ja for c in CATEGORY_LIST} >= {"その他"}

@@ -37,6 +37,7 @@ from maild.mail.compose import (
     render,
 )
 from maild.residents.notices import RULE
+from maild.residents.terms import MANAGE
 
 # Headers that differ per recipient; the template leaves them out and adds them per message.
 _PERSONAL = frozenset({"date", "to", "message-id", "list-unsubscribe"})
@@ -98,7 +99,7 @@ def _shared_text(content: AlertContent, test: bool = False) -> str:
         parts += [f"（{content.sender}）", ""]
     if test:
         return "\n".join(parts) + RULE + "\n" + TEST_FOOTER
-    parts += [RULE, "利用者情報の変更・解除はこちら", ""]
+    parts += [RULE, f"{MANAGE.ja}はこちら", ""]
     return "\n".join(parts)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from maild.residents.terms import AREAS, CATEGORIES, listing
+from maild.residents.terms import AREAS, CATEGORIES, MANAGE, listing
 
 RULE = "――――――――――"
 
@@ -41,11 +41,11 @@ def complete_notice(
 {AREAS.ja}: {listing(areas)}
 {CATEGORIES.ja}: {listing(categories)}
 
-登録内容の変更・解除は、次のURLからできます。
+{MANAGE.ja}は、次のURLからできます。
 このメールは大切に保管してください。
 
 {RULE}
-利用者情報の変更・解除はこちら
+{MANAGE.ja}はこちら
 {manage_url}
 
 {RULE}
@@ -58,10 +58,10 @@ your {AREAS.en} or {CATEGORIES.en}, or to cancel the subscription.
 def manage_notice(service: str, manage_url: str) -> tuple[str, str]:
     body = f"""このメールアドレスは{service}に登録済みです。
 
-登録内容の変更・解除は、次のURLからできます。
+{MANAGE.ja}は、次のURLからできます。
 
 {RULE}
-利用者情報の変更・解除はこちら
+{MANAGE.ja}はこちら
 {manage_url}
 
 このメールに心当たりがない場合は、このまま削除してください。

@@ -11,7 +11,7 @@ word (``<wbr>`` and ``word-break: keep-all``); :func:`plain` drops the marks.
 
 from __future__ import annotations
 
-from maild.residents.terms import AREAS, CATEGORIES
+from maild.residents.terms import AREAS, CATEGORIES, MANAGE
 
 LANGS = ("ja", "en")
 DEFAULT_LANG = "ja"
@@ -45,7 +45,7 @@ TEXTS: dict[str, tuple[str, str]] = {
         " Open that URL within 24 hours to finish.",
     ),
     "signup_sent_registered": (
-        "すでに登録済みのアドレスには、登録内容の変更・解除用のURLを送ります。"
+        f"すでに登録済みのアドレスには、{MANAGE.ja}用のURLを送ります。"
         "同じアドレスへのメールは{minutes}分に1通までです。",
         "An address that is already subscribed gets the URL for changing or cancelling"
         " instead. We send at most one such mail to an address every {minutes} minutes.",
@@ -87,7 +87,7 @@ TEXTS: dict[str, tuple[str, str]] = {
         'Choose the areas and kinds of information for {address}, then press "Register".',
     ),
     "register_button": ("登録", "Register"),
-    "manage_title": ("登録内容の|変更・解除", "Change or cancel your subscription"),
+    "manage_title": ("利用者情報の|変更・解除", MANAGE.en_heading),
     "manage_intro": (
         "{address} の登録内容です。変えたいところを選び直して「変更する」を押してください。",
         'This is the subscription of {address}. Change your choices and press "Save changes".',
@@ -128,7 +128,7 @@ TEXTS: dict[str, tuple[str, str]] = {
     "registered_title": ("登録が|完了しました", "You are subscribed"),
     "registered_body": (
         "{address} に「登録完了のお知らせ」メールを送りました。"
-        "登録内容の変更・解除用のURLはそのメールに書いてあります。大切に保管してください。",
+        f"{MANAGE.ja}用のURLはそのメールに書いてあります。大切に保管してください。",
         'We have sent "登録完了のお知らせ" (subscription complete) to {address}. It holds the'
         " URL for changing or cancelling your subscription: please keep it.",
     ),
@@ -161,7 +161,7 @@ TEXTS: dict[str, tuple[str, str]] = {
         " all the way to its end.",
     ),
     "invalid_manage_next": (
-        "登録内容の変更・解除は、最近届いたメールの末尾にあるURLからできます。",
+        f"{MANAGE.ja}は、最近届いたメールの末尾にある「{MANAGE.ja}はこちら」のURLからできます。",
         "You can change or cancel your subscription from the URL at the end of any recent"
         " mail from us.",
     ),
