@@ -184,8 +184,8 @@ TEXTS: dict[str, tuple[str, str]] = {
         " the URL for changing or cancelling.",
     ),
     "used_wait": (
-        "返信は、前回の返信から{minutes}分たつまでお送りしません。それより早く送った空メールには"
-        "返信しませんので、{minutes}分たってから送ってください。",
+        "同じアドレスへの返信は{minutes}分に1通までです。前回の返信から{minutes}分たつまでに"
+        "送った空メールには返信しませんので、そのときは{minutes}分たってから送り直してください。",
         "We answer an address at most once every {minutes} minutes: an empty mail sent sooner"
         " after our last answer gets no reply, so wait {minutes} minutes before you send it.",
     ),
