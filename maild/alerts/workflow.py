@@ -348,7 +348,8 @@ class Alerts:
         return int(written)
 
     def recipients_query(self, area_ids: tuple[str, ...], category: str) -> Any:
-        """Active subscribers taking ``category`` whose areas intersect the alert's (SPEC §4)."""
+        """Active subscribers taking ``category`` whose areas intersect the alert's
+        (docs/alert-files.md)."""
         return self._recipients(area_ids, category).subquery()
 
     def _recipients(
