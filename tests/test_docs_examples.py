@@ -100,6 +100,7 @@ class Session:
             str(self.root / "spool"): "/var/spool/maild",
             str(self.root / "state"): "/var/lib/maild",
             str(self.work) + "/": "",
+            str(self.root / "maild.toml"): "/etc/maild/maild.toml",
         }
         out = []
         for line in lines:
@@ -111,6 +112,11 @@ class Session:
 
 def fresh(s: Session) -> None:
     s.configure()
+
+
+def sysadmin(s: Session) -> None:
+    """docs/operations.md §4: a first node named mx1 on SQLite, never started."""
+    s.configure(database={"url": ""}, service={"node_name": "mx1"})
 
 
 def residents(s: Session) -> None:
@@ -175,6 +181,7 @@ def story(s: Session) -> None:
 
 SETUPS: dict[str, Callable[[Session], None]] = {
     "fresh": fresh,
+    "sysadmin": sysadmin,
     "residents": residents,
     "evening": evening,
     "story": story,
