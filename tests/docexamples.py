@@ -12,7 +12,9 @@ renders as nothing:
   instead of the default ``fresh`` one;
 - ``<!-- not checked: REASON -->``: a console block that cannot run here (systemd, useradd);
 - ``<!-- example file: NAME -->`` before any fenced block: its text is the file NAME that the
-  guide's commands name (written into the folder the commands run in).
+  guide's commands name (written into the folder the commands run in);
+- ``<!-- example: the spool writes rejected/NAME.error -->`` before a block: its text is what
+  the spool writes when the example file NAME is dropped into ``incoming/``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ GUIDES = (
 
 _FENCE = re.compile(r"^(\s*)```(\S*)\s*$")
 _MARK = re.compile(r"^\s*<!--\s*(example|not checked|example file)\s*:\s*(.*?)\s*-->\s*$")
+_SPOOL_WRITES = re.compile(r"the spool writes (rejected/\S+)")
 ELLIPSIS = "…"
 _MAILDIR_LOG = re.compile(r"INFO maild\.delivery: mail for \S+ written to ")
 
@@ -73,12 +76,15 @@ class Guide:
     path: str
     examples: list[Example]
     files: dict[str, str]
+    # "rejected/NAME.error" -> (line of the block, its text): files the spool writes
+    spool_writes: dict[str, tuple[int, str]] = field(default_factory=dict)
 
 
 def parse_guide(path: str, text: str) -> Guide:
     lines = text.split("\n")
     examples: list[Example] = []
     files: dict[str, str] = {}
+    spool_writes: dict[str, tuple[int, str]] = {}
     index = 0
     while index < len(lines):
         fence = _FENCE.match(lines[index])
@@ -93,8 +99,11 @@ def parse_guide(path: str, text: str) -> Guide:
             line = lines[end]
             body.append(line[len(indent) :] if line.startswith(indent) else line.lstrip())
             end += 1
+        writes = _SPOOL_WRITES.fullmatch(mark.group(2)) if mark is not None else None
         if mark is not None and mark.group(1) == "example file":
             files[mark.group(2)] = "\n".join(body) + "\n"
+        elif mark is not None and mark.group(1) == "example" and writes is not None:
+            spool_writes[writes.group(1)] = (index + 1, "\n".join(body) + "\n")
         elif language == "console":
             example = Example(path, index + 1)
             if mark is not None and mark.group(1) == "example":
@@ -108,7 +117,7 @@ def parse_guide(path: str, text: str) -> Guide:
                     example.commands[-1].expected.append(line)
             examples.append(example)
         index = end + 1
-    return Guide(path, examples, files)
+    return Guide(path, examples, files, spool_writes)
 
 
 def load_guide(path: str) -> Guide:

@@ -18,17 +18,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import update
 
 from maild.alerts.alertfile import parse_alert
+from maild.alerts.spool import SpoolWatcher
+from maild.alerts.spool_files import ensure_layout
 from maild.alerts.workflow import Source
 from maild.common.clock import FakeClock
 from maild.common.config import load_config
+from maild.residents.areas import AreaMap
 from maild.service.services import Services, build_services
 from maild.store.models import Delivery
-from tests.configs import write_config
+from tests.configs import REPO, write_config
 from tests.docexamples import (
     GUIDES,
     Command,
@@ -249,6 +253,26 @@ def test_a_changed_guide_text_fails(tmp_path: Path) -> None:
     window = next(e for e in guide.examples if e.commands[0].line.startswith("maild window"))
     with pytest.raises(AssertionError, match="open till"):
         run(window, guide.files, tmp_path)
+
+
+def test_the_error_file_shown_is_the_one_the_spool_writes(tmp_path: Path) -> None:
+    guide = load_guide("docs/operator-guide.ja.md")
+    assert guide.spool_writes, "the guide's .error example lost its mark"
+    areas = AreaMap.load(REPO / "config" / "areas.toml")
+    for written, (line, shown) in guide.spool_writes.items():
+        spool = tmp_path / str(line)
+        ensure_layout(spool)
+        name = Path(written).name.removesuffix(".error")
+        (spool / "incoming" / name).write_text(guide.files[name], encoding="utf-8")
+        watcher = SpoolWatcher(
+            spool,
+            lambda draft, meta: 1,
+            lambda text: areas.resolve(text).id,
+            ZoneInfo("Asia/Tokyo"),
+            settle=0,
+        )
+        watcher.scan_once(0.0)
+        assert (spool / written).read_text(encoding="utf-8") == shown, f"{guide.path}:{line}"
 
 
 def test_every_console_block_is_checked_or_says_why_not() -> None:
