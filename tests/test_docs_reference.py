@@ -10,7 +10,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from maild.common.clock import FakeClock
-from maild.common.roles import ADMIN, APPROVER, OPERATOR
+from maild.common.roles import ADMIN, APPROVER, OPERATOR, refusal
 from maild.common.schema import config_keys
 from maild.service.control import COMMANDS, PUBLIC
 from maild.service.metrics import Metrics
@@ -104,3 +104,16 @@ def test_the_roles_page_has_the_daemons_table() -> None:
     table = text[text.index("## Commands and roles") :]
     documented = {command: cells[0] for command, cells in table_rows(table)}
     assert documented == code
+
+
+def test_the_refusal_shown_in_the_guides_is_the_daemons_sentence() -> None:
+    """The one output the example runner cannot produce (it needs the daemon and a user
+    without the role; tests/test_roles.py runs that): the guides show the daemon's text."""
+    sentence = f"maild: {refusal('sato', APPROVER)}"
+    for page in ("operator-guide.ja.md", "roles.md"):
+        text = (DOCS / page).read_text(encoding="utf-8")
+        shown = [
+            line.strip() for line in text.splitlines() if "にはこの操作の権限がありません" in line
+        ]
+        assert shown, page
+        assert all(line == sentence for line in shown), (page, shown, sentence)
