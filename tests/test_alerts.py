@@ -81,6 +81,9 @@ def test_approval_roles(tmp_path: Path) -> None:
     audit = s.alerts.show(own)["audit"]
     assert [e["action"] for e in audit] == ["submitted", "cancelled"]
     assert audit[1]["user"] == "sato" and audit[1]["at"].endswith("+09:00")
+    # Cancelled twice by its requester: the reason is that it is over, not who may cancel.
+    with pytest.raises(AlertActionError, match="取り消せません / alert .* is cancelled and"):
+        s.alerts.cancel(own, "sato")
 
 
 def test_an_alert_nobody_received_is_failed(tmp_path: Path) -> None:
