@@ -1,5 +1,5 @@
 """A real headless Chromium, phone-sized and with JavaScript off, walks the resident pages:
-sign up, register, change, unsubscribe (SPEC §8).
+sign up, register, change, unsubscribe (docs/web-routes.md).
 
 The app runs in waitress on a free loopback port, as inside the daemon. Screenshots
 go outside the repository, to ``$MAILD_SCREENSHOTS`` or ``/tmp/maild-screenshots``.
@@ -128,7 +128,7 @@ def phone(browser: Browser) -> Iterator[Page]:
         device_scale_factor=2,
         is_mobile=True,
         has_touch=True,
-        java_script_enabled=False,  # everything must work without it (SPEC §8)
+        java_script_enabled=False,  # everything must work without it (docs/web-routes.md)
         locale="ja-JP",
     )
     context.set_default_timeout(10_000)

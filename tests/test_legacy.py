@@ -1,4 +1,5 @@
-"""ISO-2022-JP mail for older phones (SPEC §3 legacy_charset_domains, §7, §10):
+"""ISO-2022-JP mail for older phones (``[mail] legacy_charset_domains``,
+docs/mail-delivery.md):
 mapping, refusal, and the bytes as a mail reader decodes them."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The spool watcher (SPEC §5): real files in tmp_path, the shipped area file, time driven
-by the ``now`` each pass is given."""
+"""The spool watcher (docs/alert-files.md): real files in tmp_path, the shipped area file,
+time driven by the ``now`` each pass is given."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The resident-facing pages (SPEC §8) through Werkzeug's test client, on the real app,
+"""The resident-facing pages (docs/web-routes.md) through Werkzeug's test client, on the real app,
 the real registration service and a real SQLite file; time is a FakeClock."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Alert files (SPEC §5): parse the text an operator writes into an :class:`AlertDraft`.
+"""Alert files (docs/alert-files.md): parse the text an operator writes into an :class:`AlertDraft`.
 
 Pure: bytes in, data out. No file system, no database, no area file; areas
 are resolved through a callable the caller passes in. Every problem found is
@@ -96,7 +96,7 @@ class AlertFileInvalid(Exception):
 @dataclass(frozen=True)
 class _Header:
     key: str
-    en: str  # the name as SPEC §5 writes it
+    en: str  # the name as docs/alert-files.md lists it
     ja: str
 
 

@@ -1,4 +1,4 @@
-"""The spool watcher (SPEC §5): how operators' alert files enter the system.
+"""The spool watcher (docs/alert-files.md): how operators' alert files enter the system.
 
 Layout under ``SPOOL`` (``config.spool.dir``)::
 

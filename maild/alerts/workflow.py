@@ -199,15 +199,17 @@ class Alerts:
                     f"{user} は承認者でも依頼者でもないため取り消せません / {user} is neither an "
                     f"approver nor the requester of alert {alert_id}"
                 )
+            # What can no longer be cancelled is said first, whoever asks.
+            if alert.status not in (PENDING_APPROVAL, SCHEDULED, SENDING):
+                raise AlertActionError(
+                    f"警報 {alert_id} は {alert.status} のため取り消せません / alert {alert_id} "
+                    f"is {alert.status} and cannot be cancelled"
+                )
             if approval.required and not approver and alert.status != PENDING_APPROVAL:
                 # Issue 15: once approved, stopping it is the approver's call (運用要領 5).
                 raise AlertActionError(
                     f"承認済みの警報 {alert_id} は承認者だけが取り消せます / alert {alert_id} is "
                     f"{alert.status}; once approved only an approver can cancel it"
-                )
-            if alert.status not in (PENDING_APPROVAL, SCHEDULED, SENDING):
-                raise AlertActionError(
-                    f"alert {alert_id} is {alert.status} and cannot be cancelled"
                 )
             was = alert.status
             alert.status = CANCELLED
@@ -348,7 +350,8 @@ class Alerts:
         return int(written)
 
     def recipients_query(self, area_ids: tuple[str, ...], category: str) -> Any:
-        """Active subscribers taking ``category`` whose areas intersect the alert's (SPEC §4)."""
+        """Active subscribers taking ``category`` whose areas intersect the alert's
+        (docs/alert-files.md)."""
         return self._recipients(area_ids, category).subquery()
 
     def _recipients(

@@ -1,5 +1,5 @@
 """``maild submit``, ``maild alerts …`` and ``maild window``: the operators' commands
-for alerts (SPEC §2). ``submit`` itself is :mod:`maild.cli.submit`; these print what it
+for alerts (docs/roles.md). ``submit`` itself is :mod:`maild.cli.submit`; these print what it
 and the alert workflow answer."""
 
 from __future__ import annotations

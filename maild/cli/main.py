@@ -1,4 +1,4 @@
-"""The ``maild`` command line (SPEC §2): the parser, the dispatch, and the service's own
+"""The ``maild`` command line (docs/roles.md): the parser, the dispatch, and the service's own
 commands (serve, deliver, check-config, db, qr). The operators' commands are in
 :mod:`maild.cli.alerts` and :mod:`maild.cli.subscribers`.
 

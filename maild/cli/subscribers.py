@@ -1,4 +1,4 @@
-"""``maild subscribers …``: the data owner's commands (SPEC §2): import from an older
+"""``maild subscribers …``: the data owner's commands (docs/csv.md): import from an older
 system, counts, export, erasure. The rules are :mod:`maild.residents.roster` and
 :mod:`maild.residents.subscribers`; these open the database and print."""
 

@@ -341,7 +341,8 @@ def _read_limits(r: _Reader) -> LimitsConfig:
 
 
 def _read_bounces(r: _Reader) -> BouncesConfig:
-    # Never suspend on the first failure (SPEC §10): carriers say "unknown user" for filters too.
+    # Never suspend on the first failure (docs/mail-delivery.md): carriers say "unknown
+    # user" for filters too.
     return BouncesConfig(threshold=r.integer("threshold", BouncesConfig().threshold, 2))
 
 

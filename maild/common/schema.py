@@ -1,4 +1,5 @@
-"""The configuration schema: every key of SPEC §3, its type and its default.
+"""The configuration schema: every key, its type and its default
+(docs/configuration.md documents each for people).
 
 Frozen dataclasses, one per TOML section; ``config/maild.example.toml`` documents the
 same keys for people, and :mod:`maild.common.config` reads and checks a file into them.

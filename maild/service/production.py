@@ -14,7 +14,7 @@ delivers to real people, and must not have:
   package's installation creates it with the right owner, the daemon would create it
   with root's or the caller's);
 - an http ``base_url`` (RFC 8058 one-click unsubscribe needs https; links carry tokens);
-- no DKIM key (mailbox providers file unsigned bulk mail as spam, SPEC §9);
+- no DKIM key (mailbox providers file unsigned bulk mail as spam, docs/mail-delivery.md);
 - a key, password or config file that every local user can read.
 """
 

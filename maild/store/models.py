@@ -17,7 +17,7 @@ from maild.store.db import Base, UTCDateTime
 # Subscriber.status values
 PENDING = "pending"  # sent a blank mail / used /signup, has not completed the form
 ACTIVE = "active"
-SUSPENDED = "suspended"  # too many permanent bounces; kept, not deleted (SPEC §10)
+SUSPENDED = "suspended"  # too many permanent bounces; kept, not deleted (docs/mail-delivery.md)
 
 # OutboxMail.status values
 QUEUED = "queued"
@@ -89,7 +89,7 @@ class OutboxMail(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
-# Alert.status values (SPEC §2)
+# Alert.status values (docs/operator-guide.ja.md §8.1)
 PENDING_APPROVAL = "pending_approval"
 SCHEDULED = "scheduled"
 SENDING = "sending"
@@ -170,7 +170,7 @@ class Delivery(Base):
 
 
 class AuditEntry(Base):
-    """Every change of an alert's state, with the Unix user who made it (SPEC §2), and every
+    """Every change of an alert's state, with the Unix user who made it (docs/roles.md), and every
     command the control socket refused (issue 15); a refusal of a command that names no
     alert has no ``alert_id``."""
 

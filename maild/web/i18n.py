@@ -1,4 +1,4 @@
-"""Texts of the resident-facing pages, Japanese first and English second (SPEC §8).
+"""Texts of the resident-facing pages, Japanese first and English second (docs/web-routes.md).
 
 Pure data and one lookup function. Texts are plain strings with ``{name}``
 placeholders; the templates escape them like any other value, so no text here

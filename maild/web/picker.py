@@ -1,5 +1,5 @@
 """The area picker, the category boxes and a result page's summary: pure functions over
-the area map, for the register and manage forms (SPEC §8).
+the area map, for the register and manage forms (docs/web-routes.md).
 
 The picker works without JavaScript on a small phone: one ``<details>`` group per
 block, opened when it holds a ticked box (``templates/_picker.html`` draws it).

@@ -1,4 +1,4 @@
-"""``/signup``: a resident on a computer asks for the registration mail (SPEC §8).
+"""``/signup``: a resident on a computer asks for the registration mail (docs/web-routes.md).
 
 The answer is the same page for a new, a registered and a throttled address, so the
 page tells no one who is registered. It spends from the same
@@ -105,7 +105,7 @@ class SignupPages:
                 f"signup:{e.reason}", "signup from %s deferred: %s limit", ip, e.reason
             )
             return too_many(page, e.retry_after)
-        # The same page for a new, a registered and a throttled address (SPEC §8).
+        # The same page for a new, a registered and a throttled address (docs/web-routes.md).
         response = page.message(
             200,
             "signup_sent_title",

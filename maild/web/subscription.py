@@ -1,4 +1,4 @@
-"""The pages opened from mails (SPEC §8): ``/register/TOKEN`` (the form a new resident
+"""The pages opened from mails (docs/web-routes.md): ``/register/TOKEN`` (the form a new resident
 completes), ``/manage/TOKEN`` (change or cancel) and ``/unsubscribe/TOKEN`` (with
 RFC 8058 one-click). The rules live in :mod:`maild.residents.registration`; these views
 turn requests into its calls and its answers and refusals into pages.
