@@ -3,6 +3,7 @@ what it suggests. tests/test_privacy_corpus.py measures it on the corpus."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,12 @@ def test_the_allow_file(tmp_path: Path) -> None:
     assert read_allow_file(path) == ["山口誠", "宮城一郎"]
     with pytest.raises(PrivacyAllowError, match="cannot read"):
         read_allow_file(tmp_path / "missing.txt")
+
+
+def test_the_operator_guides_example_files_pass_the_privacy_check() -> None:
+    """What operators copy must be written as the rules intend (docs/operator-guide.ja.md)."""
+    guide = (AREAS_FILE.parent.parent / "docs" / "operator-guide.ja.md").read_text("utf-8")
+    blocks = re.findall(r"```text\n((?:Subject|件名)[:：].*?)```", guide, flags=re.DOTALL)
+    assert len(blocks) >= 5
+    for block in blocks:
+        assert check(block, ALLOW) == [], block.splitlines()[0]
