@@ -109,6 +109,10 @@ _WORKPLACE = re.compile(
     rf"(?P<name>{_RUN}{{1,16}}?)(?P<kind>病院|医院|郵便局|銀行|信用金庫|株式会社|商店|工場|"
     r"倶楽部|クラブ|事務所|ホテル|センター)"
 )
+# A company's name after its kind (株式会社みやぎ商事), which may be written in kana.
+_COMPANY = re.compile(
+    r"(?P<kind>株式会社|有限会社|合同会社|\(株\)|\(有\))(?P<name>[^\s、。のにでをがは(]{1,15})"
+)
 _GENERIC = re.compile(
     r"^(?:同|各|当|本|市内|県内|区内|町内|村内|近隣|付近|近く|地元|公立|私立|市立|県立|"
     r"国立|町立|村立|百貨|小|中|大|高等|総合|地域|大型|近所|専門|女子|男子)$"
@@ -138,6 +142,10 @@ def schools(norm: str) -> Iterator[Span]:
             if needs_work and not _WORKS.search(sentence):
                 continue
             yield Span("school", m.start(), m.end(), f"市内の{m.group('kind')}")
+    for m in _COMPANY.finditer(norm):
+        sentence = _sentence(norm, m.start(), m.end())
+        if _VICTIM.search(sentence) and _WORKS.search(sentence):
+            yield Span("school", m.start(), m.end(), "市内の会社")
 
 
 # --- victims' exact ages ----------------------------------------------------------------
