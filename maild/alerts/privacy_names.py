@@ -2,8 +2,9 @@
 unidic-lite): the part of the privacy check (:mod:`maild.alerts.privacy`) that needs the
 tagger.
 
-The tagger is loaded once per process, on first use (about a second and 50 MB), from
-the dictionary inside the unidic-lite package, so nothing is downloaded at run time.
+The tagger is loaded once per process, on first use (milliseconds: MeCab maps the
+dictionary file), from the dictionary inside the unidic-lite package, so nothing is
+downloaded at run time.
 """
 
 from __future__ import annotations
