@@ -103,6 +103,11 @@ class FileMeta:
 Intake = Callable[[AlertDraft, FileMeta], int]
 """Turns a draft into an alert and returns its id; see the module docstring for the contract."""
 
+Report = Callable[[int, Path, str], object]
+"""Called with the alert id, the accepted file's path and its original name once the file is
+in ``accepted/``: writes a report beside it where there is something to say (the privacy
+check's findings, :func:`maild.alerts.privacy_gate.write_report`)."""
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -147,8 +152,10 @@ class SpoolWatcher:
         retry_delay: float = 2.0,
         batch: int = 100,
         clock: Clock | None = None,
+        report: Report | None = None,
     ) -> None:
         self.spool = spool_dir
+        self.report = report
         self.incoming = spool_dir / INCOMING
         self.processing = spool_dir / PROCESSING
         self.accepted = spool_dir / ACCEPTED
@@ -325,6 +332,11 @@ class SpoolWatcher:
             return self._reject(claim, e.problems)
         target = self._move(path, self.accepted, f"{alert_id}-{claim.original_name}")
         self.attempts.forget(claim.claim_name)
+        if self.report is not None:
+            try:
+                self.report(alert_id, target, claim.original_name)
+            except OSError as e:  # the alert is made: the report is a courtesy, not the work
+                log.warning("no report beside %s: %s", target.name, e.strerror)
         log.info(
             "accepted %s as alert %d (requester %s) -> %s",
             claim.original_name,

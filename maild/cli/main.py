@@ -190,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         if name == "show":
             sub.add_argument("--json", action="store_true", help="print JSON")
+        if name == "approve":
+            sub.add_argument(
+                "--ack-privacy",
+                action="store_true",
+                help="acknowledge the privacy check's findings (alerts show lists them)",
+            )
 
     people = commands.add_parser("subscribers", help="import, export, count or erase subscribers")
     people_commands = people.add_subparsers(dest="people_command", metavar="COMMAND", required=True)

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from maild.common.schema import (
     WEEKDAYS,
+    AlertsConfig,
     ApprovalConfig,
     AreasConfig,
     BouncesConfig,
@@ -376,6 +377,10 @@ def _read_approval(r: _Reader) -> ApprovalConfig:
     )
 
 
+def _read_alerts(r: _Reader) -> AlertsConfig:
+    return AlertsConfig(privacy_allow=r.existing_file("privacy_allow"))
+
+
 # A group name as groupadd accepts it (shadow-utils' default rule).
 GROUP_NAME = r"[a-z_][a-z0-9_-]{0,31}"
 
@@ -416,6 +421,7 @@ _READERS: dict[str, Callable[[_Reader], Any]] = {
     "window": _read_window,
     "spool": _read_spool,
     "approval": _read_approval,
+    "alerts": _read_alerts,
     "roles": _read_roles,
     "housekeeping": _read_housekeeping,
     "areas": _read_areas,

@@ -164,6 +164,12 @@ class ApprovalConfig:
 
 
 @dataclass(frozen=True)
+class AlertsConfig:
+    # A file of words the privacy check never flags (one a line), besides the service's own.
+    privacy_allow: Path | None = None
+
+
+@dataclass(frozen=True)
 class RolesConfig:
     """The Unix groups whose members hold each role (maild.common.roles)."""
 
@@ -197,6 +203,7 @@ class Config:
     window: WindowConfig = field(default_factory=WindowConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     approval: ApprovalConfig = field(default_factory=ApprovalConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     roles: RolesConfig = field(default_factory=RolesConfig)
     housekeeping: HousekeepingConfig = field(default_factory=HousekeepingConfig)
     areas: AreasConfig = field(default_factory=AreasConfig)

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from maild.alerts import privacy_gate
 from maild.alerts.alertfile import AlertDraft
 from maild.alerts.release import ReleaseScheduler
 from maild.alerts.spool import FileMeta, SpoolWatcher
@@ -146,6 +147,9 @@ class Daemon:
             lambda text: services.areas.resolve(text).id,
             config.service.tz,
             clock=self.clock,
+            report=lambda alert_id, path, name: privacy_gate.write_report(
+                services.db, alert_id, path, name
+            ),
         )
 
         handler = InboundHandler(

@@ -136,6 +136,9 @@ class Alert(Base):
     fill_end: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # Delivery counts as JSON, written when housekeeping prunes the alert's delivery rows.
     final_counts: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # What the privacy check found at intake, as a JSON list (maild.alerts.privacy_gate);
+    # NULL when it found nothing. A flagged alert waits for an acknowledged approval.
+    privacy_findings: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     @property
     def area_ids(self) -> tuple[str, ...]:
