@@ -131,7 +131,7 @@ def cmd_list(config: Config, args: argparse.Namespace) -> int:
         print_json(alerts)
         return 0
     if not alerts:
-        print("no alerts")
+        print("警報はありません / no alerts")
     for a in alerts:
         c = a["counts"]
         print(
@@ -142,39 +142,43 @@ def cmd_list(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+# `alerts show`: each field as operators read it, Japanese first.
+SHOW_LABELS = (
+    ("id", "番号 / id"),
+    ("subject", "件名 / subject"),
+    ("status", "状態 / status"),
+    ("urgent", "緊急 / urgent"),
+    ("category", "種類 / category"),
+    ("area_names", "地域 / areas"),
+    ("sender", "発信者 / sender"),
+    ("requester", "依頼者 / requester"),
+    ("approved_by", "承認者 / approved by"),
+    ("send_after", "送信指定 / send after"),
+    ("release_at", "送信予定 / release at"),
+    ("released_at", "送信開始 / released at"),
+    ("finished_at", "完了 / finished at"),
+)
+
+
 def cmd_show(config: Config, args: argparse.Namespace) -> int:
     alert = _alert_action(lambda s: s.alerts.show(args.id), config)
     if args.json:
         print_json(alert)
         return 0
     c = alert["counts"]
-    for key in (
-        "id",
-        "subject",
-        "status",
-        "urgent",
-        "category",
-        "area_names",
-        "sender",
-        "requester",
-        "approved_by",
-        "send_after",
-        "release_at",
-        "released_at",
-        "finished_at",
-    ):
-        print(f"{key:>12}: {alert[key] if alert[key] is not None else '-'}")
+    for key, label in SHOW_LABELS:
+        print(f"{label}: {alert[key] if alert[key] is not None else '-'}")
     print(
-        f"{'counts':>12}: queued {c['queued']}, sent {c['sent']}, deferred {c['deferred']}, "
-        f"failed {c['failed']}"
+        f"件数 / counts: 待ち queued {c['queued']}、送信済み sent {c['sent']}、"
+        f"再試行待ち deferred {c['deferred']}、失敗 failed {c['failed']}"
     )
     if alert["privacy"]:
-        print(f"{'privacy':>12}:")
-        _print_findings([Finding.from_dict(f) for f in alert["privacy"]], " " * 14)
-    print("       audit:")
+        print("個人情報の確認 / privacy:")
+        _print_findings([Finding.from_dict(f) for f in alert["privacy"]], "  ")
+    print("記録 / audit:")
     for entry in alert["audit"]:
         detail = f" ({entry['detail']})" if entry["detail"] else ""
-        print(f"              {entry['at']}  {entry['action']} by {entry['user']}{detail}")
+        print(f"  {entry['at']}  {entry['action']} by {entry['user']}{detail}")
     return 0
 
 
@@ -189,19 +193,19 @@ def _alert_action(action: Callable[[Services], Any], config: Config) -> Any:
 def cmd_approve(config: Config, args: argparse.Namespace) -> int:
     user = invoker(config)
     _alert_action(lambda s: s.alerts.approve(args.id, user, ack_privacy=args.ack_privacy), config)
-    print(f"alert {args.id} approved")
+    print(f"警報 {args.id} を承認しました / alert {args.id} approved")
     return 0
 
 
 def cmd_cancel(config: Config, args: argparse.Namespace) -> int:
     _alert_action(lambda s: s.alerts.cancel(args.id, invoker(config)), config)
-    print(f"alert {args.id} cancelled")
+    print(f"警報 {args.id} を取り消しました / alert {args.id} cancelled")
     return 0
 
 
 def cmd_send_now(config: Config, args: argparse.Namespace) -> int:
     _alert_action(lambda s: s.alerts.send_now(args.id, invoker(config)), config)
-    print(f"alert {args.id} will be released now")
+    print(f"警報 {args.id} を今すぐ送信します / alert {args.id} will be released now")
     return 0
 
 

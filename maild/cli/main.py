@@ -47,7 +47,7 @@ def _cmd_serve(config: Config, args: argparse.Namespace) -> int:
     if not is_development(config) and (problems := production_problems(config)):
         raise ConfigError(refusal(config, problems))
     try:
-        serve(config, args.log_level)
+        serve(config, args.log_level or "INFO")
     except (StartupError, ServiceFailure) as e:
         raise CommandError(str(e)) from None
     return 0
@@ -148,10 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--log-level",
-        default=os.environ.get("MAILD_LOG_LEVEL", "INFO"),
+        default=os.environ.get("MAILD_LOG_LEVEL"),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         type=str.upper,
-        help="log level (default INFO)",
+        help="log level (default INFO for serve, deliver and db; WARNING for the commands "
+        "people run, which print their own outcome)",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -260,7 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(words)
-    setup_logging(args.log_level)
+    # An operator reads the command's own sentences, Japanese first; the daemon's journal
+    # and the audit log keep the record.
+    setup_logging(args.log_level or ("INFO" if args.command in LOCAL_ONLY else "WARNING"))
     config_path = args.config or os.environ.get("MAILD_CONFIG") or DEFAULT_CONFIG
     handler: Handler = args.handler
     try:

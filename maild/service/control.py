@@ -199,7 +199,10 @@ class ControlServer:
             await asyncio.to_thread(self._audit, user, detail, alert_id)
             return _failed(f"maild: {roles.refusal(user, needed)}")
         async with self._slots:
-            return await self._run(config, user, argv, files)
+            answer = await self._run(config, user, argv, files)
+        # The command's words only: never an address (STYLE).
+        log.info("control socket: %s ran %s (exit %s)", user, words, answer["exit"])
+        return answer
 
     async def _run(
         self, config: Config, user: str, argv: list[str], files: dict[str, bytes]
