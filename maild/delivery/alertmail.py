@@ -16,11 +16,11 @@ appended per recipient.
 from __future__ import annotations
 
 import datetime as dt
-import re
 import secrets
 from dataclasses import dataclass
 from email.utils import format_datetime
 
+from maild.alerts.mailtext import full_subject, text_lines
 from maild.common.config import Config
 from maild.mail.compose import (
     AUTO_GENERATED,
@@ -41,7 +41,6 @@ from maild.residents.terms import MANAGE
 
 # Headers that differ per recipient; the template leaves them out and adds them per message.
 _PERSONAL = frozenset({"date", "to", "message-id", "list-unsubscribe"})
-TEST_MARK = "【テスト】"
 _PLACEHOLDER_DATE = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 
 
@@ -70,12 +69,6 @@ class Personal:
     envelope_from: str  # VERP: bounce+TOKEN@domain
 
 
-def full_subject(prefix: str, subject: str, area_label: str, test: bool = False) -> str:
-    """「【みやぎSecurityメール】女子中学生に対する声かけ事案【宮城野区】」
-    (docs/alert-files.md)."""
-    return (TEST_MARK if test else "") + prefix + subject_with_area(subject, area_label)
-
-
 TEST_FOOTER = (
     "これはテスト送信です。登録者には送られていません。\n"
     "This is a test send; no resident received it.\n"
@@ -95,9 +88,7 @@ def body_text(content: AlertContent, manage_url: str, test: bool = False) -> str
 
 def _shared_text(content: AlertContent, test: bool = False) -> str:
     """Everything of :func:`body_text` before the recipient's URL, ending in a line break."""
-    parts = [content.body.rstrip("\n"), ""]
-    if content.sender:
-        parts += [f"（{content.sender}）", ""]
+    parts = text_lines(content.body, content.sender)
     if test:
         return "\n".join(parts) + RULE + "\n" + TEST_FOOTER
     parts += [RULE, f"{MANAGE.ja}はこちら", ""]
@@ -188,17 +179,6 @@ class AlertTemplate:
         else:
             tail = base64_lines(self._body_rest + canonical_utf8(personal.manage_url))
         return self._head + head + self._body_head + tail
-
-
-_TRAILING_AREA = re.compile(r"【[^【】]*】\s*$")
-
-
-def subject_with_area(subject: str, area_label: str) -> str:
-    """The subject as sent: ``area_label`` in 【】 appended unless one ends it already."""
-    subject = subject.rstrip()
-    if not area_label or _TRAILING_AREA.search(subject):
-        return subject
-    return f"{subject}【{area_label}】"
 
 
 def list_id(config: Config) -> str:
