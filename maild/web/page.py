@@ -79,6 +79,9 @@ class Page:
         self.urls = urls
         self.endpoint = endpoint
         self.args = dict(args or {})
+        # Query values a page keeps in its own URL (the archive's filters), the language
+        # switch's included.
+        self.query: dict[str, str] = {}
         self.lang = pick_lang(request.args.get("lang"))
         secure = site.config.service.base_url.startswith("https://")
         self._csrf = Csrf(site.links, request, secure)
@@ -96,7 +99,7 @@ class Page:
 
     def here(self, lang: str | None = None) -> str:
         """This page's URL (matched routes only), in ``lang`` or the current language."""
-        values = dict(self.args)
+        values = dict(self.args) | self.query
         if (lang or self.lang) != DEFAULT_LANG:
             values["lang"] = lang or self.lang
         return self.urls.build(self.endpoint, values)
