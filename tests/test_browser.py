@@ -348,7 +348,7 @@ def test_phone_archive_filter_and_one_alert(site: Site, phone: Page, shots: Path
     expect(page.get_by_role("heading", level=1)).to_have_text(
         "【みやぎSecurityメール】青葉区の声かけ事案【青葉区】"
     )
-    expect(page.locator("div.mail")).to_contain_text("（北署）")
+    expect(page.locator("div.mail")).to_contain_text("（仙台北警察署）")
     fits_the_phone(page)
     page.screenshot(path=shots / "09-archive-alert.png", full_page=True)
     page.get_by_role("link", name="English").click()
