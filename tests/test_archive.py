@@ -151,7 +151,8 @@ def test_one_alert_as_the_mail_showed_it_and_nothing_more(
         assert secret not in page
     assert 'type="application/atom+xml"' in page
     english = site.get(f"/alerts/{acceptance.aoba}?lang=en")[1]
-    assert "Aoba" in english and "Sent 2026-12-05 10:00" in english
+    assert "Aoba" in english and "2026-12-05 10:00" in english
+    assert "Sent 2026-12-05 10:00" in site.get("/alerts?lang=en")[1]
     assert site.get("/alerts/999")[0] == 404
     assert site.get("/alerts?area=nowhere")[0] == 404
     assert site.get("/alerts?page=2")[0] == 404

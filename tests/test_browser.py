@@ -337,7 +337,7 @@ def test_phone_archive_filter_and_one_alert(site: Site, phone: Page, shots: Path
     page.goto(f"{site.url}/alerts")
     fits_the_phone(page)
     expect(page.locator("ol.alerts li")).to_have_count(2)
-    page.screenshot(path=shots / "08-archive.png", full_page=True)
+    page.screenshot(path=shots / "archive-01-list.png", full_page=True)
     # The filter is a plain GET form: no script needed.
     page.get_by_label("地域").select_option(label="青葉区")
     page.get_by_role("button", name="絞り込む").click()
@@ -350,7 +350,7 @@ def test_phone_archive_filter_and_one_alert(site: Site, phone: Page, shots: Path
     )
     expect(page.locator("div.mail")).to_contain_text("（仙台北警察署）")
     fits_the_phone(page)
-    page.screenshot(path=shots / "09-archive-alert.png", full_page=True)
+    page.screenshot(path=shots / "archive-02-alert.png", full_page=True)
     page.get_by_role("link", name="English").click()
     expect(page.locator("html")).to_have_attribute("lang", "en")
     expect(page.locator("dl.summary")).to_contain_text("Aoba")

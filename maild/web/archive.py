@@ -139,7 +139,7 @@ def _shown(page: Page, alert: ArchivedAlert) -> Shown:
         subject=subject_with_area(alert.subject, label),
         full_subject=full_subject(page.config.mail.subject_prefix, alert.subject, label),
         text="\n".join(text_lines(alert.body, alert.sender)).rstrip("\n"),
-        date=page.t("archive_date", date=sent.strftime("%Y-%m-%d %H:%M")),
+        date=sent.strftime("%Y-%m-%d %H:%M"),
         iso_date=sent.isoformat(timespec="seconds"),
         areas=area_label(page.areas, alert.area_ids, page.lang),
         category=resolve_category(alert.category).label(page.lang),
