@@ -156,6 +156,9 @@ def test_one_alert_as_the_mail_showed_it_and_nothing_more(
     assert site.get("/alerts/999")[0] == 404
     assert site.get("/alerts?area=nowhere")[0] == 404
     assert site.get("/alerts?page=2")[0] == 404
+    assert site.get("/alerts?page=0")[0] == 404
+    assert site.get(f"/alerts?page={10**20}")[0] == 404
+    assert site.get("/alerts?category=nothing")[0] == 404
 
 
 def test_twenty_a_page_and_the_filters_kept_across_pages_and_languages(site: Site) -> None:

@@ -26,6 +26,7 @@ from maild.web.page import Page
 
 ATOM_TYPE = "application/atom+xml"
 CAP_TYPE = "application/cap+xml"  # the media type OASIS registered for CAP
+MAX_PAGE = 100_000
 
 
 def area_label(areas: AreaMap, area_ids: tuple[str, ...], lang: str = "ja") -> str:
@@ -59,7 +60,7 @@ class ArchivePages:
     def alerts(self, page: Page) -> Response:
         area_id, category = _filters(page)
         number = page.request.args.get("page", 1, type=int)
-        if number < 1:
+        if not 1 <= number <= MAX_PAGE:  # a number no database offset holds is no page either
             raise NotFound()
         found = self.archive.page(page.areas, area_id, category, number)
         if number > 1 and not found.alerts:
