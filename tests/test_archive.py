@@ -176,12 +176,15 @@ def test_twenty_a_page_and_the_filters_kept_across_pages_and_languages(site: Sit
 
 
 def test_markup_in_an_alert_is_escaped_everywhere(site: Site) -> None:
-    evil = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+    evil = '<script>alert("x")</script><img src=x onerror=alert(1)>|'
     alert_id = site.send(evil, ("aoba",), body=f"本文 {evil} &amp;", sender="<b>署</b>")
     for path in ("/alerts", f"/alerts/{alert_id}"):
         page = site.get(path)[1]
         assert "<script>" not in page and "<img" not in page and "<b>" not in page
-        assert str(escape(evil)) in page
+        assert str(escape(evil)) in page  # the | too: no phrase mark in a subject
+    heading = site.get(f"/alerts/{alert_id}")[1]
+    assert f"<h1>【みやぎSecurityメール】{escape(evil)}【青葉区】</h1>" in heading
+    assert f"<title>【みやぎSecurityメール】{escape(evil)}【青葉区】 | " in heading
     for path in ("/alerts.atom", f"/alerts/{alert_id}.cap"):
         root = ET.fromstring(site.client.get(path).data)  # well-formed
         assert evil in "".join(root.itertext())

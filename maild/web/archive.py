@@ -89,6 +89,7 @@ class ArchivePages:
         return page.render(
             "alert.html",
             shown.full_subject,
+            phrased=False,
             alert=shown,
             cap_url=page.urls.build("alert_cap", {"alert_id": alert.id}),
             archive_url=page.url("alerts"),

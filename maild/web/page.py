@@ -125,13 +125,17 @@ class Page:
         """GET, or HEAD (which Werkzeug routes as GET and answers without the body)."""
         return self.request.method in ("GET", "HEAD")
 
-    def render(self, template: str, title: str, status: int = 200, **context: Any) -> Response:
+    def render(
+        self, template: str, title: str, status: int = 200, phrased: bool = True, **context: Any
+    ) -> Response:
+        """``phrased=False``: a title that is no text of ours (an alert's subject), whose
+        ``|`` is a character to show, not a phrase mark."""
         html = self.site.jinja.get_template(template).render(
             page=self,
             lang=self.lang,
             t=functools.partial(text, self.lang),
-            title=plain(title),
-            heading=phrases(title),
+            title=plain(title) if phrased else title,
+            heading=phrases(title) if phrased else [title],
             service=self.config.service.name,
             **context,
         )
