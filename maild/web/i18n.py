@@ -205,7 +205,7 @@ TEXTS: dict[str, tuple[str, str]] = {
         "From a computer, start again on the sign-up page.",
     ),
     # --- the public archive (/alerts)
-    "archive_title": ("配信したメールの一覧", "Alerts sent"),
+    "archive_title": ("配信した|メールの|一覧", "Alerts sent"),
     "archive_intro": (
         "これまでに配信した防犯メールです。新しいものから順に表示します。",
         "The safety alerts we have mailed, newest first.",
