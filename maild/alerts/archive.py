@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import ColumnElement, Select, literal, or_, select
 
+from maild.alerts.place import Place, stored_place
 from maild.residents.areas import AreaMap
 from maild.store.db import Database
 from maild.store.models import ALERT_SENT, Alert
@@ -40,6 +41,7 @@ class ArchivedAlert:
     area_ids: tuple[str, ...]
     urgent: bool
     sent_at: dt.datetime  # its release: when the first mails went out
+    place: Place | None = None  # its point already coarse (maild.alerts.place)
 
 
 @dataclass(frozen=True)
@@ -123,4 +125,5 @@ def _archived(alert: Alert) -> ArchivedAlert:
         area_ids=alert.area_ids,
         urgent=alert.urgent,
         sent_at=alert.released_at,
+        place=stored_place(alert.place),
     )

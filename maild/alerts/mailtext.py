@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+from maild.alerts.place import Place
+
 TEST_MARK = "【テスト】"
 
 _TRAILING_AREA = re.compile(r"【[^【】]*】\s*$")
@@ -29,10 +31,26 @@ def full_subject(prefix: str, subject: str, area_label: str, test: bool = False)
     return (TEST_MARK if test else "") + prefix + subject_with_area(subject, area_label)
 
 
-def text_lines(body: str, sender: str | None) -> list[str]:
-    """The alert's lines before the mail's footer: the body, a blank line, and the sender
-    (the station or division) with a blank line after it when there is one."""
+def place_lines(place: Place | None, map_url: str) -> list[str]:
+    """「場所：一番町付近」 and the map link of its coarse point, if it has one."""
+    if place is None:
+        return []
+    lines = [f"場所：{place.description}"]
+    link = place.map_url(map_url)
+    if link:
+        lines.append(f"地図：{link}")
+    return lines
+
+
+def text_lines(
+    body: str, sender: str | None, place: Place | None = None, map_url: str = ""
+) -> list[str]:
+    """The alert's lines before the mail's footer: the body, a blank line, the place and
+    its map link with a blank line after them, and the sender (the station or division)
+    with a blank line after it, each when there is one."""
     lines = [body.rstrip("\n"), ""]
+    if place is not None:
+        lines += [*place_lines(place, map_url), ""]
     if sender:
         lines += [f"（{sender}）", ""]
     return lines

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from email.utils import format_datetime
 
 from maild.alerts.mailtext import full_subject, text_lines
+from maild.alerts.place import Place
 from maild.common.config import Config
 from maild.mail.compose import (
     AUTO_GENERATED,
@@ -56,6 +57,8 @@ class AlertContent:
     # The random part of every Message-ID of this alert: one alert's ids never repeat
     # another's, in this database or any other (a restored backup, a new install).
     message_key: str
+    place: Place | None = None  # the Place header (maild.alerts.place), its point coarse
+    map_url: str = ""  # [alerts] map_url
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ def body_text(content: AlertContent, manage_url: str, test: bool = False) -> str
 
 def _shared_text(content: AlertContent, test: bool = False) -> str:
     """Everything of :func:`body_text` before the recipient's URL, ending in a line break."""
-    parts = text_lines(content.body, content.sender)
+    parts = text_lines(content.body, content.sender, content.place, content.map_url)
     if test:
         return "\n".join(parts) + RULE + "\n" + TEST_FOOTER
     parts += [RULE, f"{MANAGE.ja}はこちら", ""]

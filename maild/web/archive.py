@@ -44,6 +44,8 @@ class Shown:
     subject: str  # as the mail's subject, without the service's prefix
     full_subject: str  # the mail's subject exactly
     text: str  # the mail's text before its footer
+    place: str  # the Place's description, or ""
+    map_link: str  # the map at its coarse point, or ""
     date: str
     iso_date: str
     areas: str
@@ -134,13 +136,16 @@ def _filters(page: Page) -> tuple[str | None, str | None]:
 
 def _shown(page: Page, alert: ArchivedAlert) -> Shown:
     label = area_label(page.areas, alert.area_ids)
+    map_url = page.config.alerts.map_url
     sent = alert.sent_at.astimezone(page.config.service.tz)
     return Shown(
         id=alert.id,
         url=page.url("alert", alert_id=alert.id),
         subject=subject_with_area(alert.subject, label),
         full_subject=full_subject(page.config.mail.subject_prefix, alert.subject, label),
-        text="\n".join(text_lines(alert.body, alert.sender)).rstrip("\n"),
+        text="\n".join(text_lines(alert.body, alert.sender, alert.place, map_url)).rstrip("\n"),
+        place=alert.place.description if alert.place else "",
+        map_link=alert.place.map_url(map_url) if alert.place else "",
         date=sent.strftime("%Y-%m-%d %H:%M"),
         iso_date=sent.isoformat(timespec="seconds"),
         areas=area_label(page.areas, alert.area_ids, page.lang),

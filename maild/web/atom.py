@@ -58,7 +58,8 @@ def atom_feed(
         entry.link(href=f"{base}/alerts/{alert.id}", rel="alternate", type="text/html")
         entry.published(alert.sent_at.astimezone(tz))
         entry.updated(alert.sent_at.astimezone(tz))  # an archived alert never changes
-        entry.content("\n".join(text_lines(alert.body, alert.sender)).rstrip("\n"), type="text")
+        text = text_lines(alert.body, alert.sender, alert.place, config.alerts.map_url)
+        entry.content("\n".join(text).rstrip("\n"), type="text")
         for area_id in known:
             entry.category(
                 term=area_id, scheme=f"{base}/alerts?area=", label=areas.get(area_id).name_ja

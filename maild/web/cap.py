@@ -21,6 +21,7 @@ from lxml import etree
 
 from maild.alerts.archive import ArchivedAlert
 from maild.alerts.mailtext import subject_with_area, text_lines
+from maild.alerts.place import CIRCLE_KM
 from maild.common.config import Config
 from maild.residents.areas import AreaMap
 from maild.residents.categories import resolve_category
@@ -86,10 +87,14 @@ def cap_document(config: Config, areas: AreaMap, alert: ArchivedAlert) -> bytes:
     add(info, "certainty", CERTAINTY.get(alert.category, "Unknown"))
     add(info, "senderName", alert.sender or config.service.name)
     add(info, "headline", subject_with_area(alert.subject, label))
-    add(info, "description", "\n".join(text_lines(alert.body, alert.sender)).rstrip("\n"))
+    text = text_lines(alert.body, alert.sender, alert.place, config.alerts.map_url)
+    add(info, "description", "\n".join(text).rstrip("\n"))
     add(info, "web", f"{config.service.base_url}/alerts/{alert.id}")
     area = etree.SubElement(info, f"{{{CAP_NS}}}area")
     add(area, "areaDesc", label or config.service.name)
+    if alert.place is not None and alert.place.point():
+        # The coarse point and a radius past its cell: never one house (docs/cap.md).
+        add(area, "circle", f"{alert.place.point()} {CIRCLE_KM}")
     for code in municipality_codes(areas, known):
         geocode = etree.SubElement(area, f"{{{CAP_NS}}}geocode")
         add(geocode, "valueName", JIS_VALUE_NAME)

@@ -228,6 +228,8 @@ TEXTS: dict[str, tuple[str, str]] = {
     "archive_older": ("以前のメール →", "Older →"),
     "archive_feed": ("Atomフィード", "Atom feed"),
     "archive_back": ("配信したメールの一覧へ", "All alerts sent"),
+    "archive_place": ("場所", "Place"),
+    "archive_map": ("地図で見る（おおよその位置）", "Show on a map (roughly)"),
     "archive_cap": ("CAP形式（機械可読）", "CAP (machine-readable)"),
     # --- other errors
     "csrf_title": ("ページを|開き直してください", "Please reload the page"),
