@@ -8,6 +8,7 @@ import math
 import pytest
 from lxml import etree
 
+from maild.alerts import legacy_check
 from maild.alerts.alertfile import AlertDraft
 from maild.alerts.mailtext import text_lines
 from maild.alerts.place import MIN_CELL_M, PlaceError, lon_step, parse_place
@@ -131,3 +132,10 @@ def test_an_exact_point_holds_the_alert_for_an_approver(site: Site) -> None:  # 
     shown = site.services.alerts.show(alert_id)
     assert shown["status"] == "pending_approval"
     assert [(f["kind"], f["text"]) for f in shown["privacy"]] == [("address", "38.2601,140.8725")]
+
+
+def test_a_place_old_phones_cannot_show_is_the_files_problem() -> None:
+    draft = parse(FILE.format(place="一番町付近😀 38.259,140.872"))
+    [problem] = legacy_check.check_draft(draft)
+    assert problem.line == 4
+    assert legacy_check.check_draft(parse(FILE.format(place="一番町付近"))) == []
