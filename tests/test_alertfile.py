@@ -18,8 +18,8 @@ from maild.alerts.alertfile import (
     parse_alert,
 )
 from maild.alerts.filetext import FileProblem
+from maild.alerts.mailtext import subject_with_area
 from maild.alerts.spool_files import error_report
-from maild.delivery.alertmail import subject_with_area
 from maild.residents.categories import CATEGORIES
 
 TOKYO = ZoneInfo("Asia/Tokyo")

@@ -557,3 +557,29 @@ def test_error_not_toml_or_missing(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere.toml"
     with pytest.raises(AreaFileError, match=re.escape(str(missing))):
         AreaMap.load(missing)
+
+
+# The JIS X 0402 codes of /work/shared/data/miyagi-areas.md (総務省 全国地方公共団体コード
+# without its check digit); the CAP documents of the archive carry them (docs/cap.md).
+MIYAGI_JIS = {
+    "仙台市": "04100", "青葉区": "04101", "宮城野区": "04102", "若林区": "04103",
+    "太白区": "04104", "泉区": "04105", "石巻市": "04202", "塩竈市": "04203",
+    "気仙沼市": "04205", "白石市": "04206", "名取市": "04207", "角田市": "04208",
+    "多賀城市": "04209", "岩沼市": "04211", "登米市": "04212", "栗原市": "04213",
+    "東松島市": "04214", "大崎市": "04215", "富谷市": "04216", "蔵王町": "04301",
+    "七ヶ宿町": "04302", "大河原町": "04321", "村田町": "04322", "柴田町": "04323",
+    "川崎町": "04324", "丸森町": "04341", "亘理町": "04361", "山元町": "04362",
+    "松島町": "04401", "七ヶ浜町": "04404", "利府町": "04406", "大和町": "04421",
+    "大郷町": "04422", "大衡村": "04424", "色麻町": "04444", "加美町": "04445",
+    "涌谷町": "04501", "美里町": "04505", "女川町": "04581", "南三陸町": "04606",
+}  # fmt: skip
+
+
+def test_every_municipality_has_its_jis_code(areas: AreaMap) -> None:
+    shipped = {a.name_ja: a.jis for a in areas.areas() if a.kind == "municipality"}
+    assert shipped == MIYAGI_JIS
+    for name, code in MIYAGI_JIS.items():
+        # Found by the 5-digit code and by the 6-digit one with its check digit.
+        assert areas.resolve(code).name_ja == name
+        check = (11 - sum(int(d) * w for d, w in zip(code, (6, 5, 4, 3, 2), strict=True)) % 11) % 10
+        assert areas.resolve(f"{code}{check}").name_ja == name

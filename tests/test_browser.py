@@ -1,5 +1,5 @@
 """A real headless Chromium, phone-sized and with JavaScript off, walks the resident pages:
-sign up, register, change, unsubscribe (docs/web-routes.md).
+sign up, register, change, unsubscribe, and the public archive (docs/web-routes.md).
 
 The app runs in waitress on a free loopback port, as inside the daemon. Screenshots
 go outside the repository, to ``$MAILD_SCREENSHOTS`` or ``/tmp/maild-screenshots``.
@@ -30,6 +30,8 @@ from playwright.sync_api import (
 )
 from sqlalchemy import select
 
+from maild.alerts.alertfile import AlertDraft
+from maild.alerts.workflow import Source
 from maild.common.clock import FakeClock
 from maild.service.services import Services, build_services
 from maild.store.models import OutboxMail, Subscriber
@@ -313,3 +315,43 @@ def test_phone_cancel_on_the_manage_page_asks_once_more(
     page.get_by_role("button", name="登録を解除する").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("登録を解除しました")
     assert site.subscriber("kaede@example.jp") is None
+
+
+def test_phone_archive_filter_and_one_alert(site: Site, phone: Page, shots: Path) -> None:
+    alerts = site.services.alerts
+    long_word = "ＡＢＣＤＥＦＧＨＩＪＫＬＭＮＯＰＱＲＳＴＵＶＷＸＹＺ" * 3  # no break opportunity
+    for subject, area in (("青葉区の声かけ事案", "aoba"), ("沿岸の不審者情報", "block-engan")):
+        draft = AlertDraft(
+            subject,
+            (area,),
+            "child-women",
+            True,
+            None,
+            "仙台北警察署",
+            f"本文\n{long_word}",
+            "utf-8",
+        )
+        alert_id = alerts.intake(draft, Source(None, "sato"))
+        assert alerts.release(alert_id) == 0  # nobody subscribed: sent at once
+    page = phone
+    page.goto(f"{site.url}/alerts")
+    fits_the_phone(page)
+    expect(page.locator("ol.alerts li")).to_have_count(2)
+    page.screenshot(path=shots / "archive-01-list.png", full_page=True)
+    # The filter is a plain GET form: no script needed.
+    page.get_by_label("地域").select_option(label="青葉区")
+    page.get_by_role("button", name="絞り込む").click()
+    expect(page.locator("ol.alerts li")).to_have_count(1)
+    expect(page.get_by_label("地域")).to_have_value("aoba")
+    fits_the_phone(page)
+    page.get_by_role("link", name="青葉区の声かけ事案【青葉区】").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text(
+        "【みやぎSecurityメール】青葉区の声かけ事案【青葉区】"
+    )
+    expect(page.locator("div.mail")).to_contain_text("（仙台北警察署）")
+    fits_the_phone(page)
+    page.screenshot(path=shots / "archive-02-alert.png", full_page=True)
+    page.get_by_role("link", name="English").click()
+    expect(page.locator("html")).to_have_attribute("lang", "en")
+    expect(page.locator("dl.summary")).to_contain_text("Aoba")
+    fits_the_phone(page)

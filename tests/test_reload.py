@@ -181,6 +181,9 @@ CHANGES: dict[Key, Callable[[dict[str, Path]], dict[str, dict[str, Any]]]] = {
     },
     ("housekeeping", "keep_days"): lambda f: {"housekeeping": {"keep_days": 7}},
     ("alerts", "privacy_allow"): lambda f: {"alerts": {"privacy_allow": str(f["allow"])}},
+    ("alerts", "map_url"): lambda f: {
+        "alerts": {"map_url": "https://www.openstreetmap.org/#map=16/{lat}/{lon}"}
+    },
     ("areas", "file"): lambda f: {"areas": {"file": str(f["areas"])}},
 }
 

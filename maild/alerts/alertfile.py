@@ -29,6 +29,7 @@ from zoneinfo import ZoneInfo
 
 from maild.alerts.filetext import FileProblem, control_character, decode
 from maild.alerts.filetext import problem as _problem
+from maild.alerts.place import Place, PlaceError, parse_place
 from maild.common.text import counted
 from maild.residents.areas import split_areas
 from maild.residents.categories import CATEGORIES
@@ -81,6 +82,8 @@ class AlertDraft:
     subject_line: int | None = field(default=None, compare=False)
     sender_line: int | None = field(default=None, compare=False)
     body_first_line: int | None = field(default=None, compare=False)
+    place: Place | None = None  # the optional Place header (maild.alerts.place)
+    place_line: int | None = field(default=None, compare=False)
 
 
 class AlertFileInvalid(Exception):
@@ -106,7 +109,8 @@ _CATEGORY = _Header("category", "Category", "分類")
 _URGENT = _Header("urgent", "Urgent", "緊急")
 _SEND_AFTER = _Header("send_after", "Send-After", "送信日時")
 _SENDER = _Header("sender", "Sender", "発信者")
-_HEADERS = (_SUBJECT, _AREA, _CATEGORY, _URGENT, _SEND_AFTER, _SENDER)
+_PLACE = _Header("place", "Place", "場所")
+_HEADERS = (_SUBJECT, _AREA, _CATEGORY, _URGENT, _SEND_AFTER, _SENDER, _PLACE)
 _REQUIRED = (_SUBJECT, _AREA, _CATEGORY)
 
 # Header names after _fold(): English in any case, with or without "-", and Japanese.
@@ -127,6 +131,8 @@ _HEADER_NAMES: Mapping[str, _Header] = {
     "送信日時": _SEND_AFTER,
     "sender": _SENDER,
     "発信者": _SENDER,
+    "place": _PLACE,
+    "場所": _PLACE,
 }
 
 _HEADER_LINE = re.compile(r"([^:：]+)[:：](.*)")
@@ -248,6 +254,7 @@ class _Parser:
         urgent = self.urgent(values.get(_URGENT.key))
         send_after = self.send_after(values.get(_SEND_AFTER.key))
         sender = self.sender(values.get(_SENDER.key))
+        place = self.place(values.get(_PLACE.key))
         if not body:
             self.fail(
                 None,
@@ -269,6 +276,8 @@ class _Parser:
             subject_line=values[_SUBJECT.key][0],
             sender_line=values[_SENDER.key][0] if _SENDER.key in values else None,
             body_first_line=body_start + 1,
+            place=place,
+            place_line=values[_PLACE.key][0] if place else None,
         )
 
     def read_headers(self, lines: list[str]) -> tuple[dict[str, tuple[int, str]], int]:
@@ -343,6 +352,15 @@ class _Parser:
         if entry is None or self.too_long(*entry, MAX_SENDER_CHARS, "発信者", "sender"):
             return None
         return entry[1]
+
+    def place(self, entry: tuple[int, str] | None) -> Place | None:
+        if entry is None or not entry[1]:
+            return None
+        try:
+            return parse_place(entry[1])
+        except PlaceError as e:
+            self.fail(entry[0], e.ja, e.en)
+            return None
 
     def too_long(self, number: int, value: str, limit: int, ja: str, en: str) -> bool:
         if len(value) <= limit:

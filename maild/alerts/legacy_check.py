@@ -40,8 +40,11 @@ def check_alert_for_legacy(
 
 
 def check_draft(draft: AlertDraft) -> list[FileProblem]:
-    """:func:`check_alert_for_legacy` for a parsed alert file, with the file's lines."""
-    return check_alert_for_legacy(
+    """:func:`check_alert_for_legacy` for a parsed alert file, with the file's lines; the
+    Place's description too, which the mail shows."""
+    place = draft.place.description if draft.place else ""
+    found = [FileProblem(draft.place_line, *problem_texts(p)) for p in legacy_problems(place)]
+    return found + check_alert_for_legacy(
         draft.subject,
         draft.body,
         subject_line=draft.subject_line or 1,

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from maild.alerts.alertfile import AlertDraft
 from maild.alerts.errors import AlertActionError
+from maild.alerts.place import Place
 from maild.alerts.privacy import KINDS, AllowList, Finding, check
 from maild.alerts.privacy_allow import build_allow_list
 from maild.alerts.spool_files import write_durably
@@ -43,12 +44,14 @@ class PrivacyGate:
         self.allow = build_allow_list(config, areas)
 
     def check_draft(self, draft: AlertDraft) -> list[Finding]:
-        """The findings in an alert's subject and body, with the lines of its file."""
+        """The findings in an alert's subject, body and place, with the lines of its file."""
         subject_line = draft.subject_line or 1
         body_line = draft.body_first_line or subject_line + 1
-        return check(draft.subject, self.allow, subject_line) + check(
-            draft.body, self.allow, body_line
-        )
+        found = check(draft.subject, self.allow, subject_line)
+        if draft.place is not None:
+            found += check(draft.place.description, self.allow, draft.place_line or 1)
+            found += exact_point_findings(draft.place, draft.place_line)
+        return found + check(draft.body, self.allow, body_line)
 
     def acknowledge(self, alert: Alert, ack_privacy: bool) -> str | None:
         """The audit detail of an approval's acknowledgement, None for an alert without
@@ -66,6 +69,15 @@ class PrivacyGate:
                 "have checked them."
             )
         return "acknowledged: " + "; ".join(_short(f, with_text=True) for f in findings)
+
+
+def exact_point_findings(place: Place, line: int | None) -> list[Finding]:
+    """A point written finer than the grid (:mod:`maild.alerts.place`) is flagged as an
+    address more exact than the town is, with the coarse point as the suggestion: the
+    alert waits for an approver, though only the coarse point is ever published."""
+    if not place.exact:
+        return []
+    return [Finding("address", line or 1, 1, place.exact, place.point())]
 
 
 def to_json(findings: Sequence[Finding]) -> str | None:

@@ -142,6 +142,7 @@ class Alerts:
                 message_key=secrets.token_hex(8),
                 created_at=now,
                 privacy_findings=privacy_gate.to_json(findings),
+                place=draft.place.stored() if draft.place else None,
             )
             if not waits:
                 alert.release_at = self._release_at(alert, now)
@@ -155,8 +156,7 @@ class Alerts:
                 self._audit(session, alert.id, "privacy-held", SYSTEM_USER, held(findings))
             if approval.required and not waits:
                 self._audit(session, alert.id, "approved", source.requester, "own alert (approver)")
-            alert_id = alert.id
-            status = alert.status
+            alert_id, status = alert.id, alert.status
         log.info("alert %d accepted from %s: %s", alert_id, source.requester, status)
         return alert_id
 

@@ -143,6 +143,8 @@ class Submitter:
             body=draft.body,
             sender=draft.sender,
             message_key=new_message_key(),
+            place=draft.place,
+            map_url=config.alerts.map_url,
         )
         templates = {
             charset: template_for(config, content, charset, test=True)

@@ -378,7 +378,12 @@ def _read_approval(r: _Reader) -> ApprovalConfig:
 
 
 def _read_alerts(r: _Reader) -> AlertsConfig:
-    return AlertsConfig(privacy_allow=r.existing_file("privacy_allow"))
+    d = AlertsConfig()
+    map_url = r.text("map_url", d.map_url, r"https://\S*\{lat\}\S*\{lon\}\S*", MAP_URL_WHAT)
+    return AlertsConfig(privacy_allow=r.existing_file("privacy_allow"), map_url=map_url)
+
+
+MAP_URL_WHAT = "an https URL with {lat} before {lon}"
 
 
 # A group name as groupadd accepts it (shadow-utils' default rule).

@@ -167,6 +167,8 @@ class ApprovalConfig:
 class AlertsConfig:
     # A file of words the privacy check never flags (one a line), besides the service's own.
     privacy_allow: Path | None = None
+    # The map an alert's Place links to ({lat}, {lon}: the coarse point); 地理院地図 by default.
+    map_url: str = "https://maps.gsi.go.jp/#15/{lat}/{lon}/"
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,12 @@ appended per recipient.
 from __future__ import annotations
 
 import datetime as dt
-import re
 import secrets
 from dataclasses import dataclass
 from email.utils import format_datetime
 
+from maild.alerts.mailtext import full_subject, text_lines
+from maild.alerts.place import Place
 from maild.common.config import Config
 from maild.mail.compose import (
     AUTO_GENERATED,
@@ -41,7 +42,6 @@ from maild.residents.terms import MANAGE
 
 # Headers that differ per recipient; the template leaves them out and adds them per message.
 _PERSONAL = frozenset({"date", "to", "message-id", "list-unsubscribe"})
-TEST_MARK = "【テスト】"
 _PLACEHOLDER_DATE = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 
 
@@ -57,6 +57,8 @@ class AlertContent:
     # The random part of every Message-ID of this alert: one alert's ids never repeat
     # another's, in this database or any other (a restored backup, a new install).
     message_key: str
+    place: Place | None = None  # the Place header (maild.alerts.place), its point coarse
+    map_url: str = ""  # [alerts] map_url
 
 
 @dataclass(frozen=True)
@@ -68,12 +70,6 @@ class Personal:
     manage_url: str
     unsubscribe_url: str
     envelope_from: str  # VERP: bounce+TOKEN@domain
-
-
-def full_subject(prefix: str, subject: str, area_label: str, test: bool = False) -> str:
-    """「【みやぎSecurityメール】女子中学生に対する声かけ事案【宮城野区】」
-    (docs/alert-files.md)."""
-    return (TEST_MARK if test else "") + prefix + subject_with_area(subject, area_label)
 
 
 TEST_FOOTER = (
@@ -95,9 +91,7 @@ def body_text(content: AlertContent, manage_url: str, test: bool = False) -> str
 
 def _shared_text(content: AlertContent, test: bool = False) -> str:
     """Everything of :func:`body_text` before the recipient's URL, ending in a line break."""
-    parts = [content.body.rstrip("\n"), ""]
-    if content.sender:
-        parts += [f"（{content.sender}）", ""]
+    parts = text_lines(content.body, content.sender, content.place, content.map_url)
     if test:
         return "\n".join(parts) + RULE + "\n" + TEST_FOOTER
     parts += [RULE, f"{MANAGE.ja}はこちら", ""]
@@ -188,17 +182,6 @@ class AlertTemplate:
         else:
             tail = base64_lines(self._body_rest + canonical_utf8(personal.manage_url))
         return self._head + head + self._body_head + tail
-
-
-_TRAILING_AREA = re.compile(r"【[^【】]*】\s*$")
-
-
-def subject_with_area(subject: str, area_label: str) -> str:
-    """The subject as sent: ``area_label`` in 【】 appended unless one ends it already."""
-    subject = subject.rstrip()
-    if not area_label or _TRAILING_AREA.search(subject):
-        return subject
-    return f"{subject}【{area_label}】"
 
 
 def list_id(config: Config) -> str:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from maild.alerts.place import stored_place
 from maild.alerts.workflow import Alerts
 from maild.common.addresses import mask
 from maild.common.clock import Clock
@@ -408,6 +409,8 @@ class FanoutSender:
             body=alert.body,
             sender=alert.sender,
             message_key=alert.message_key,
+            place=stored_place(alert.place),
+            map_url=self.config.alerts.map_url,
         )
         return template_for(self.config, content, charset)
 

@@ -139,6 +139,8 @@ class Alert(Base):
     # What the privacy check found at intake, as a JSON list (maild.alerts.privacy_gate);
     # NULL when it found nothing. A flagged alert waits for an acknowledged approval.
     privacy_findings: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The Place header, its point already coarse (maild.alerts.place): "一番町付近 38.259,140.872".
+    place: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     @property
     def area_ids(self) -> tuple[str, ...]:

@@ -6,7 +6,8 @@ check. ``/metrics`` is not here: it is the operators' listener's
 This module holds the routes (Werkzeug's ``Map``), the one ``try`` at the request
 boundary, the error pages, the security headers and the static files. The pages are
 in modules of their own: :mod:`~maild.web.signup`, :mod:`~maild.web.subscription`
-(the pages opened from mails) and :mod:`~maild.web.health`; :mod:`~maild.web.page`
+(the pages opened from mails), :mod:`~maild.web.archive` (the public archive of sent
+alerts and its feeds) and :mod:`~maild.web.health`; :mod:`~maild.web.page`
 is one request as they see it, :mod:`~maild.web.csrf` the CSRF cookie and
 :mod:`~maild.web.picker` the area picker.
 
@@ -27,12 +28,14 @@ from werkzeug.routing import Map, RequestRedirect, Rule
 from werkzeug.utils import redirect, send_from_directory
 from werkzeug.wrappers import Request, Response
 
+from maild.alerts.archive import Archive
 from maild.common.clock import Clock
 from maild.common.config import Config
 from maild.residents.areas import AreaMap, shared_area_map
 from maild.residents.limits import AnswerBudget
 from maild.residents.links import Links
 from maild.residents.registration import Registrations
+from maild.web.archive import ArchivePages
 from maild.web.health import Health, HealthPages, database_health
 from maild.web.page import Block, Page, Site, safe_path
 from maild.web.signup import Runner, SignupPages
@@ -78,6 +81,10 @@ URL_MAP = Map(
         Rule("/register/<token>", endpoint="register", methods=["GET", "POST"]),
         Rule("/manage/<token>", endpoint="manage", methods=["GET", "POST"]),
         Rule("/unsubscribe/<token>", endpoint="unsubscribe", methods=["GET", "POST"]),
+        Rule("/alerts", endpoint="alerts", methods=["GET"]),
+        Rule("/alerts.atom", endpoint="feed", methods=["GET"]),
+        Rule("/alerts/<int:alert_id>", endpoint="alert", methods=["GET"]),
+        Rule("/alerts/<int:alert_id>.cap", endpoint="alert_cap", methods=["GET"]),
         Rule("/healthz", endpoint="healthz", methods=["GET"]),
         Rule("/favicon.ico", endpoint="favicon", methods=["GET"]),
         Rule("/static/<path:filename>", endpoint="static", methods=["GET"]),
@@ -122,12 +129,17 @@ class WebApp:
         signup = self.signup
         subscription = SubscriptionPages(registrations, links)
         operators = HealthPages(health or database_health(registrations.db), None)
+        archive = ArchivePages(Archive(registrations.db))
         self._views: dict[str, Callable[..., Response]] = {
             "index": self.index,
             "signup": signup.signup,
             "register": subscription.register,
             "manage": subscription.manage,
             "unsubscribe": subscription.unsubscribe,
+            "alerts": archive.alerts,
+            "alert": archive.alert,
+            "feed": archive.feed,
+            "alert_cap": archive.cap,
             "healthz": operators.healthz,
             "static": self.static,
             "favicon": self.favicon,

@@ -204,6 +204,33 @@ TEXTS: dict[str, tuple[str, str]] = {
         "パソコンからは、登録の申し込みページからやり直せます。",
         "From a computer, start again on the sign-up page.",
     ),
+    # --- the public archive (/alerts)
+    "archive_title": ("配信した|メールの|一覧", "Alerts sent"),
+    "archive_intro": (
+        "これまでに配信した防犯メールです。新しいものから順に表示します。",
+        "The safety alerts we have mailed, newest first.",
+    ),
+    "archive_area": ("地域", "Area"),
+    "archive_any_area": ("すべての地域", "All areas"),
+    "archive_category": ("情報の種類", "Kind of information"),
+    "archive_any_category": ("すべての種類", "All kinds"),
+    "archive_filter": ("絞り込む", "Show"),
+    "archive_none": ("配信したメールはまだありません。", "No alert has been sent yet."),
+    "archive_none_filtered": (
+        "この条件に当てはまるメールはありません。",
+        "No alert matches these choices.",
+    ),
+    "archive_date": ("{date} 配信", "Sent {date}"),
+    "archive_sent": ("配信日時", "Sent"),
+    "archive_urgent": ("緊急", "Urgent"),
+    "archive_pages": ("ページ", "Pages"),
+    "archive_newer": ("← 新しいメール", "← Newer"),
+    "archive_older": ("以前のメール →", "Older →"),
+    "archive_feed": ("Atomフィード", "Atom feed"),
+    "archive_back": ("配信したメールの一覧へ", "All alerts sent"),
+    "archive_place": ("場所", "Place"),
+    "archive_map": ("地図で見る（おおよその位置）", "Show on a map (roughly)"),
+    "archive_cap": ("CAP形式（機械可読）", "CAP (machine-readable)"),
     # --- other errors
     "csrf_title": ("ページを|開き直してください", "Please reload the page"),
     "csrf_body": (

@@ -79,6 +79,9 @@ class Page:
         self.urls = urls
         self.endpoint = endpoint
         self.args = dict(args or {})
+        # Query values a page keeps in its own URL (the archive's filters), the language
+        # switch's included.
+        self.query: dict[str, str] = {}
         self.lang = pick_lang(request.args.get("lang"))
         secure = site.config.service.base_url.startswith("https://")
         self._csrf = Csrf(site.links, request, secure)
@@ -96,7 +99,7 @@ class Page:
 
     def here(self, lang: str | None = None) -> str:
         """This page's URL (matched routes only), in ``lang`` or the current language."""
-        values = dict(self.args)
+        values = dict(self.args) | self.query
         if (lang or self.lang) != DEFAULT_LANG:
             values["lang"] = lang or self.lang
         return self.urls.build(self.endpoint, values)
@@ -122,13 +125,17 @@ class Page:
         """GET, or HEAD (which Werkzeug routes as GET and answers without the body)."""
         return self.request.method in ("GET", "HEAD")
 
-    def render(self, template: str, title: str, status: int = 200, **context: Any) -> Response:
+    def render(
+        self, template: str, title: str, status: int = 200, phrased: bool = True, **context: Any
+    ) -> Response:
+        """``phrased=False``: a title that is no text of ours (an alert's subject), whose
+        ``|`` is a character to show, not a phrase mark."""
         html = self.site.jinja.get_template(template).render(
             page=self,
             lang=self.lang,
             t=functools.partial(text, self.lang),
-            title=plain(title),
-            heading=phrases(title),
+            title=plain(title) if phrased else title,
+            heading=phrases(title) if phrased else [title],
             service=self.config.service.name,
             **context,
         )
