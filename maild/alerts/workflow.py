@@ -16,10 +16,11 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, case, func, insert, literal, select, update
+from sqlalchemy import Select, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
-from maild.alerts import legacy_check, privacy_gate
+from maild.alerts import counts as counts_of
+from maild.alerts import hours, legacy_check, privacy_gate
 from maild.alerts.alertfile import AlertDraft, AlertFileInvalid
 from maild.alerts.errors import AlertActionError as AlertActionError
 from maild.alerts.window import WindowRules, release_time
@@ -35,7 +36,6 @@ from maild.store.models import (
     ALERT_SENT,
     CANCELLED,
     DELIVERY_DEFERRED,
-    DELIVERY_FAILED,
     DELIVERY_QUEUED,
     DELIVERY_SENT,
     PENDING_APPROVAL,
@@ -339,16 +339,19 @@ class Alerts:
             alert.fill_next = None
             return 0
         ids = (alert.fill_next, min(alert.fill_next + span - 1, alert.fill_end))
-        recipients = self._recipients(alert.area_ids, alert.category, ids).subquery()
+        held = hours.not_before_column(alert.urgent, now, self.config.service.tz)
+        found = self._recipients(alert.area_ids, alert.category, ids)
+        recipients = found.add_columns(held.label("held")).subquery()
         written = session.execute(
             insert(Delivery).from_select(
-                ["alert_id", "subscriber_id", "status", "attempts", "next_attempt_at"],
+                list(hours.ROW_COLUMNS),
                 select(
                     literal(alert.id),
                     recipients.c.id,
                     literal(DELIVERY_QUEUED),
                     literal(0),
-                    literal(now, type_=Delivery.__table__.c.next_attempt_at.type),
+                    hours.next_attempt_column(recipients.c.held, now),
+                    recipients.c.held,
                 ),
             ),
             # Only UPDATE and DELETE report their rowcount on every driver without it.
@@ -444,16 +447,7 @@ class Alerts:
             return result
 
     def delivery_counts(self, session: Session, ids: list[int]) -> dict[int, dict[str, int]]:
-        if not ids:
-            return {}
-        statuses = (DELIVERY_QUEUED, DELIVERY_SENT, DELIVERY_DEFERRED, DELIVERY_FAILED)
-        columns = [func.sum(case((Delivery.status == s, 1), else_=0)).label(s) for s in statuses]
-        rows = session.execute(
-            select(Delivery.alert_id, *columns)
-            .where(Delivery.alert_id.in_(ids))
-            .group_by(Delivery.alert_id)
-        ).all()
-        return {row[0]: {s: int(row[i + 1] or 0) for i, s in enumerate(statuses)} for row in rows}
+        return counts_of.delivery_counts(session, ids, self.clock.now())
 
     def _describe(self, alert: Alert, counts: dict[str, int] | None) -> dict[str, Any]:
         tz = self.config.service.tz
@@ -476,8 +470,7 @@ class Alerts:
             "released_at": local_text(alert.released_at, tz) if alert.released_at else None,
             "finished_at": local_text(alert.finished_at, tz) if alert.finished_at else None,
             "privacy": [f.to_dict() for f in privacy_gate.findings_of(alert.privacy_findings)],
-            "counts": counts
-            or {DELIVERY_QUEUED: 0, DELIVERY_SENT: 0, DELIVERY_DEFERRED: 0, DELIVERY_FAILED: 0},
+            "counts": counts or counts_of.empty(),
         }
 
     def _known(self, alert: Alert) -> bool:

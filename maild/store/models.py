@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, LargeBinary, String, Text, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from maild.store.db import Base, UTCDateTime
@@ -42,6 +42,12 @@ class Subscriber(Base):
     last_answer_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     bounce_score: Mapped[int] = mapped_column(Integer, default=0)
     last_bounce_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Issue 18: the resident's own receiving hours, minutes after local midnight in the
+    # service time zone (None: any time; start > end crosses midnight), and whether urgent
+    # alerts wait for them too (maild.residents.hours).
+    hours_start: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    hours_end: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    hours_urgent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     areas: Mapped[list[SubscriberArea]] = relationship(
         cascade="all, delete-orphan", passive_deletes=True, lazy="selectin"
@@ -172,6 +178,9 @@ class Delivery(Base):
     # once (its processes died with it); other nodes' claims wait for their lease.
     claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Held until the resident's hours start (maild.alerts.hours); ``next_attempt_at`` is
+    # that time too, so the claim needs no other condition. None: not held.
+    not_before: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class AuditEntry(Base):
