@@ -82,5 +82,5 @@ def test_delivery_rows_of_old_alerts_are_pruned_but_counts_stay(tmp_path: Path) 
     assert (pruned := keeper.run()) is not None and pruned.deliveries == 3
     assert count(s, Delivery) == 0
     shown = s.alerts.show(alert_id)
-    assert shown["counts"] == {"queued": 0, "sent": 3, "deferred": 0, "failed": 0}
+    assert shown["counts"] == {"queued": 0, "sent": 3, "deferred": 0, "failed": 0, "held": 0}
     assert shown["status"] == "sent"

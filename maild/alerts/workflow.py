@@ -452,7 +452,7 @@ class Alerts:
     def _describe(self, alert: Alert, counts: dict[str, int] | None) -> dict[str, Any]:
         tz = self.config.service.tz
         if counts is None and alert.final_counts:
-            counts = json.loads(alert.final_counts)  # delivery rows pruned by housekeeping
+            counts = counts_of.empty() | json.loads(alert.final_counts)  # rows pruned
         return {
             "id": alert.id,
             "subject": alert.subject,

@@ -137,9 +137,15 @@ def cmd_list(config: Config, args: argparse.Namespace) -> int:
         print(
             f"{a['id']:>5}  {a['status']:<16} {'URGENT ' if a['urgent'] else ''}"
             f"release {a['release_at'] or '-'}  sent {c['sent']}/"
-            f"{sum(c.values())}  {a['subject']}"
+            f"{sum(c.values())}{held_note(c)}  {a['subject']}"
         )
     return 0
+
+
+def held_note(counts: dict[str, int]) -> str:
+    """Issue 18: rows waiting for residents' own hours, in the list only when there are some."""
+    held = counts.get("held", 0)
+    return f" (held {held})" if held else ""
 
 
 # `alerts show`: each field as operators read it, Japanese first.
@@ -170,7 +176,8 @@ def cmd_show(config: Config, args: argparse.Namespace) -> int:
         print(f"{label}: {alert[key] if alert[key] is not None else '-'}")
     print(
         f"件数 / counts: 待ち queued {c['queued']}、送信済み sent {c['sent']}、"
-        f"再試行待ち deferred {c['deferred']}、失敗 failed {c['failed']}"
+        f"再試行待ち deferred {c['deferred']}、失敗 failed {c['failed']}、"
+        f"時間帯待ち held {c.get('held', 0)}"
     )
     if alert["privacy"]:
         print("個人情報の確認 / privacy:")
