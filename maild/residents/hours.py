@@ -14,12 +14,15 @@ import datetime as dt
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
+from maild.residents.choices import ChoiceError
+from maild.residents.terms import HOURS
+
 STEP = 30  # minutes between the times a resident can choose
 DAY = 24 * 60
 CHOICES = tuple(range(0, DAY, STEP))
 
-# The words of the pages and the completion mail (maild.residents.terms style).
-HOURS_JA, HOURS_EN = "受け取る時間帯", "receiving hours"
+# The words of the pages and the completion mail.
+HOURS_JA, HOURS_EN = HOURS.ja, HOURS.en
 ANY_TIME_JA, ANY_TIME_EN = "いつでも", "any time"
 URGENT_TOO_JA = "緊急の情報も時間帯を守る"
 URGENT_TOO_EN = "urgent alerts also wait for these hours"
@@ -27,13 +30,8 @@ URGENT_AT_ONCE_JA = "緊急の情報は時間外でもすぐ届きます"
 URGENT_AT_ONCE_EN = "urgent alerts come at once, even outside these hours"
 
 
-class HoursError(ValueError):
+class HoursError(ChoiceError):
     """The chosen hours cannot be saved; the text is for the page."""
-
-    def __init__(self, ja: str, en: str) -> None:
-        super().__init__(en)
-        self.ja = ja
-        self.en = en
 
 
 @dataclass(frozen=True)

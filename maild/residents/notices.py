@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from maild.residents.terms import AREAS, CATEGORIES, MANAGE, listing
+from maild.residents.hours import ANY_TIME, Hours
+from maild.residents.terms import AREAS, CATEGORIES, HOURS, MANAGE, listing
 
 RULE = "――――――――――"
 
@@ -34,12 +35,17 @@ If you did not ask for this, delete this mail; nothing will be registered.
 
 
 def complete_notice(
-    service: str, manage_url: str, areas: Sequence[str], categories: Sequence[str]
+    service: str,
+    manage_url: str,
+    areas: Sequence[str],
+    categories: Sequence[str],
+    hours: Hours = ANY_TIME,
 ) -> tuple[str, str]:
     body = f"""{service}への登録が完了しました。
 
 {AREAS.ja}: {listing(areas)}
 {CATEGORIES.ja}: {listing(categories)}
+{HOURS.ja}: {hours.describe()}
 
 {MANAGE.ja}は、次のURLからできます。
 このメールは大切に保管してください。
@@ -49,8 +55,9 @@ def complete_notice(
 {manage_url}
 
 {RULE}
-Your subscription to {service} is complete. Use the URL above to change
-your {AREAS.en} or {CATEGORIES.en}, or to cancel the subscription.
+Your subscription to {service} is complete ({HOURS.en}: {hours.describe("en")}).
+Use the URL above to change your {AREAS.en}, {CATEGORIES.en} or {HOURS.en},
+or to cancel the subscription.
 """
     return "登録完了のお知らせ", body
 

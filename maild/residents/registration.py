@@ -25,9 +25,12 @@ from maild.common.clock import Clock
 from maild.common.config import Config
 from maild.mail.compose import charset_for, compose
 from maild.mail.outbox import enqueue, enqueue_many, queued
-from maild.residents import notices, terms
+from maild.residents import notices
 from maild.residents.areas import AreaMap, shared_area_map
-from maild.residents.categories import CATEGORIES, categories_from_mask, mask_from_categories
+from maild.residents.categories import CATEGORIES, categories_from_mask
+from maild.residents.choices import ChoiceError as ChoiceError
+from maild.residents.choices import check_choices
+from maild.residents.hours import ANY_TIME, Hours
 from maild.residents.links import MANAGE, REGISTER, UNSUBSCRIBE, LinkError, Links, new_link_key
 from maild.residents.subscribers import erase, revive
 from maild.store.db import Database
@@ -47,15 +50,6 @@ WEB = "web"  # the /signup form
 SENT_REGISTER = "register"
 SENT_MANAGE = "manage"
 THROTTLED = "throttled"
-
-
-class ChoiceError(ValueError):
-    """The resident's form choices cannot be saved; the text is for the page."""
-
-    def __init__(self, ja: str, en: str) -> None:
-        super().__init__(en)
-        self.ja = ja
-        self.en = en
 
 
 @dataclass(frozen=True)
@@ -111,6 +105,7 @@ class SubscriberView:
     categories: tuple[str, ...]
     manage_token: str
     unsubscribe_token: str
+    hours: Hours = ANY_TIME
 
 
 @dataclass(frozen=True)
@@ -313,20 +308,25 @@ class Registrations:
         return PendingView(id=subscriber_id, masked_address=addresses.mask(address))
 
     def complete_register(
-        self, token: str, area_ids: Iterable[str], categories: Iterable[str]
+        self,
+        token: str,
+        area_ids: Iterable[str],
+        categories: Iterable[str],
+        hours: Hours = ANY_TIME,
     ) -> SubscriberView:
-        areas, mask = self._check_choices(area_ids, categories)
+        areas, mask = check_choices(self.areas, area_ids, categories)
         now = self.clock.now()
         with self.db.transaction() as session:
             subscriber = self._by_link(session, REGISTER, token, want=PENDING)
             subscriber.status = ACTIVE
             subscriber.activated_at = now
-            self._set_choices(subscriber, areas, mask, now)
+            self._set_choices(subscriber, areas, mask, now, hours)
             subject, body = notices.complete_notice(
                 self.config.service.name,
                 self.manage_url(subscriber),
                 [self.areas.get(a).name_ja for a in areas],
                 [c.ja for c in CATEGORIES if c.id in categories_from_mask(mask)],
+                hours,
             )
             self._enqueue(session, subscriber.address, subject, body, "complete")
             view = self._view(subscriber)
@@ -344,13 +344,18 @@ class Registrations:
             return self._view(subscriber)
 
     def update(
-        self, token: str, area_ids: Iterable[str], categories: Iterable[str]
+        self,
+        token: str,
+        area_ids: Iterable[str],
+        categories: Iterable[str],
+        hours: Hours | None = None,
     ) -> SubscriberView:
-        areas, mask = self._check_choices(area_ids, categories)
+        """``hours`` None: the resident's hours stay as they are."""
+        areas, mask = check_choices(self.areas, area_ids, categories)
         with self.db.transaction() as session:
             subscriber = self._by_link(session, MANAGE, token)
             revive(subscriber, self.clock.now())
-            self._set_choices(subscriber, areas, mask, self.clock.now())
+            self._set_choices(subscriber, areas, mask, self.clock.now(), hours)
             view = self._view(subscriber)
         log.info("subscriber %d changed their choices", view.id)
         return view
@@ -386,37 +391,17 @@ class Registrations:
             raise LinkError("invalid")
         return subscriber
 
-    def _check_choices(
-        self, area_ids: Iterable[str], categories: Iterable[str]
-    ) -> tuple[tuple[str, ...], int]:
-        chosen = []
-        for area_id in dict.fromkeys(area_ids):
-            try:
-                chosen.append(self.areas.get(area_id).id)
-            except (KeyError, ValueError):
-                raise ChoiceError(
-                    "不明な地域が選ばれました。", "An unknown area was chosen."
-                ) from None
-        if not chosen:
-            raise ChoiceError(
-                f"{terms.AREAS.ja}を1つ以上選んでください。", "Choose at least one area."
-            )
-        try:
-            mask = mask_from_categories(categories)
-        except (KeyError, ValueError):
-            raise ChoiceError(
-                "不明な情報の種類が選ばれました。", "An unknown kind of information was chosen."
-            ) from None
-        if mask == 0:
-            raise ChoiceError(
-                f"{terms.CATEGORIES.ja}を1つ以上選んでください。",
-                f"Choose at least one of the {terms.CATEGORIES.en}.",
-            )
-        return tuple(chosen), mask
-
     def _set_choices(
-        self, subscriber: Subscriber, areas: tuple[str, ...], mask: int, now: dt.datetime
+        self,
+        subscriber: Subscriber,
+        areas: tuple[str, ...],
+        mask: int,
+        now: dt.datetime,
+        hours: Hours | None,
     ) -> None:
+        if hours is not None:
+            subscriber.hours_start, subscriber.hours_end = hours.start, hours.end
+            subscriber.hours_urgent = hours.urgent_too
         subscriber.category_mask = mask
         subscriber.updated_at = now
         subscriber.areas = [SubscriberArea(area_id=a) for a in areas]
@@ -432,6 +417,7 @@ class Registrations:
             unsubscribe_token=self.links.subscriber_link(
                 UNSUBSCRIBE, subscriber.id, subscriber.link_key
             ),
+            hours=Hours(subscriber.hours_start, subscriber.hours_end, subscriber.hours_urgent),
         )
 
     def _enqueue(

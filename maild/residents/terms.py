@@ -28,6 +28,7 @@ AREAS = Term("受け取る地域", "areas")
 # The manage page, as the operating rules (5(5)) name the link at the end of every mail.
 MANAGE = Term("利用者情報の変更・解除", "change or cancel your subscription")
 CATEGORIES = Term("受け取る情報の種類", "kinds of information")
+HOURS = Term("受け取る時間帯", "receiving hours")  # issue 18: maild.residents.hours
 
 
 def listing(names: Iterable[str], lang: str = "ja") -> str:

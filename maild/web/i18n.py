@@ -11,7 +11,7 @@ word (``<wbr>`` and ``word-break: keep-all``); :func:`plain` drops the marks.
 
 from __future__ import annotations
 
-from maild.residents.terms import AREAS, CATEGORIES, MANAGE
+from maild.residents.terms import AREAS, CATEGORIES, HOURS, MANAGE
 
 LANGS = ("ja", "en")
 DEFAULT_LANG = "ja"
@@ -107,6 +107,20 @@ TEXTS: dict[str, tuple[str, str]] = {
         "受け取りたくない種類のチェックを外してください。",
         "Untick the kinds you do not want.",
     ),
+    "hours_legend": (HOURS.ja, HOURS.en_heading),
+    "hours_hint": (
+        "夜間などに受け取りたくないときは、受け取る時間帯を選んでください。時間帯の外に送られた"
+        "情報は、時間帯の始まりに届きます。いつでも受け取るときは「指定しない」のままにします。",
+        "If you do not want mail at night, choose the hours you receive it. What is sent outside"
+        ' them reaches you when they start. Leave "Not set" to receive it any time.',
+    ),
+    "hours_start": ("開始", "From"),
+    "hours_end": ("終了", "Until"),
+    "hours_not_set": ("指定しない", "Not set"),
+    "hours_urgent": (
+        "緊急の情報も、この時間帯にだけ受け取る（選ばなければ、緊急の情報はすぐ届きます）",
+        "Urgent alerts also only in these hours (otherwise urgent alerts come at once)",
+    ),
     "cancel_heading": ("登録の解除", "Cancel the subscription"),
     "cancel_explain": (
         "解除すると、このアドレスの登録情報はすべて削除され、メールは届かなくなります。"
@@ -140,6 +154,7 @@ TEXTS: dict[str, tuple[str, str]] = {
     "back_to_manage": ("変更・解除のページに戻る", "Back to the change page"),
     "summary_areas": (AREAS.ja, AREAS.en_heading),
     "summary_categories": (CATEGORIES.ja, CATEGORIES.en_heading),
+    "summary_hours": (HOURS.ja, HOURS.en_heading),
     "cancelled_title": ("登録を|解除しました", "Your subscription is cancelled"),
     "cancelled_body": (
         "登録情報は削除しました。今後、メールはお送りしません。ご利用ありがとうございました。",

@@ -7,11 +7,12 @@ block, opened when it holds a ticked box (``templates/_picker.html`` draws it).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from maild.residents.areas import Area, AreaMap
 from maild.residents.categories import CATEGORIES
+from maild.residents.hours import CHOICES, Hours, clock_text
 from maild.residents.registration import SubscriberView
 from maild.residents.terms import listing
 from maild.web.i18n import text
@@ -70,9 +71,37 @@ def category_boxes(chosen: Iterable[str], lang: str) -> tuple[Choice, ...]:
     return tuple(Choice(c.id, c.label(lang), c.id in picked) for c in CATEGORIES)
 
 
+@dataclass(frozen=True)
+class HoursChoice:
+    """The hours fields as the form shows them: ``""`` for not set (any time)."""
+
+    start: str = ""
+    end: str = ""
+    urgent_too: bool = False
+    options: tuple[str, ...] = tuple(clock_text(m) for m in CHOICES)
+
+    @classmethod
+    def of(cls, hours: Hours) -> HoursChoice:
+        def shown(minute: int | None) -> str:
+            return "" if minute is None else clock_text(minute)
+
+        return cls(shown(hours.start), shown(hours.end), hours.urgent_too)
+
+    @classmethod
+    def posted(cls, form: Mapping[str, str]) -> HoursChoice:
+        """What was sent, kept as it was for a form shown again with an error."""
+        urgent = form.get("hours_urgent", "") == "1"
+        return cls(form.get("hours_start", "")[:5], form.get("hours_end", "")[:5], urgent)
+
+
 def summary(areas: AreaMap, view: SubscriberView, lang: str) -> dict[str, str]:
-    """What a result page lists: the saved areas and categories, in the page's language."""
+    """What a result page lists: the saved areas, categories and hours, in the page's
+    language."""
     known = [areas.get(a).name(lang) for a in view.area_ids if a in areas]
     labels = [c.label(lang) for c in CATEGORIES if c.id in view.categories]
     # As the completion mail lists them (maild.residents.notices): the same words.
-    return {"areas": listing(known, lang), "categories": listing(labels, lang)}
+    return {
+        "areas": listing(known, lang),
+        "categories": listing(labels, lang),
+        "hours": view.hours.describe(lang),
+    }

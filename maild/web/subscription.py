@@ -20,10 +20,11 @@ from werkzeug.wrappers import Response
 from maild.common.addresses import mask_token
 from maild.residents.areas import UnknownArea
 from maild.residents.categories import CATEGORIES
+from maild.residents.hours import parse_hours
 from maild.residents.links import MANAGE, REGISTER, UNSUBSCRIBE, LinkError, Links
 from maild.residents.registration import ChoiceError, PendingView, Registrations, SubscriberView
 from maild.web.page import Block, Page, answer_minutes, csrf_refused, not_arrived
-from maild.web.picker import area_picker, category_boxes, summary
+from maild.web.picker import HoursChoice, area_picker, category_boxes, summary
 
 log = logging.getLogger("maild.web")
 
@@ -52,12 +53,14 @@ class SubscriptionPages:
             return csrf_refused(page)
         form = page.request.form
         area_ids, categories = form.getlist("area"), form.getlist("category")
+        hours = HoursChoice.posted(form)
         try:
-            done = self.registrations.complete_register(token, area_ids, categories)
+            chosen = parse_hours(hours.start, hours.end, hours.urgent_too)
+            done = self.registrations.complete_register(token, area_ids, categories, chosen)
         except LinkError as e:
             return self._link_problem(page, REGISTER, token, e)
         except (ChoiceError, UnknownArea) as e:
-            return self._form(page, "register", view, area_ids, categories, e)
+            return self._form(page, "register", view, area_ids, categories, e, hours)
         return page.render(
             "message.html",
             page.t("registered_title"),
@@ -75,7 +78,8 @@ class SubscriptionPages:
         except LinkError as e:
             return self._link_problem(page, MANAGE, token, e)
         if page.reading:
-            return self._form(page, "manage", view, view.area_ids, view.categories)
+            hours = HoursChoice.of(view.hours)
+            return self._form(page, "manage", view, view.area_ids, view.categories, None, hours)
         if not page.csrf_ok():
             return csrf_refused(page)
         form = page.request.form
@@ -89,10 +93,12 @@ class SubscriptionPages:
             if action != UPDATE:
                 return page.message(400, "bad_request_title", Block(page.t("bad_request_body")))
             area_ids, categories = form.getlist("area"), form.getlist("category")
+            hours = HoursChoice.posted(form)
             try:
-                saved = self.registrations.update(token, area_ids, categories)
+                chosen = parse_hours(hours.start, hours.end, hours.urgent_too)
+                saved = self.registrations.update(token, area_ids, categories, chosen)
             except (ChoiceError, UnknownArea) as e:
-                return self._form(page, "manage", view, area_ids, categories, e)
+                return self._form(page, "manage", view, area_ids, categories, e, hours)
         except LinkError as e:
             return self._link_problem(page, MANAGE, token, e)
         return page.render(
@@ -140,6 +146,7 @@ class SubscriptionPages:
         area_ids: Iterable[str],
         categories: Iterable[str],
         error: Exception | None = None,
+        hours: HoursChoice | None = None,
     ) -> Response:
         """The register or manage form, pre-filled; with ``error`` a 400 that keeps the choices."""
         message = ""
@@ -157,6 +164,7 @@ class SubscriptionPages:
             root=root,
             groups=groups,
             categories=category_boxes(categories, page.lang),
+            hours=hours or HoursChoice(),
             action=page.here(),
         )
 
