@@ -76,6 +76,7 @@ def test_the_polices_own_numbers_110_and_9110_are_not_flagged() -> None:
         "字下小路２５番地",
         "中央二丁目１番地",
         "メゾン青葉２０１号室",
+        "「コーポ石巻」202号室",
         "中田町上沼字大泉１０番地の２",
     ],
 )

@@ -74,8 +74,9 @@ _HOUSE = re.compile(
     r")(?![\d-])"
 )
 _BUILDING = re.compile(
-    rf"(?P<building>{_RUN}*(?:マンション|アパート|ハイツ|コーポ|レジデンス|メゾン|パレス|"
-    rf"ハウス|ビル|荘|団地|棟){_RUN}*)\s*\d{{1,4}}号室?"
+    # The name may stand in brackets: 「コーポ石巻」202号室.
+    rf"(?P<building>[「『]?{_RUN}*(?:マンション|アパート|ハイツ|コーポ|レジデンス|メゾン|パレス|"
+    rf"ハウス|ビル|荘|団地|棟){_RUN}*[」』]?)\s*\d{{1,4}}号室?"
 )
 _NOT_HOUSE = re.compile(r"^(?:国道|県道|市道|町道|第)")
 
