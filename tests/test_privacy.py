@@ -122,6 +122,16 @@ def test_a_victims_age_only_with_a_narrow_place() -> None:
     assert kinds("国分町付近で、容疑者（３４）を逮捕しました。") == []
 
 
+def test_a_school_year_tells_the_age_as_exactly() -> None:
+    assert kinds("石巻市内で、小学５年生の男子児童が声をかけられました。") == []
+    assert kinds("石巻市蛇田の公園で、小学５年生の男子児童が声をかけられました。") == [
+        ("age_place", "小学５年生")
+    ]
+    assert kinds("石巻市蛇田の公園で、中学2年の女子生徒が声をかけられました。") == [
+        ("age_place", "中学2年")
+    ]
+
+
 def test_allowed_words_are_never_flagged() -> None:
     text = "指名手配中の山口誠被疑者について情報提供を。"
     assert kinds(text) == [("name", "山口誠")]
