@@ -24,6 +24,7 @@ from maild.common.schema import (
     BouncesConfig,
     Config,
     ConfigError,
+    ConsoleConfig,
     DatabaseConfig,
     DkimConfig,
     HousekeepingConfig,
@@ -243,6 +244,12 @@ def _read_web(r: _Reader) -> WebConfig:
     return WebConfig(listen=listen, operators_listen=operators)
 
 
+def _read_console(r: _Reader) -> ConsoleConfig:
+    d = ConsoleConfig()
+    url = r.text("base_url", d.base_url, r"https?://[^\s/]+(/[^\s]*)?", "an http(s) URL")
+    return ConsoleConfig(listen=r.listen("listen", d.listen), base_url=url.rstrip("/"))
+
+
 def _read_relay(r: _Reader) -> RelayConfig:
     d = RelayConfig()
     url = r.text("url", d.url)
@@ -407,6 +414,7 @@ _READERS: dict[str, Callable[[_Reader], Any]] = {
     "database": _read_database,
     "smtp": _read_smtp,
     "web": _read_web,
+    "console": _read_console,
     "relay": _read_relay,
     "mail": _read_mail,
     "dkim": _read_dkim,
