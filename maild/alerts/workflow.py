@@ -164,8 +164,12 @@ class Alerts:
 
     # --- operator actions -------------------------------------------------------------
 
-    def approve(self, alert_id: int, user: str) -> None:
-        if not is_approver(self.config, user):
+    def _approver(self, user: str, approver: bool | None) -> bool:
+        """``approver``: the role as the console's accounts give it; None: Unix groups."""
+        return is_approver(self.config, user) if approver is None else approver
+
+    def approve(self, alert_id: int, user: str, approver: bool | None = None) -> None:
+        if not self._approver(user, approver):
             raise _not_approver(user)
         now = self.clock.now()
         with self.db.transaction() as session:
@@ -185,7 +189,7 @@ class Alerts:
             self._audit(session, alert_id, "approved", user)
         log.info("alert %d approved by %s", alert_id, user)
 
-    def cancel(self, alert_id: int, user: str) -> None:
+    def cancel(self, alert_id: int, user: str, approver: bool | None = None) -> None:
         """Cancel before or during sending; a fan-out under way stops within a second.
 
         With approval on, an approver or the alert's own requester may cancel.
@@ -193,7 +197,7 @@ class Alerts:
         with self.db.transaction() as session:
             alert = self._get(session, alert_id)
             approval = self.config.approval
-            approver = is_approver(self.config, user)
+            approver = self._approver(user, approver)
             if approval.required and not approver and user != alert.requester:
                 raise AlertActionError(
                     f"{user} は承認者でも依頼者でもないため取り消せません / {user} is neither an "
@@ -215,13 +219,13 @@ class Alerts:
             self._audit(session, alert_id, "cancelled", user, f"was {was}")
         log.info("alert %d cancelled by %s (was %s)", alert_id, user, was)
 
-    def send_now(self, alert_id: int, user: str) -> None:
+    def send_now(self, alert_id: int, user: str, approver: bool | None = None) -> None:
         """Release now, ignoring the window and Send-After (an approved alert only).
 
         With approval on, sending outside the window is the 運用責任者's call (運用要領 5(2)).
         """
         approval = self.config.approval
-        if approval.required and not is_approver(self.config, user):
+        if approval.required and not self._approver(user, approver):
             raise _not_approver(user)
         with self.db.transaction() as session:
             alert = self._get(session, alert_id)

@@ -1,0 +1,160 @@
+"""Texts of the console's pages, Japanese first and English second. Keys not here are
+the resident pages' (:mod:`maild.web.i18n`: the area picker, the error pages)."""
+
+from __future__ import annotations
+
+from maild.web.i18n import text as web_text
+
+TEXTS: dict[str, tuple[str, str]] = {
+    "console": ("承認コンソール", "Approvers' console"),
+    "switch_lang": ("English", "日本語"),
+    "nav_queue": ("承認・送信待ち", "Queue"),
+    "nav_history": ("送信履歴", "History"),
+    "sign_out": ("ログアウト", "Sign out"),
+    "signed_in_as": ("{name}（{role}）", "{name} ({role})"),
+    "role_operator": ("発信担当者", "operator"),
+    "role_approver": ("運用責任者", "approver"),
+    "role_admin": ("システム管理者", "admin"),
+    # --- sign-in
+    "sign_in_title": ("ログイン", "Sign in"),
+    "name_label": ("アカウント名", "Account name"),
+    "password_label": ("パスワード", "Password"),
+    "code_label": ("認証コード（6桁）", "Authentication code (6 digits)"),
+    "code_hint": (
+        "運用責任者・システム管理者は、認証アプリに表示される6桁の数字を入力してください。",
+        "Approvers and admins: enter the 6 digits your authenticator app shows.",
+    ),
+    "sign_in": ("ログイン", "Sign in"),
+    "sign_in_failed": (
+        "アカウント名、パスワードまたは認証コードが違います。",
+        "The account name, password or code is wrong.",
+    ),
+    "sign_in_locked": (
+        "失敗が続いたため、このアカウントは15分間ログインできません。",
+        "After repeated failures this account cannot sign in for 15 minutes.",
+    ),
+    "signed_out": ("ログアウトしました。", "You have signed out."),
+    "session_ended": (
+        "ログインの有効期限（操作がないまま30分）が切れました。もう一度ログインしてください。",
+        "Your session has ended (30 minutes without use). Please sign in again.",
+    ),
+    # --- queue
+    "queue_title": ("承認・送信待ちの警報", "Alerts waiting"),
+    "queue_empty": ("待っている警報はありません。", "No alert is waiting."),
+    "col_id": ("番号", "No."),
+    "col_subject": ("件名", "Subject"),
+    "col_status": ("状態", "Status"),
+    "col_requester": ("依頼者", "Requested by"),
+    "col_time": ("受付・送信予定", "Received / sends at"),
+    "col_areas": ("配信エリア", "Areas"),
+    "col_category": ("情報種別", "Category"),
+    "col_urgent": ("緊急", "Urgent"),
+    "col_recipients": ("現在の送信先", "Recipients now"),
+    "urgent_yes": ("緊急", "urgent"),
+    "status_pending_approval": ("承認待ち", "waiting for approval"),
+    "status_scheduled": ("送信予定", "scheduled"),
+    "status_sending": ("送信中", "sending"),
+    "status_sent": ("送信済み", "sent"),
+    "status_cancelled": ("取り消し", "cancelled"),
+    "status_failed": ("送信失敗", "failed"),
+    "count": ("{count} 件", "{count}"),
+    # --- one alert
+    "alert_title": ("警報 {id}: {subject}", "Alert {id}: {subject}"),
+    "subject": ("件名", "Subject"),
+    "body": ("本文", "Body"),
+    "sender": ("発信者", "Sender"),
+    "send_after": ("送信開始日時の指定", "Send after"),
+    "release_at": ("送信予定", "Sends at"),
+    "approved_by": ("承認者", "Approved by"),
+    "none": ("なし", "none"),
+    "areas_heading": ("配信エリアと現在の送信先", "Areas and their recipients now"),
+    "total": ("合計（重複を除く）", "Total (each person once)"),
+    "progress": (
+        "送信済み {sent} 件・再送待ち {deferred} 件・失敗 {failed} 件・未送信 {queued} 件",
+        "{sent} sent, {deferred} deferred, {failed} failed, {queued} to go",
+    ),
+    "audit_heading": ("操作の記録", "Audit log"),
+    "col_at": ("日時", "When"),
+    "col_action": ("操作", "Action"),
+    "col_user": ("操作した人", "Who"),
+    "col_detail": ("内容", "Detail"),
+    "actions_heading": ("操作", "Actions"),
+    "do_adjust": ("内容・配信エリアを修正", "Change text or areas"),
+    "do_approve": ("承認する", "Approve"),
+    "do_send-now": ("今すぐ送信", "Send now"),
+    "do_cancel": ("取り消す", "Cancel the alert"),
+    "own_request": (
+        "ご自身の依頼は承認できません（運用要領 5(1)）。他の運用責任者に承認を依頼してください。",
+        "You cannot approve your own request: ask another approver.",
+    ),
+    # --- adjust
+    "adjust_title": ("警報 {id} の修正", "Change alert {id}"),
+    "adjust_intro": (
+        "変更した内容は、変更前と変更後の差分とともに操作の記録に残り、承認する人に表示されます。",
+        "Each change goes into the audit log with its before and after, shown to the approver.",
+    ),
+    "urgent_label": ("緊急（送信時間帯の外でも送る）", "Urgent (sent outside the window too)"),
+    "send_after_label": ("送信開始日時（空欄: 指定なし）", "Send after (empty: none)"),
+    "category_label": ("情報種別", "Category"),
+    "save": ("修正を保存", "Save the changes"),
+    "nothing_changed": ("変更はありませんでした。", "Nothing was changed."),
+    "changed": ("修正しました: {fields}", "Changed: {fields}"),
+    "bad_datetime": (
+        "送信開始日時は 2026-12-07 09:00 の形で書いてください。",
+        "Write the send-after time as 2026-12-07 09:00.",
+    ),
+    # --- confirm
+    "confirm_title": ("確認: {what}", "Confirm: {what}"),
+    "confirm_now": (
+        "送信先 {count} 件、今すぐ送信されます。",
+        "{count} recipients; it will be sent now.",
+    ),
+    "confirm_at": (
+        "送信先 {count} 件、{when} に送信されます。",
+        "{count} recipients; it will be sent at {when}.",
+    ),
+    "confirm_cancel": (
+        "この警報を取り消します。まだ送っていない送信先には送られません。",
+        "The alert is cancelled: nobody not yet reached will get it.",
+    ),
+    "confirm_cancel_sending": (
+        "送信を止めます。送信済みの {sent} 件は取り消せません。",
+        "Sending stops. The {sent} mails already sent cannot be recalled.",
+    ),
+    "confirm_button": ("はい、{what}", "Yes: {what}"),
+    "back": ("戻る", "Back"),
+    "done_approve": ("承認しました。", "Approved."),
+    "done_send-now": ("今すぐ送信するよう指示しました。", "It is being released now."),
+    "done_cancel": ("取り消しました。", "Cancelled."),
+    "refused_title": ("この操作の権限がありません", "You may not do this"),
+    "refused_body": (
+        "この操作には運用責任者の役割が必要です。この試みは記録されました。",
+        "This needs the approver role. The attempt has been recorded.",
+    ),
+    "action_failed_title": ("この操作はできませんでした", "This could not be done"),
+    "to_alert": ("警報の画面へ", "Back to the alert"),
+    # --- history
+    "history_title": ("送信履歴", "History"),
+    "history_empty": ("送信済みの警報はありません。", "No alert has been sent yet."),
+    "col_result": ("結果", "Result"),
+    "filter": ("絞り込む", "Filter"),
+    "all": ("すべて", "all"),
+    # --- errors
+    "not_found_title": ("ページが見つかりません", "Page not found"),
+    "csrf_title": ("もう一度お試しください", "Please try again"),
+    "csrf_body": (
+        "フォームの有効期限が切れたか、ほかのページから送信されました。何も変更していません。"
+        "ページを開き直してから、もう一度操作してください。",
+        "The form expired or came from another page. Nothing has changed. Open the page"
+        " again and retry.",
+    ),
+}
+
+
+def text(lang: str, key: str, **values: object) -> str:
+    """The text ``key`` in ``lang`` (the console's, else the resident pages')."""
+    if key not in TEXTS:
+        return web_text(lang, key, **values)
+    ja, en = TEXTS[key]
+    template = en if lang == "en" else ja
+    return template.format(**values) if values else template
