@@ -15,7 +15,7 @@ from werkzeug.wrappers import Request, Response
 
 from maild.common.config import Config
 from maild.console.sessions import SignedIn
-from maild.console.texts import text
+from maild.console.texts import action_name, text
 from maild.residents.links import Links
 from maild.web.csrf import CSRF_FIELD, Csrf
 from maild.web.i18n import DEFAULT_LANG, pick_lang
@@ -68,6 +68,9 @@ class ConsolePage:
         if self.user is not None:
             return self.user.csrf_ok(self.request.form.get(CSRF_FIELD, ""))
         return self._csrf.valid()
+
+    def action_name(self, action: str) -> str:
+        return action_name(self.lang, action)
 
     def role_name(self, role: str) -> str:
         return self.t(f"role_{role}")

@@ -78,6 +78,15 @@ TEXTS: dict[str, tuple[str, str]] = {
     "col_action": ("操作", "Action"),
     "col_user": ("操作した人", "Who"),
     "col_detail": ("内容", "Detail"),
+    "action_submitted": ("依頼", "requested"),
+    "action_changed": ("修正", "changed"),
+    "action_approved": ("承認", "approved"),
+    "action_send-now": ("今すぐ送信", "send now"),
+    "action_cancelled": ("取り消し", "cancelled"),
+    "action_released": ("送信開始", "released"),
+    "action_recipients": ("送信先確定", "recipients written"),
+    "action_finished": ("送信完了", "finished"),
+    "action_refused": ("拒否（権限なし）", "refused (no permission)"),
     "actions_heading": ("操作", "Actions"),
     "do_adjust": ("内容・配信エリアを修正", "Change text or areas"),
     "do_approve": ("承認する", "Approve"),
@@ -97,8 +106,6 @@ TEXTS: dict[str, tuple[str, str]] = {
     "send_after_label": ("送信開始日時（空欄: 指定なし）", "Send after (empty: none)"),
     "category_label": ("情報種別", "Category"),
     "save": ("修正を保存", "Save the changes"),
-    "nothing_changed": ("変更はありませんでした。", "Nothing was changed."),
-    "changed": ("修正しました: {fields}", "Changed: {fields}"),
     "bad_datetime": (
         "送信開始日時は 2026-12-07 09:00 の形で書いてください。",
         "Write the send-after time as 2026-12-07 09:00.",
@@ -123,6 +130,10 @@ TEXTS: dict[str, tuple[str, str]] = {
     ),
     "confirm_button": ("はい、{what}", "Yes: {what}"),
     "back": ("戻る", "Back"),
+    "done_adjust": (
+        "修正しました。変更前と変更後は操作の記録にあります。",
+        "Changed. The before and after are in the audit log.",
+    ),
     "done_approve": ("承認しました。", "Approved."),
     "done_send-now": ("今すぐ送信するよう指示しました。", "It is being released now."),
     "done_cancel": ("取り消しました。", "Cancelled."),
@@ -149,6 +160,12 @@ TEXTS: dict[str, tuple[str, str]] = {
         " again and retry.",
     ),
 }
+
+
+def action_name(lang: str, action: str) -> str:
+    """An audit action as people read it; one this table does not know, as it is."""
+    key = f"action_{action}"
+    return text(lang, key) if key in TEXTS else action
 
 
 def text(lang: str, key: str, **values: object) -> str:
