@@ -300,3 +300,51 @@ def test_alert_fields_and_area_names_are_escaped(console: Console) -> None:
         assert "<script>" not in text and "<img" not in text and "<b>x" not in text, path
     assert "&lt;script&gt;" in client.get(f"/alerts/{alert_id}").text
     assert "Content-Security-Policy" in client.get("/").headers
+
+
+def test_a_request_composed_in_the_browser_enters_the_same_intake(console: Console) -> None:
+    client = console.signed_in("tanto")
+    form = client.get("/compose")
+    assert form.status_code == 200 and 'name="area"' in form.text
+    data = {
+        "csrf": csrf_of(form),
+        "subject": "声かけ事案\nBcc: x@example.jp",  # a line break must not make a header
+        "body": "本文\r\n二行目",
+        "area": ["aoba", "izumi"],
+        "category": "street-crime",
+        "urgent": "yes",
+        "sender": "仙台北警察署",
+    }
+    done = client.post("/compose", data=data)
+    assert done.status_code == 303, done.text
+    (alert,) = console.services.alerts.listing()
+    assert alert["requester"] == "tanto" and alert["status"] == "pending_approval"
+    assert alert["subject"] == "声かけ事案 Bcc: x@example.jp"
+    assert alert["areas"] == ["aoba", "izumi"] and alert["urgent"]
+    assert console.services.alerts.show(alert["id"])["body"] == "本文\n二行目"
+    # The parser's problems come back in the page; nothing is taken.
+    data.update(subject="", area=[], category="nonsense")
+    refused = client.post("/compose", data=data)
+    assert refused.status_code == 400
+    assert "Category" in refused.text or "category" in refused.text
+    assert len(console.services.alerts.listing()) == 1
+
+
+def test_subscriber_figures_show_counts_and_no_address(console: Console) -> None:
+    client = console.signed_in("tanto")
+    page = client.get("/subscribers").text
+    assert "登録済み: <strong>5 件</strong>" in page
+    assert "青葉区" in page and "@" not in page.replace("@example", "")
+    assert "example.jp" not in page
+
+
+def test_a_sending_alert_refreshes_only_when_asked(console: Console) -> None:
+    alerts = console.services.alerts
+    alert_id = alerts.intake(draft(urgent=True), Source(None, "tanto"))
+    alerts.approve(alert_id, "kacho", approver=True)
+    assert alerts.release(alert_id) is not None
+    client = console.signed_in("kacho")
+    plain = client.get(f"/alerts/{alert_id}").text
+    assert 'http-equiv="refresh"' not in plain and "自動で更新" in plain
+    assert "未送信 3 件" in plain
+    assert 'http-equiv="refresh" content="10"' in client.get(f"/alerts/{alert_id}?auto=1").text

@@ -219,9 +219,12 @@ def test_approver_changes_the_area_and_approves_in_the_browser(
     checked.goto(maild.console_url)
     no_serious_violation(checked, axe)  # the sign-in page
     sign_in(checked, maild.console_url, "tanto", *tanto)
-    for path in ("/", f"/alerts/{alert_id}", "/history", "/?lang=en"):
+    pages = ("/", f"/alerts/{alert_id}", "/history", "/compose", "/subscribers", "/?lang=en")
+    for path in pages:
         checked.goto(maild.console_url + path)
         no_serious_violation(checked, axe)
+    checked.goto(maild.console_url + "/subscribers")
+    checked.screenshot(path=shots / "console-06-subscribers.png", full_page=True)
     checked.context.close()
     assert maild.stop() == 0
 

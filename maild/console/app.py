@@ -25,6 +25,7 @@ from maild.alerts.workflow import Alerts
 from maild.common.clock import Clock
 from maild.common.config import Config
 from maild.console.accounts import Accounts
+from maild.console.compose import ComposePages
 from maild.console.page import ConsolePage
 from maild.console.sessions import COOKIE, Sessions
 from maild.console.views import Views
@@ -45,6 +46,8 @@ URL_MAP = Map(
         Rule("/sign-in", endpoint="sign_in", methods=["GET", "POST"]),
         Rule("/sign-out", endpoint="sign_out", methods=["POST"]),
         Rule("/history", endpoint="history", methods=["GET"]),
+        Rule("/compose", endpoint="compose", methods=["GET", "POST"]),
+        Rule("/subscribers", endpoint="subscribers", methods=["GET"]),
         Rule("/alerts/<int:alert_id>", endpoint="alert", methods=["GET"]),
         Rule("/alerts/<int:alert_id>/adjust", endpoint="adjust", methods=["GET", "POST"]),
         Rule(
@@ -83,11 +86,14 @@ class ConsoleApp:
             lstrip_blocks=True,
         )
         self.views = Views(alerts, self.accounts, self.sessions, clock, on_change)
+        more = ComposePages(alerts, on_change)
         self._routes: dict[str, Callable[..., Response]] = {
             "queue": self.views.queue,
             "sign_in": self.views.sign_in,
             "sign_out": self.views.sign_out,
             "history": self.views.history,
+            "compose": more.compose,
+            "subscribers": more.subscribers,
             "alert": self.views.alert,
             "adjust": self.views.adjust,
             "act": self.views.act,

@@ -10,6 +10,8 @@ TEXTS: dict[str, tuple[str, str]] = {
     "switch_lang": ("English", "日本語"),
     "nav_queue": ("承認・送信待ち", "Queue"),
     "nav_history": ("送信履歴", "History"),
+    "nav_compose": ("新しい依頼", "New request"),
+    "nav_subscribers": ("登録者数", "Subscribers"),
     "sign_out": ("ログアウト", "Sign out"),
     "signed_in_as": ("{name}（{role}）", "{name} ({role})"),
     "role_operator": ("発信担当者", "operator"),
@@ -73,6 +75,11 @@ TEXTS: dict[str, tuple[str, str]] = {
         "送信済み {sent} 件・再送待ち {deferred} 件・失敗 {failed} 件・未送信 {queued} 件",
         "{sent} sent, {deferred} deferred, {failed} failed, {queued} to go",
     ),
+    "auto_on": (
+        "進み具合を自動で更新する（{seconds}秒ごと）",
+        "Refresh the progress every {seconds} s",
+    ),
+    "auto_off": ("自動更新を止める", "Stop refreshing"),
     "audit_heading": ("操作の記録", "Audit log"),
     "col_at": ("日時", "When"),
     "col_action": ("操作", "Action"),
@@ -142,8 +149,31 @@ TEXTS: dict[str, tuple[str, str]] = {
         "この操作には運用責任者の役割が必要です。この試みは記録されました。",
         "This needs the approver role. The attempt has been recorded.",
     ),
+    "refused_compose": (
+        "配信の依頼には発信担当者か運用責任者の役割が必要です。",
+        "A request needs the operator or approver role.",
+    ),
     "action_failed_title": ("この操作はできませんでした", "This could not be done"),
     "to_alert": ("警報の画面へ", "Back to the alert"),
+    # --- compose
+    "compose_title": ("新しい配信依頼", "New request"),
+    "compose_intro": (
+        "警報ファイルと同じ規則で確かめてから受け付けます。承認が必要な場合は承認待ちになります。",
+        "Checked by the same rules as an alert file; where approval is needed it waits for it.",
+    ),
+    "compose_submit": ("依頼する", "Submit the request"),
+    "done_compose": ("受け付けました。", "Your request has been received."),
+    # --- subscribers
+    "subscribers_title": ("登録者数", "Subscribers"),
+    "subscribers_intro": (
+        "配信エリア・情報種別ごとの登録者数です（登録手続き中・停止中を除く）。"
+        "一人が複数を選ぶため、合計は登録者数より多くなります。",
+        "Active subscribers by the areas and kinds they chose; one person may choose"
+        " several, so the rows add up to more than the people.",
+    ),
+    "subscribers_pending": ("手続き中", "pending"),
+    "subscribers_active": ("登録済み", "active"),
+    "subscribers_suspended": ("停止中", "suspended"),
     # --- history
     "history_title": ("送信履歴", "History"),
     "history_empty": ("送信済みの警報はありません。", "No alert has been sent yet."),

@@ -168,6 +168,9 @@ class Views:
             actions=self._actions(page, alert),
             labels=self._labels(),
             done=page.request.args.get("done", ""),
+            # Refreshing by itself only when asked (axe-core, WCAG 2.2.1: a page must not
+            # reload on its own unless the person chose it), and only while it is sending.
+            refresh=10 if alert["status"] == SENDING and page.request.args.get("auto") else 0,
         )
 
     # --- adjusting ------------------------------------------------------------------
