@@ -348,3 +348,15 @@ def test_a_sending_alert_refreshes_only_when_asked(console: Console) -> None:
     assert 'http-equiv="refresh"' not in plain and "自動で更新" in plain
     assert "未送信 3 件" in plain
     assert 'http-equiv="refresh" content="10"' in client.get(f"/alerts/{alert_id}?auto=1").text
+
+
+def test_the_alert_page_shows_what_an_old_phone_gets(console: Console) -> None:
+    alert_id = console.services.alerts.intake(
+        draft(body="①髙橋さん宅付近～駅"), Source(None, "tanto")
+    )
+    client = console.signed_in("kacho")
+    page = client.get(f"/alerts/{alert_id}").text
+    assert "古い携帯電話（ISO-2022-JP）での表示" in page
+    assert "① → (1)" in page and "(1)高橋さん宅付近〜駅" in page
+    plain = console.services.alerts.intake(draft(body="通常の本文"), Source(None, "tanto"))
+    assert "置き換える文字はありません" in client.get(f"/alerts/{plain}").text

@@ -17,6 +17,12 @@ TEXTS: dict[str, tuple[str, str]] = {
     "role_operator": ("発信担当者", "operator"),
     "role_approver": ("運用責任者", "approver"),
     "role_admin": ("システム管理者", "admin"),
+    # the area picker, worded for the person sending rather than receiving
+    "areas_legend": ("配信エリア", "Areas"),
+    "areas_hint": (
+        "いくつでも選べます。ブロック名を押すと、そのブロックの警察署と市区町村が表示されます。",
+        "Choose as many as needed. Open a block to show its police stations and municipalities.",
+    ),
     # --- sign-in
     "sign_in_title": ("ログイン", "Sign in"),
     "name_label": ("アカウント名", "Account name"),
@@ -69,6 +75,20 @@ TEXTS: dict[str, tuple[str, str]] = {
     "release_at": ("送信予定", "Sends at"),
     "approved_by": ("承認者", "Approved by"),
     "none": ("なし", "none"),
+    "legacy_heading": (
+        "古い携帯電話（ISO-2022-JP）での表示",
+        "On older phones (ISO-2022-JP)",
+    ),
+    "legacy_same": (
+        "置き換える文字はありません。古い携帯電話にもこのとおり届きます。",
+        "No character is replaced: older phones get it as it is.",
+    ),
+    "legacy_mapped": ("置き換える文字:", "Characters replaced:"),
+    "legacy_problems": (
+        "古い携帯電話に送れない文字があります"
+        "（古い携帯電話のドメインを設定していると送れません）: {chars}",
+        "Characters older phones cannot get (refused where legacy domains are set): {chars}",
+    ),
     "areas_heading": ("配信エリアと現在の送信先", "Areas and their recipients now"),
     "total": ("合計（重複を除く）", "Total (each person once)"),
     "progress": (

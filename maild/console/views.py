@@ -27,6 +27,7 @@ from maild.common.roles import APPROVER
 from maild.console.accounts import Accounts, SignInRefused
 from maild.console.page import ConsolePage
 from maild.console.sessions import COOKIE, IDLE, Sessions
+from maild.mail.legacy import legacy_problems, to_legacy
 from maild.residents.categories import CATEGORIES
 from maild.store.models import (
     ALERT_FAILED,
@@ -61,6 +62,18 @@ def set_session_cookie(page: ConsolePage, response: Response, token: str) -> Non
 
 def client_of(page: ConsolePage) -> str:
     return page.request.remote_addr or "?"
+
+
+def phone_text(subject: str, body: str) -> dict[str, Any]:
+    """The alert as an old phone gets it (ISO-2022-JP, ``mail.legacy_charset_domains``):
+    the mapped text, each character that was replaced and by what, and what cannot go."""
+    text = f"{subject}\n{body}"
+    return {
+        "subject": to_legacy(subject),
+        "body": to_legacy(body),
+        "mapped": [(c, to_legacy(c)) for c in dict.fromkeys(text) if to_legacy(c) != c],
+        "problems": sorted({p.char for p in legacy_problems(text)}),
+    }
 
 
 class Views:
@@ -167,6 +180,7 @@ class Views:
             total=self._recipients_now(alert),
             actions=self._actions(page, alert),
             labels=self._labels(),
+            legacy=phone_text(alert["subject"], alert["body"]),
             done=page.request.args.get("done", ""),
             # Refreshing by itself only when asked (axe-core, WCAG 2.2.1: a page must not
             # reload on its own unless the person chose it), and only while it is sending.
