@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from maild.cli.common import CommandError, opened_services, print_json
+from maild.cli.common import CommandError, invoker, opened_services, print_json
 from maild.common.config import Config
 from maild.common.roles import ROLE_NAMES
 from maild.console.accounts import ROLES, AccountError, Accounts, Credentials
@@ -14,12 +14,13 @@ from maild.console.accounts import ROLES, AccountError, Accounts, Credentials
 def _accounts(action: str, config: Config, args: argparse.Namespace) -> Credentials | None:
     with opened_services(config) as services:
         accounts = Accounts(services.db, services.clock)
+        by = invoker(config)  # the audit log names who changed the accounts
         try:
             if action == "add":
-                return accounts.add(args.name, args.role)
+                return accounts.add(args.name, args.role, by)
             if action == "reset":
-                return accounts.reset(args.name)
-            accounts.remove(args.name)
+                return accounts.reset(args.name, by)
+            accounts.remove(args.name, by)
             return None
         except AccountError as e:
             raise CommandError(str(e)) from None

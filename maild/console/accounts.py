@@ -44,6 +44,9 @@ SIGNED_IN = "sign-in"
 FAILED = "sign-in-failed"
 LOCKED = "sign-in-locked"
 SIGNED_OUT = "sign-out"
+ACCOUNT_ADDED = "account-added"  # by whom: the user of ``maild users``
+ACCOUNT_REMOVED = "account-removed"
+ACCOUNT_RESET = "account-reset"
 
 
 class AccountError(Exception):
@@ -92,7 +95,7 @@ class Accounts:
 
     # --- maild users -----------------------------------------------------------------
 
-    def add(self, name: str, role: str) -> Credentials:
+    def add(self, name: str, role: str, by: str = "") -> Credentials:
         if not ACCOUNT_NAME.fullmatch(name):
             raise AccountError(
                 f"{name!r} は使えない名前です（英小文字・数字・_ . -）/ not an account name"
@@ -114,19 +117,21 @@ class Accounts:
                     created_at=self.clock.now(),
                 )
             )
+            self._audit(session, ACCOUNT_ADDED, by or name, f"{name} ({role})")
         log.info("console account %s added (%s)", name, role)
         return credentials
 
-    def remove(self, name: str) -> None:
+    def remove(self, name: str, by: str = "") -> None:
         with self.db.transaction() as session:
             account = session.get(ConsoleAccount, name)
             if account is None:
                 raise AccountError(f"{name} というアカウントはありません / no account {name}")
             session.execute(delete(ConsoleSession).where(ConsoleSession.account == name))
             session.delete(account)
+            self._audit(session, ACCOUNT_REMOVED, by or name, name)
         log.info("console account %s removed", name)
 
-    def reset(self, name: str) -> Credentials:
+    def reset(self, name: str, by: str = "") -> Credentials:
         """A new password and a new TOTP secret; the lock-out and every session end."""
         with self.db.transaction() as session:
             account = session.get(ConsoleAccount, name)
@@ -139,6 +144,7 @@ class Accounts:
             account.failures = 0
             account.failed_at = None
             session.execute(delete(ConsoleSession).where(ConsoleSession.account == name))
+            self._audit(session, ACCOUNT_RESET, by or name, name)
         log.info("console account %s reset", name)
         return credentials
 
