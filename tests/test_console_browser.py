@@ -211,6 +211,26 @@ def test_approver_changes_the_area_and_approves_in_the_browser(
     assert "areas: 青葉区 → 泉区" in done["audit"][2]["detail"]
     assert done["requester"] == requester and done["approved_by"] == "kacho"
     assert XSS not in page.content()
+
+    # Another request, cancelled after the confirmation says what that means.
+    (incoming / ".second.tmp").write_text(
+        "Subject: 取り消す依頼\nArea: 泉区\nCategory: other\nUrgent: yes\n\n本文\n",
+        encoding="utf-8",
+    )
+    (incoming / ".second.tmp").rename(incoming / "second.txt")
+    wait_for(
+        lambda: len(json.loads(maild_command(config, "alerts", "list", "--json").stdout)) == 2,
+        "the second request's intake",
+    )
+    page.goto(maild.console_url)
+    page.get_by_role("link", name="取り消す依頼").click()
+    page.get_by_role("link", name="取り消す").click()
+    expect(page.locator("p.consequence")).to_contain_text("この警報を取り消します")
+    page.get_by_role("button", name="はい、取り消す").click()
+    expect(page.locator("p.notice")).to_have_text("取り消しました。")
+    second = json.loads(maild_command(config, "alerts", "list", "--json").stdout)[0]
+    assert second["status"] == "cancelled"
+    assert len(sink.envelopes) == 3  # the first alert's three, nothing more
     page.context.close()
 
     # Accessibility: axe-core on each page, JavaScript on for it alone.
