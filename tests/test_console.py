@@ -106,7 +106,12 @@ def console(tmp_path: Path) -> Iterator[Console]:
     services = build_services(make_config(tmp_path, approval={"required": True}), clock)
     accounts = Accounts(services.db, clock)
     people = {}
-    for name, role in (("kacho", "approver"), ("bucho", "approver"), ("tanto", "operator")):
+    for name, role in (
+        ("kacho", "approver"),
+        ("bucho", "approver"),
+        ("tanto", "operator"),
+        ("kanri", "admin"),
+    ):
         made = accounts.add(name, role)
         secret = pyotp.parse_uri(made.otpauth).secret if made.otpauth else None
         people[name] = Person(name, made.password, secret)
@@ -360,3 +365,30 @@ def test_the_alert_page_shows_what_an_old_phone_gets(console: Console) -> None:
     assert "① → (1)" in page and "(1)高橋さん宅付近〜駅" in page
     plain = console.services.alerts.intake(draft(body="通常の本文"), Source(None, "tanto"))
     assert "置き換える文字はありません" in client.get(f"/alerts/{plain}").text
+
+
+def test_only_an_admin_finds_and_removes_one_address(console: Console) -> None:
+    operator = console.signed_in("tanto")
+    page = operator.get("/subscribers")
+    assert "登録者を探して削除する" not in page.text
+    token = csrf_of(page)
+    search = {"csrf": token, "address": "aoba0@example.jp"}
+    assert operator.post("/subscribers", data=search).status_code == 403
+    assert operator.post("/subscribers/remove", data=search).status_code == 403
+    admin = console.signed_in("kanri")
+    token = csrf_of(admin.get("/subscribers"))
+
+    def find(address: str) -> str:
+        return admin.post("/subscribers", data={"csrf": token, "address": address}).text
+
+    found = find("aoba0@EXAMPLE.JP")
+    assert "登録されています（登録済み、配信エリア: 青葉区）" in found
+    assert "このアドレスは登録されていません" in find("x@example.jp")
+    assert "形式ではありません" in find("nonsense")
+    assert admin.post("/subscribers", data={"address": "aoba0@example.jp"}).status_code == 400
+    removed = admin.post("/subscribers/remove", data={"csrf": token, "address": "aoba0@example.jp"})
+    assert removed.status_code == 200 and "aoba0@example.jp" not in removed.text
+    assert "登録済み: <strong>4 件</strong>" in admin.get("/subscribers").text
+    (entry,) = [a for a in console.audit() if a[1] == "subscriber-removed"]
+    assert entry[2] == "kanri" and "aoba0@example.jp" not in (entry[3] or "")
+    assert admin.get("/compose").status_code == 403  # requests are not the admin's

@@ -28,6 +28,7 @@ from maild.console.accounts import Accounts
 from maild.console.compose import ComposePages
 from maild.console.page import ConsolePage
 from maild.console.sessions import COOKIE, Sessions
+from maild.console.subscribers import SubscriberPages
 from maild.console.views import Views
 from maild.residents.links import Links
 from maild.web.app import SECURITY_HEADERS, STATIC, TEMPLATES, PageRequest
@@ -47,7 +48,8 @@ URL_MAP = Map(
         Rule("/sign-out", endpoint="sign_out", methods=["POST"]),
         Rule("/history", endpoint="history", methods=["GET"]),
         Rule("/compose", endpoint="compose", methods=["GET", "POST"]),
-        Rule("/subscribers", endpoint="subscribers", methods=["GET"]),
+        Rule("/subscribers", endpoint="subscribers", methods=["GET", "POST"]),
+        Rule("/subscribers/remove", endpoint="remove_subscriber", methods=["POST"]),
         Rule("/alerts/<int:alert_id>", endpoint="alert", methods=["GET"]),
         Rule("/alerts/<int:alert_id>/adjust", endpoint="adjust", methods=["GET", "POST"]),
         Rule(
@@ -86,14 +88,16 @@ class ConsoleApp:
             lstrip_blocks=True,
         )
         self.views = Views(alerts, self.accounts, self.sessions, clock, on_change)
-        more = ComposePages(alerts, on_change)
+        compose = ComposePages(alerts, on_change)
+        figures = SubscriberPages(alerts)
         self._routes: dict[str, Callable[..., Response]] = {
             "queue": self.views.queue,
             "sign_in": self.views.sign_in,
             "sign_out": self.views.sign_out,
             "history": self.views.history,
-            "compose": more.compose,
-            "subscribers": more.subscribers,
+            "compose": compose.compose,
+            "subscribers": figures.subscribers,
+            "remove_subscriber": figures.remove_subscriber,
             "alert": self.views.alert,
             "adjust": self.views.adjust,
             "act": self.views.act,

@@ -1,11 +1,9 @@
-"""Two pages beside the queue: a new request written in the browser (compose) and the
-subscriber figures.
+"""A new request written in the browser (compose).
 
 A composed request is written out as an alert file and read by the same parser
 (:func:`~maild.alerts.alertfile.parse_alert`) and the same intake
 (:meth:`~maild.alerts.workflow.Alerts.intake`) as a file in the spool, so the rules
-cannot differ; its requester is the account that composed it. The figures are counts
-only: no page shows an address.
+cannot differ; its requester is the account that composed it.
 """
 
 from __future__ import annotations
@@ -19,7 +17,6 @@ from maild.alerts.alertfile import AlertFileInvalid, parse_alert
 from maild.alerts.workflow import AlertActionError, Alerts, Source
 from maild.common.roles import ADMIN
 from maild.console.page import ConsolePage
-from maild.residents import roster
 from maild.residents.categories import CATEGORIES
 from maild.web.picker import area_picker
 
@@ -98,23 +95,4 @@ class ComposePages:
             root=root,
             groups=groups,
             categories=[(c.id, c.label(page.lang)) for c in CATEGORIES],
-        )
-
-    def subscribers(self, page: ConsolePage) -> Response:
-        numbers = roster.stats(self.alerts.db, self.alerts.areas)
-        areas = self.alerts.areas
-        by_area = [
-            (areas.get(a).name(page.lang) if a in areas else a, n)
-            for a, n in numbers["by_area"].items()
-        ]
-        labels = {c.id: c.label(page.lang) for c in CATEGORIES}
-        by_category = [(labels.get(c, c), n) for c, n in numbers["by_category"].items()]
-        top = max([n for _, n in by_area + by_category] or [0]) or 1
-        return page.render(
-            "subscribers.html",
-            page.t("subscribers_title"),
-            by_status=numbers["by_status"],
-            by_area=by_area,
-            by_category=by_category,
-            top=top,
         )

@@ -194,6 +194,27 @@ TEXTS: dict[str, tuple[str, str]] = {
     "subscribers_pending": ("手続き中", "pending"),
     "subscribers_active": ("登録済み", "active"),
     "subscribers_suspended": ("停止中", "suspended"),
+    "search_heading": (
+        "登録者を探して削除する（システム管理者）",
+        "Find and remove one subscriber (admins)",
+    ),
+    "search_label": ("メールアドレス", "Mail address"),
+    "search": ("探す", "Search"),
+    "search_invalid": ("メールアドレスの形式ではありません。", "This is not a mail address."),
+    "search_missing": ("このアドレスは登録されていません。", "This address is not subscribed."),
+    "search_found": (
+        "登録されています（{status}、配信エリア: {areas}）。",
+        "Subscribed ({status}; areas: {areas}).",
+    ),
+    "remove_subscriber": ("この登録者を削除する", "Remove this subscriber"),
+    "subscriber_removed": ("削除しました", "Removed"),
+    "subscriber_removed_body": ("{address} を削除しました。", "{address} has been removed."),
+    "subscriber_missing": ("登録されていません", "Not subscribed"),
+    "subscriber_missing_body": ("{address} は登録されていません。", "{address} is not subscribed."),
+    "refused_admin": (
+        "この操作にはシステム管理者の役割が必要です。",
+        "This needs the admin role.",
+    ),
     # --- history
     "history_title": ("送信履歴", "History"),
     "history_empty": ("送信済みの警報はありません。", "No alert has been sent yet."),
