@@ -245,6 +245,9 @@ def test_approver_changes_the_area_and_approves_in_the_browser(
         no_serious_violation(checked, axe)
     checked.goto(maild.console_url + "/subscribers")
     checked.screenshot(path=shots / "console-06-subscribers.png", full_page=True)
+    for path in ("/signup", "/signup?lang=en"):  # and the residents' own page
+        checked.goto(maild.base_url + path)
+        no_serious_violation(checked, axe)
     checked.context.close()
     assert maild.stop() == 0
 
