@@ -24,7 +24,7 @@ from maild.console.accounts import Accounts
 from maild.console.app import ConsoleApp
 from maild.service.services import Services, build_services
 from maild.store.models import AuditEntry, Subscriber, SubscriberArea
-from tests.configs import ClosingClient, make_config
+from tests.configs import AREAS_FILE, ClosingClient, make_config
 
 SATURDAY = dt.datetime(2026, 12, 5, 1, 0, tzinfo=dt.UTC)  # 10:00 in Tokyo, closed
 
@@ -392,3 +392,37 @@ def test_only_an_admin_finds_and_removes_one_address(console: Console) -> None:
     (entry,) = [a for a in console.audit() if a[1] == "subscriber-removed"]
     assert entry[2] == "kanri" and "aoba0@example.jp" not in (entry[3] or "")
     assert admin.get("/compose").status_code == 403  # requests are not the admin's
+
+
+def test_area_names_from_the_area_file_are_escaped(tmp_path: Path) -> None:
+    evil = "青葉区<script>alert(3)</script>"
+    areas = tmp_path / "areas.toml"
+    areas.write_text(
+        AREAS_FILE.read_text(encoding="utf-8")
+        .replace('name_ja = "青葉区"', f'name_ja = "{evil}"')
+        .replace('name_en = "Aoba Ward"', 'name_en = "Aoba<img src=x onerror=alert(4)>"'),
+        encoding="utf-8",
+    )
+    clock = FakeClock(SATURDAY)
+    config = make_config(tmp_path, areas={"file": str(areas)}, approval={"required": True})
+    services = build_services(config, clock)
+    try:
+        made = Accounts(services.db, clock).add("tanto", "operator")
+        alert_id = services.alerts.intake(draft(), Source(None, "tanto"))
+        client = ClosingClient(ConsoleApp(config, services.alerts, services.links, clock))
+        assert sign_in(client, Person("tanto", made.password, None), clock).status_code == 303
+        pages = (
+            "/",
+            f"/alerts/{alert_id}",
+            f"/alerts/{alert_id}/adjust",
+            "/history",
+            "/compose",
+            "/subscribers",
+        )
+        for lang in ("", "&lang=en"):
+            for path in pages:
+                text = client.get(f"{path}?x=1{lang}").text
+                assert "<script>alert(3)" not in text and "<img src=x" not in text, path
+        assert "青葉区&lt;script&gt;" in client.get(f"/alerts/{alert_id}").text
+    finally:
+        services.db.dispose()
