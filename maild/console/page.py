@@ -5,6 +5,7 @@ picker's template and the stylesheet."""
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 from collections.abc import Mapping
 from typing import Any
@@ -19,6 +20,8 @@ from maild.console.texts import action_name, text
 from maild.residents.links import Links
 from maild.web.csrf import CSRF_FIELD, Csrf
 from maild.web.i18n import DEFAULT_LANG, pick_lang
+
+WEEKDAYS_JA = "月火水木金土日"
 
 
 class ConsolePage:
@@ -71,6 +74,17 @@ class ConsolePage:
 
     def action_name(self, action: str) -> str:
         return action_name(self.lang, action)
+
+    def when(self, iso: str | None) -> str:
+        """A time the workflow gives (ISO 8601 in the service's zone) as people read it:
+        「2026年12月7日（月）8:30」 / "Mon 7 Dec 2026, 8:30"."""
+        if not iso:
+            return "-"
+        at = dt.datetime.fromisoformat(iso)
+        clock = f"{at.hour}:{at.minute:02d}"
+        if self.lang == "en":
+            return f"{at:%a} {at.day} {at:%b} {at.year}, {clock}"
+        return f"{at.year}年{at.month}月{at.day}日（{WEEKDAYS_JA[at.weekday()]}）{clock}"
 
     def role_name(self, role: str) -> str:
         return self.t(f"role_{role}")
