@@ -426,3 +426,16 @@ def test_area_names_from_the_area_file_are_escaped(tmp_path: Path) -> None:
         assert "青葉区&lt;script&gt;" in client.get(f"/alerts/{alert_id}").text
     finally:
         services.db.dispose()
+
+
+def test_a_missing_alert_and_a_bad_cookie_get_a_page_not_a_crash(console: Console) -> None:
+    client = console.signed_in("tanto")
+    missing = client.get("/alerts/999")
+    assert missing.status_code == 404 and "ページが見つかりません" in missing.text
+    assert client.get("/alerts/999/approve").status_code in (403, 404)
+    assert client.get("/alerts/abc").status_code == 404
+    stranger = console.client()
+    stranger.set_cookie("maild_console", "\x01\\" * 500)
+    assert stranger.get("/").status_code == 303
+    big = client.post("/compose", data={"body": "あ" * 70_000})
+    assert big.status_code == 413

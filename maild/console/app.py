@@ -122,6 +122,7 @@ class ConsoleApp:
         except HTTPException as e:
             return _harden(e.get_response())
         token = request.cookies.get(COOKIE, "")
+        page: ConsolePage | None = None
         try:
             user = self.sessions.find(token) if token else None
             page = ConsolePage(config, self.jinja, self.links, request, urls, endpoint, args, user)
@@ -131,8 +132,8 @@ class ConsoleApp:
                     response.delete_cookie(COOKIE, path=request.script_root + "/")
             else:
                 response = self._routes[endpoint](page, **args)
-        except HTTPException as e:  # 413 from reading a form, …
-            response = e.get_response()
+        except HTTPException as e:  # no such alert, 413 from reading a form, …
+            response = _http_error(page, e)
         except Exception:
             log.exception("console %s %s failed", request.method, safe_path(request.path))
             response = Response("500 Internal Server Error", 500, mimetype="text/plain")
@@ -144,6 +145,18 @@ class ConsoleApp:
         response = send_from_directory(folder, filename, page.request.environ, max_age=3600)
         assert isinstance(response, Response)
         return response
+
+
+def _http_error(page: ConsolePage | None, e: HTTPException) -> Response:
+    """A 4xx as a page of the console, in the person's language."""
+    code = e.code or 400
+    if page is None or code >= 500:
+        return e.get_response()
+    key = {404: "not_found", 413: "too_large"}.get(code, "bad_request")
+    try:
+        return page.message(code, f"{key}_title", page.t(f"{key}_body"))
+    except Exception:  # a form too large to read even for the language: the plain answer
+        return e.get_response()
 
 
 def _harden(response: Response) -> Response:

@@ -222,7 +222,6 @@ TEXTS: dict[str, tuple[str, str]] = {
     "filter": ("絞り込む", "Filter"),
     "all": ("すべて", "all"),
     # --- errors
-    "not_found_title": ("ページが見つかりません", "Page not found"),
     "csrf_title": ("もう一度お試しください", "Please try again"),
     "csrf_body": (
         "フォームの有効期限が切れたか、ほかのページから送信されました。何も変更していません。"
