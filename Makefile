@@ -42,8 +42,8 @@ $(STAMP): pyproject.toml $(LOCK) | $(BIN)/python
 run: $(STAMP)
 	@mkdir -p var
 	@echo "maild: SMTP on 127.0.0.1:8025, web on http://127.0.0.1:8080/signup"
-	@echo "maild: try it:  swaks --server 127.0.0.1:8025 --to entry@mail.example.jp --from you@example.jp --body ''"
-	@echo "maild: then open the /register/ URL in the newest file of var/maildir/new/"
+	@echo "maild: try it:  swaks --server 127.0.0.1:8025 --to entry@mail.example.jp --from you@example.jp --header 'Subject: ' --body ' '"
+	@echo "maild: then open the /register/ URL of the answer:  tools/read-maildir"
 	$(BIN)/maild --config config/dev.toml serve
 
 ## test: the full suite, as CI runs it: linters, then every test in parallel workers

@@ -4,7 +4,7 @@ An aiosmtpd ``Controller`` on 127.0.0.1 with an OS-chosen port (Mailman's
 ``testing/mta.py`` idea). Every accepted envelope is recorded with the
 ``MAIL FROM`` and ``RCPT TO`` paths exactly as they came over the wire — quotes
 included, which aiosmtpd's own parsed ``envelope.rcpt_tos`` drops — so tests can
-check SPEC §10's ``RCPT TO:<"taro..yamada"@docomo.ne.jp>``.
+check (docs/mail-delivery.md) ``RCPT TO:<"taro..yamada"@docomo.ne.jp>``.
 
 The sink says PIPELINING in its EHLO reply unless told not to (Postfix does,
 so maild's relay pipelines MAIL, RCPT and DATA), and counts the transactions

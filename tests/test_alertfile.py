@@ -14,12 +14,13 @@ from maild.alerts.alertfile import (
     MAX_PROBLEMS,
     AlertDraft,
     AlertFileInvalid,
-    FileProblem,
     category_id,
     parse_alert,
 )
+from maild.alerts.filetext import FileProblem
 from maild.alerts.spool_files import error_report
 from maild.delivery.alertmail import subject_with_area
+from maild.residents.categories import CATEGORIES
 
 TOKYO = ZoneInfo("Asia/Tokyo")
 
@@ -448,6 +449,17 @@ def test_too_many_problems_are_cut_short() -> None:
     problems = problems_of(text)
     assert len(problems) == MAX_PROBLEMS + 1
     assert problems[-1].en == f"{80 - MAX_PROBLEMS} more problems"
+    assert problems[-1].ja == f"ほかに {80 - MAX_PROBLEMS} 件の問題があります"
+
+
+def test_one_problem_past_the_limit_is_one_more_problem() -> None:
+    count = MAX_PROBLEMS + 1
+    text = minimal().replace("\n\n", "\n" + "".join(f"X{i}: y\n" for i in range(count)) + "\n")
+    assert problems_of(text)[-1].en == "1 more problem"
+
+
+def test_category_labels_are_the_residents_names() -> None:
+    assert CATEGORY_LABELS == {c.id: c.ja for c in CATEGORIES}
 
 
 def test_exception_message_is_readable() -> None:

@@ -18,6 +18,7 @@ from maild.service.services import Services, build_services
 from maild.store.models import Delivery, Subscriber, SubscriberArea
 from tests.configs import REPO, make_config, write_config
 from tests.daemon import maild_command
+from tests.docexamples import load_guide
 
 SATURDAY = dt.datetime(2026, 12, 5, 1, 0, tzinfo=dt.UTC)  # 10:00 in Tokyo, closed
 DRAFT = AlertDraft("件名", ("aoba",), "other", False, None, None, "本文", "utf-8")
@@ -80,6 +81,9 @@ def test_approval_roles(tmp_path: Path) -> None:
     audit = s.alerts.show(own)["audit"]
     assert [e["action"] for e in audit] == ["submitted", "cancelled"]
     assert audit[1]["user"] == "sato" and audit[1]["at"].endswith("+09:00")
+    # Cancelled twice by its requester: the reason is that it is over, not who may cancel.
+    with pytest.raises(AlertActionError, match="取り消せません / alert .* is cancelled and"):
+        s.alerts.cancel(own, "sato")
 
 
 def test_an_alert_nobody_received_is_failed(tmp_path: Path) -> None:
@@ -101,8 +105,9 @@ def test_operator_guide_examples_are_valid_alert_files() -> None:
     from maild.residents.areas import AreaMap
 
     areas = AreaMap.load(REPO / "config" / "areas.toml")
-    guide = (REPO / "docs" / "operator-guide.ja.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"```text\n((?:Subject|件名)[:：].*?)```", guide, flags=re.DOTALL)
+    # §4's examples; area.txt (§10) is the guide's example of a file that is refused.
+    files = load_guide("docs/operator-guide.ja.md").files
+    blocks = [text for name, text in files.items() if re.match(r"\d\d-", name)]
     assert len(blocks) >= 5
     for block in blocks:
         draft = parse_alert(

@@ -1,4 +1,4 @@
-"""Delivery areas and categories (SPEC §4): the shipped Miyagi file, matching by pieces,
+"""Delivery areas and categories (docs/alert-files.md): the shipped Miyagi file, matching by pieces,
 name resolution, and the errors a bad area file gives."""
 
 from __future__ import annotations
@@ -218,7 +218,7 @@ def test_get_takes_ids_only(areas: AreaMap) -> None:
         areas.get("青葉区")
 
 
-# --- matching: the SPEC §4 examples -----------------------------------------------------
+# --- matching: the examples of docs/alert-files.md ------------------------------------
 
 
 def test_alert_for_aoba(areas: AreaMap) -> None:

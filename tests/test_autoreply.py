@@ -1,4 +1,4 @@
-"""Which mails to the registration address get an answer (RFC 3834 §2, SPEC §9)."""
+"""Which mails to the registration address get an answer (RFC 3834 §2, docs/mail-delivery.md)."""
 
 from __future__ import annotations
 

@@ -366,7 +366,7 @@ def test_one_point_a_day_and_suspension_on_the_fifth_separate_day(
     assert outcomes == [SCORED, ALREADY_TODAY] * 4
     assert state(db, taro) == (ACTIVE, 4)
     assert bounces.record_permanent(taro, "550 Unknown user") == SUSPENDED_NOW
-    # Suspended, never deleted (SPEC §10); later bounces change nothing.
+    # Suspended, never deleted (docs/mail-delivery.md); later bounces change nothing.
     assert state(db, taro) == (SUSPENDED, 5)
     clock.advance(days=1)
     assert bounces.record_permanent(taro, "550 Unknown user") == NOT_ACTIVE

@@ -1,5 +1,5 @@
 """A real headless Chromium, phone-sized and with JavaScript off, walks the resident pages:
-sign up, register, change, unsubscribe (SPEC §8).
+sign up, register, change, unsubscribe (docs/web-routes.md).
 
 The app runs in waitress on a free loopback port, as inside the daemon. Screenshots
 go outside the repository, to ``$MAILD_SCREENSHOTS`` or ``/tmp/maild-screenshots``.
@@ -12,6 +12,7 @@ import email
 import email.policy
 import os
 import re
+import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from maild.common.clock import FakeClock
 from maild.service.services import Services, build_services
 from maild.store.models import OutboxMail, Subscriber
 from maild.web.app import create_app
+from maild.web.i18n import TEXTS
 from maild.web.server import web_server
 from tests.configs import make_config, run_now
 
@@ -126,7 +128,7 @@ def phone(browser: Browser) -> Iterator[Page]:
         device_scale_factor=2,
         is_mobile=True,
         has_touch=True,
-        java_script_enabled=False,  # everything must work without it (SPEC §8)
+        java_script_enabled=False,  # everything must work without it (docs/web-routes.md)
         locale="ja-JP",
     )
     context.set_default_timeout(10_000)
@@ -230,3 +232,84 @@ def test_phone_english_register_form(site: Site, phone: Page, shots: Path) -> No
     page.get_by_role("button", name="Register").click()  # nothing chosen
     expect(page.locator(".error")).to_have_text("Choose at least one area.")
     expect(page.locator("html")).to_have_attribute("lang", "en")
+
+
+# Where each line of an element's text begins (offsets into its textContent), measured
+# from the layout: a character whose box is lower than the one before starts a line.
+LINE_STARTS_JS = """(element) => {
+  const starts = [];
+  let offset = 0, lastTop = null;
+  const walker = document.createTreeWalker(element, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    for (let i = 0; i < node.length; i++, offset++) {
+      const range = document.createRange();
+      range.setStart(node, i);
+      range.setEnd(node, i + 1);
+      const rects = range.getClientRects();
+      if (!rects.length) continue;
+      if (lastTop !== null && rects[0].top > lastTop + 2) starts.push(offset);
+      lastTop = rects[0].top;
+    }
+  }
+  return starts;
+}"""
+
+
+def phrase_starts(key: str) -> set[int]:
+    """Offsets where the phrases of a Japanese title (i18n's ``|`` marks) begin."""
+    offsets, at = set(), 0
+    for phrase in TEXTS[key][0].split("|")[:-1]:
+        at += len(phrase)
+        offsets.add(at)
+    return offsets
+
+
+def japanese_font() -> bool:
+    """Whether fontconfig has a Japanese font (Chromium draws narrow boxes without one)."""
+    try:
+        found = subprocess.run(["fc-list", ":lang=ja"], capture_output=True, text=True)
+    except OSError:
+        return False
+    return bool(found.stdout.strip())
+
+
+@pytest.mark.skipif(
+    not japanese_font() and not os.environ.get("MAILD_REQUIRE_BROWSER"),
+    reason="no Japanese font (apt-get install fonts-ipafont-gothic): glyphs have no real width",
+)
+def test_phone_headings_break_only_between_phrases(site: Site, phone: Page, shots: Path) -> None:
+    page = phone
+    page.goto(f"{site.url}/signup")
+    heading = page.get_by_role("heading", level=1)
+    expect(heading).to_have_text("メール配信の登録（パソコンから）")
+    page.screenshot(path=shots / "08-signup-heading.png")
+    starts = heading.evaluate(LINE_STARTS_JS)
+    assert starts, "the heading fits one line at 360 px: this test would prove nothing"
+    assert set(starts) <= phrase_starts("signup_title"), starts
+    # A longer one, on an error page: the link of an expired registration.
+    token = site.services.registrations.request_signup("ume@example.jp")
+    assert token
+    page.goto(f"{site.url}/register/{site.link_in_last_mail('register')}x")
+    expect(heading).to_have_text("リンクが正しくありません")
+    assert set(heading.evaluate(LINE_STARTS_JS)) <= phrase_starts("invalid_title")
+
+
+def test_phone_cancel_on_the_manage_page_asks_once_more(
+    site: Site, phone: Page, shots: Path
+) -> None:
+    registrations = site.services.registrations
+    registrations.request_signup("kaede@example.jp")
+    view = registrations.complete_register(site.link_in_last_mail("register"), ["aoba"], ["other"])
+    page = phone
+    page.goto(f"{site.url}/manage/{view.manage_token}")
+    page.get_by_role("button", name="登録を解除する").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("本当に解除しますか")
+    fits_the_phone(page)
+    page.screenshot(path=shots / "09-manage-confirm.png", full_page=True)
+    assert site.subscriber("kaede@example.jp") is not None
+    page.get_by_role("link", name="解除しないで、変更・解除のページに戻る").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("利用者情報の変更・解除")
+    page.get_by_role("button", name="登録を解除する").click()
+    page.get_by_role("button", name="登録を解除する").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("登録を解除しました")
+    assert site.subscriber("kaede@example.jp") is None

@@ -46,7 +46,7 @@ def test_blank_mail_to_completed_registration(
     blank_mail(maild.smtp_port)
     (reply,) = sink.wait_for(1, timeout=5)
     assert time.monotonic() - started < 2.0
-    assert list(reply.rcpt_tos) == ['"taro..test."@docomo.ne.jp']  # quoted on the wire (SPEC §10)
+    assert list(reply.rcpt_tos) == ['"taro..test."@docomo.ne.jp']  # docs/mail-delivery.md
     msg, text = text_of(reply.data)
     assert "仮登録のお知らせ" in msg["Subject"]
     assert msg["Auto-Submitted"] == "auto-replied"

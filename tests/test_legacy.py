@@ -1,4 +1,5 @@
-"""ISO-2022-JP mail for older phones (SPEC §3 legacy_charset_domains, §7, §10):
+"""ISO-2022-JP mail for older phones (``[mail] legacy_charset_domains``,
+docs/mail-delivery.md):
 mapping, refusal, and the bytes as a mail reader decodes them."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from maild.alerts.alertfile import FileProblem
+from maild.alerts.filetext import FileProblem
 from maild.alerts.legacy_check import check_alert_for_legacy
 from maild.alerts.spool_files import error_report
 from maild.common.config import RelayConfig

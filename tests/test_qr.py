@@ -1,4 +1,4 @@
-"""The poster QR code (SPEC §2 ``maild qr``): decoded by a real reader, not compared to itself.
+"""The poster QR code (README.md ``maild qr``): decoded by a real reader, not compared to itself.
 
 PNG files go straight to ``zbarimg`` (Debian's ``zbar-tools``). SVG files are read
 as XML, their drawing is turned back into modules and written as a plain bitmap

@@ -103,7 +103,9 @@ def files(folder: Path) -> dict[str, Path]:
     areas = folder / "areas.toml"
     text = AREAS_FILE.read_text(encoding="utf-8")
     areas.write_text(text.replace('name_ja = "青葉区"', 'name_ja = "あおば区"', 1), "utf-8")
-    return {"plain": plain, "dkim": key, "dkim_rsa": rsa_key, "areas": areas}
+    allow = folder / "privacy-allow.txt"
+    allow.write_text("# a wanted person's published name\n山口誠\n", "utf-8")
+    return {"plain": plain, "dkim": key, "dkim_rsa": rsa_key, "areas": areas, "allow": allow}
 
 
 # For each key, the sections to write so that the key (and only what must go with it)
@@ -180,6 +182,7 @@ CHANGES: dict[Key, Callable[[dict[str, Path]], dict[str, dict[str, Any]]]] = {
         "approval": {"test_recipients": ["test@example.jp"]}
     },
     ("housekeeping", "keep_days"): lambda f: {"housekeeping": {"keep_days": 7}},
+    ("alerts", "privacy_allow"): lambda f: {"alerts": {"privacy_allow": str(f["allow"])}},
     ("areas", "file"): lambda f: {"areas": {"file": str(f["areas"])}},
 }
 
@@ -222,6 +225,7 @@ PROBES: dict[Key, Callable[[Daemon, Config], bool]] = {
     ("housekeeping", "keep_days"): lambda d, c: (
         d.housekeeping.config.housekeeping.keep_days == c.housekeeping.keep_days
     ),
+    ("alerts", "privacy_allow"): lambda d, c: "山口誠" in d.services.alerts.privacy.allow.words,
     ("areas", "file"): lambda d, c: all(
         holder.areas.get("aoba").name_ja == "あおば区"
         for holder in (d.services, d.services.registrations, d.services.alerts, d.web)
@@ -288,4 +292,14 @@ def test_a_broken_file_is_refused_and_nothing_changes(tmp_path: Path) -> None:
     running = load_config(path)
     path.write_text(path.read_text() + "\n[window]\nstart = 'soon'\n")
     with pytest.raises(ReloadRefused, match=r"\[window\] start"):
+        reload_config(running)
+
+
+def test_an_unreadable_file_of_allowed_words_refuses_the_reload(tmp_path: Path) -> None:
+    allow = tmp_path / "privacy-allow.txt"
+    allow.write_text("山口誠\n", "utf-8")
+    path = write_config(tmp_path, alerts={"privacy_allow": str(allow)})
+    running = load_config(path)
+    allow.write_bytes("山口誠\n".encode("cp932"))  # not UTF-8: a broken edit
+    with pytest.raises(ReloadRefused, match="allowed words"):
         reload_config(running)

@@ -1,5 +1,5 @@
-"""The spool watcher (SPEC §5): real files in tmp_path, the shipped area file, time driven
-by the ``now`` each pass is given."""
+"""The spool watcher (docs/alert-files.md): real files in tmp_path, the shipped area file,
+time driven by the ``now`` each pass is given."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from maild.alerts.alertfile import AlertDraft, AlertFileInvalid, FileProblem, parse_alert
+from maild.alerts.alertfile import AlertDraft, AlertFileInvalid, parse_alert
+from maild.alerts.filetext import FileProblem
 from maild.alerts.spool import FileMeta, Outcome, SpoolWatcher
 from maild.alerts.spool_files import ensure_layout, place_in_spool
 from maild.residents.areas import AreaMap
@@ -177,10 +178,12 @@ def test_requester_without_a_user_name_is_the_uid(
 
 
 def test_unknown_area_is_rejected_with_a_report(
-    spool: Path, intake: Recorder, areas: AreaMap
+    spool: Path, intake: Recorder, areas: AreaMap, caplog: pytest.LogCaptureFixture
 ) -> None:
     drop(spool, "bad.txt", BAD_AREA)
-    [outcome] = watcher(spool, intake, areas, settle=0).scan_once(0.0)
+    with caplog.at_level(logging.WARNING):
+        [outcome] = watcher(spool, intake, areas, settle=0).scan_once(0.0)
+    assert "rejected bad.txt (1 problem; see bad.txt.error)" in caplog.text
 
     assert outcome.status == "rejected" and outcome.alert_id is None
     assert outcome.problems[0].line == 2

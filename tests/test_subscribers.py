@@ -1,4 +1,4 @@
-"""Subscriber import, export, stats and erasure (SPEC §2) on a real database (SQLite, or
+"""Subscriber import, export, stats and erasure (docs/csv.md) on a real database (SQLite, or
 PostgreSQL in the PostgreSQL half)."""
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def test_import_resolves_ids_jis_codes_and_names(
     )
     assert report == ImportReport(imported=4, skipped=0, problems=[])
     assert stored(db) == {
-        # The legacy docomo form is stored as written (SPEC §9).
+        # The legacy docomo form is stored as written (docs/mail-delivery.md).
         "taro..test.@docomo.ne.jp": (ACTIVE, ("aoba",), ALL_CATEGORIES_MASK),
         "hanako@example.jp": (
             ACTIVE,

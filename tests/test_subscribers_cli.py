@@ -61,3 +61,19 @@ def test_export_to_a_file_is_0600_and_names_every_category(config: Path, tmp_pat
     fresh = tmp_path / "fresh.csv"
     maild_command(config, "subscribers", "export", "--output", str(fresh))
     assert stat.S_IMODE(fresh.stat().st_mode) == 0o600
+
+
+def test_stats_speak_japanese_first_with_counters_and_plurals(config: Path, tmp_path: Path) -> None:
+    csv = tmp_path / "old.csv"
+    csv.write_text(GOOD + "hanako@ezweb.ne.jp,aoba,community\n", encoding="utf-8")
+    maild_command(config, "subscribers", "import", str(csv))
+    lines = maild_command(config, "subscribers", "stats").stdout.splitlines()
+    assert lines[0] == (
+        "登録者 / subscribers: 仮登録 0 人、登録済み 2 人、一時停止 0 人"
+        " / 0 pending, 2 active, 0 suspended"
+    )
+    assert lines[1].startswith("分類ごと（登録済みで受け取る人数） / by category")
+    assert "  その他 (other): 1 人 / 1 subscriber" in lines
+    assert "  地域の自主防犯活動に役立つ情報 (community): 2 人 / 2 subscribers" in lines
+    assert "  青葉区 (aoba): 2 人 / 2 subscribers" in lines
+    assert "  県内全域 (all): 0 人 / 0 subscribers" in lines

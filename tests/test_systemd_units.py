@@ -38,7 +38,7 @@ import pytest
 
 import maild.service.serve
 import maild.service.watchdog
-from maild.service.watchdog import watchdog
+from maild.service.watchdog import status_text, watchdog
 from tests.configs import REPO, write_config
 
 UNITS = REPO / "systemd"
@@ -318,6 +318,12 @@ def test_watchdog_pings_with_one_line_status_until_stopping(
     ]
 
 
+def test_status_text_counts_sessions_in_japanese_and_english() -> None:
+    assert status_text() == "受付中 / accepting mail"
+    assert status_text(1) == "受付中、SMTP セッション 1 件 / accepting mail, 1 SMTP session"
+    assert status_text(3).endswith("3 SMTP sessions")
+
+
 # --- the daemon under socket activation --------------------------------------------------
 
 
@@ -507,7 +513,8 @@ def test_socket_activated_daemon_speaks_sd_notify(tmp_path: Path, sandboxed: boo
     try:
         process, port, trigger = start_activated(config, tmp_path / "notify", log, wrapper)
         try:
-            notify.expect("READY=1", process, log, timeout=30)
+            ready = notify.expect("READY=1", process, log, timeout=30)
+            assert f"STATUS={status_text()}" in ready.split("\n")
             trigger.close()
             if sandboxed:
                 status = Path(f"/proc/{process.pid}/status").read_text()

@@ -1,4 +1,4 @@
-"""The resident-facing pages (SPEC §8) through Werkzeug's test client, on the real app,
+"""The resident-facing pages (docs/web-routes.md) through Werkzeug's test client, on the real app,
 the real registration service and a real SQLite file; time is a FakeClock."""
 
 from __future__ import annotations
@@ -212,14 +212,14 @@ def test_signup_past_the_per_ip_limit_is_429_and_queues_nothing(tmp_path: Path) 
     over = signup_from(web, "a3@example.jp")
     assert over.status_code == 429
     assert over.headers["Retry-After"] == "40"  # the first answer leaves the minute then
-    assert "しばらくしてから" in over.text and "1分ほど" in over.text
+    assert "もう一度送信してください" in over.text and "1分ほど" in over.text
     assert "entry@mail.example.jp" in over.text  # the blank-mail way in
     assert [r for _, r, _ in web.outbox()] == ["a1@example.jp", "a2@example.jp"]
     assert web.subscriber("a3@example.jp") is None  # nothing else changed
     # Another IP has a budget of its own; in English the page says the same.
     assert signup_from(web, "a3@example.jp", ip="192.0.2.7").status_code == 200
     english = signup_from(web, "a4@example.jp", lang="en")
-    assert english.status_code == 429 and "Please try again later" in english.text
+    assert english.status_code == 429 and "send the form again" in english.text
     web.clock.advance(seconds=41)
     assert signup_from(web, "a4@example.jp").status_code == 200
     assert len(web.outbox()) == 4
@@ -293,9 +293,14 @@ def test_manage_update_with_an_unknown_area_changes_nothing(web: Web) -> None:
     assert web.subscriber("jiro@example.jp").area_ids == ["aoba"]  # type: ignore[union-attr]
 
 
-def test_manage_cancel_erases(web: Web) -> None:
+def test_manage_cancel_asks_once_more_then_erases(web: Web) -> None:
     manage, _ = web.active("saburo@example.jp")
-    answer = web.post_form(f"/manage/{manage}", {"action": "cancel"})
+    asked = web.post_form(f"/manage/{manage}", {"action": "cancel"})
+    assert asked.status_code == 200
+    assert "本当に解除しますか" in asked.text
+    assert 'name="action" value="cancel-confirmed"' in asked.text
+    assert web.subscriber("saburo@example.jp") is not None  # the first press changes nothing
+    answer = web.post_form(f"/manage/{manage}", {"action": "cancel-confirmed"})
     assert answer.status_code == 200
     assert "登録を解除しました" in answer.text
     assert web.subscriber("saburo@example.jp") is None

@@ -15,13 +15,10 @@ import difflib
 import logging
 from dataclasses import dataclass
 
-from maild.alerts.alertfile import (
-    MAX_SUBJECT_CHARS,
-    AlertDraft,
-    AlertFileInvalid,
-    FileProblem,
-)
-from maild.alerts.workflow import AlertActionError, Alerts, check_draft
+from maild.alerts.alertfile import MAX_SUBJECT_CHARS, AlertDraft, AlertFileInvalid
+from maild.alerts.filetext import FileProblem
+from maild.alerts.legacy_check import check_configured
+from maild.alerts.workflow import AlertActionError, Alerts
 from maild.common.clock import local_text
 from maild.residents.categories import CATEGORY_IDS
 from maild.store.models import PENDING_APPROVAL, Alert, AuditEntry
@@ -108,7 +105,7 @@ def adjust(
         if not problems:
             draft = AlertDraft(subject, areas, category, False, None, alert.sender, body, "utf-8")
             try:
-                check_draft(alerts.config, draft)
+                check_configured(alerts.config, draft)
             except AlertFileInvalid as e:
                 problems = [_problem_text(p) for p in e.problems]
         if problems:

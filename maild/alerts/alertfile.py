@@ -1,4 +1,4 @@
-"""Alert files (SPEC §5): parse the text an operator writes into an :class:`AlertDraft`.
+"""Alert files (docs/alert-files.md): parse the text an operator writes into an :class:`AlertDraft`.
 
 Pure: bytes in, data out. No file system, no database, no area file; areas
 are resolved through a callable the caller passes in. Every problem found is
@@ -27,7 +27,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
+from maild.alerts.filetext import FileProblem, control_character, decode
+from maild.alerts.filetext import problem as _problem
+from maild.common.text import counted
 from maild.residents.areas import split_areas
+from maild.residents.categories import CATEGORIES
 
 MAX_ALERT_FILE_BYTES = 64 * 1024
 MAX_SUBJECT_CHARS = 100
@@ -36,13 +40,8 @@ MAX_SENDER_CHARS = 100  # the alerts column's length: PostgreSQL refuses a longe
 # past this many the operator learns nothing more from the list.
 MAX_PROBLEMS = 50
 
-CATEGORY_LABELS: Mapping[str, str] = {
-    "child-women": "子供・女性の安全（声かけ・不審者）",
-    "street-crime": "街頭犯罪（路上強盗・ひったくり等）",
-    "frequent-crime": "多発犯罪（特殊詐欺等）",
-    "community": "地域の自主防犯活動に役立つ情報",
-    "other": "その他",
-}
+# The residents' names of the categories (maild.residents.categories): one source.
+CATEGORY_LABELS: Mapping[str, str] = {c.id: c.ja for c in CATEGORIES}
 
 # Every spelling an operator may write for a category, keyed to its id. Besides
 # these, any unambiguous prefix (two characters or more) of a label is accepted.
@@ -84,15 +83,6 @@ class AlertDraft:
     body_first_line: int | None = field(default=None, compare=False)
 
 
-@dataclass(frozen=True)
-class FileProblem:
-    """One thing wrong with an alert file; ``line`` is 1-based, None for the whole file."""
-
-    line: int | None
-    ja: str
-    en: str
-
-
 class AlertFileInvalid(Exception):
     """The alert file cannot become an alert; ``problems`` lists every reason."""
 
@@ -106,7 +96,7 @@ class AlertFileInvalid(Exception):
 @dataclass(frozen=True)
 class _Header:
     key: str
-    en: str  # the name as SPEC §5 writes it
+    en: str  # the name as docs/alert-files.md lists it
     ja: str
 
 
@@ -143,8 +133,6 @@ _HEADER_LINE = re.compile(r"([^:：]+)[:：](.*)")
 _SEND_AFTER_FORMAT = re.compile(
     r"(\d{4})[-/](\d{1,2})[-/](\d{1,2})(?:\s*T\s*|\s+)(\d{1,2}):(\d{2})(?::(\d{2}))?"
 )
-_UTF8_BOM = b"\xef\xbb\xbf"
-_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
 def _fold(text: str) -> str:
@@ -169,64 +157,6 @@ def category_id(text: str) -> str | None:
         if _fold(alias).startswith(key) and not alias.isascii()
     }
     return matches.pop() if len(matches) == 1 else None
-
-
-def _problem(line: int | None, ja: str, en: str) -> FileProblem:
-    return FileProblem(line, ja, en)
-
-
-def _line_of(data: bytes, position: int) -> int:
-    return data.count(b"\n", 0, position) + 1
-
-
-def _decode(data: bytes) -> tuple[str, str] | FileProblem:
-    """The text and the encoding's name, or the problem that stops reading it at all."""
-    if data.startswith(_UTF16_BOMS):
-        return _problem(
-            None,
-            "UTF-16（「Unicode」）で保存されています。UTF-8 または Shift_JIS で保存してください",
-            "the file is saved as UTF-16 ('Unicode'); save it as UTF-8 or Shift_JIS",
-        )
-    nul = data.find(b"\0")
-    if nul >= 0:
-        return _problem(
-            _line_of(data, nul),
-            "テキストファイルではありません（NUL 文字を含みます）",
-            "not a text file (it contains NUL bytes)",
-        )
-    if data.startswith(_UTF8_BOM):
-        try:
-            return data[len(_UTF8_BOM) :].decode("utf-8"), "utf-8-sig"
-        except UnicodeDecodeError as e:
-            return _undecodable(_line_of(data, e.start + len(_UTF8_BOM)))
-    try:
-        return data.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError as utf8_error:
-        try:
-            return data.decode("cp932"), "cp932"
-        except UnicodeDecodeError:
-            return _undecodable(_line_of(data, utf8_error.start))
-
-
-def _undecodable(line: int) -> FileProblem:
-    return _problem(
-        line,
-        "文字コードを読み取れません。UTF-8 または Shift_JIS で保存してください",
-        "the text cannot be decoded; save the file as UTF-8 or Shift_JIS",
-    )
-
-
-def _control_character(lines: list[str]) -> FileProblem | None:
-    for number, line in enumerate(lines, start=1):
-        for char in line:
-            if char != "\t" and unicodedata.category(char) == "Cc":
-                code = f"U+{ord(char):04X}"
-                return _problem(
-                    number,
-                    f"制御文字 {code} を含みます（テキストファイルではない可能性があります）",
-                    f"contains the control character {code} (not a plain text file?)",
-                )
-    return None
 
 
 def _is_blank(line: str) -> bool:
@@ -256,12 +186,12 @@ def parse_alert(
                 )
             ]
         )
-    decoded = _decode(data)
+    decoded = decode(data)
     if isinstance(decoded, FileProblem):
         raise AlertFileInvalid([decoded])
     text, encoding = decoded
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    control = _control_character(lines)
+    control = control_character(lines)
     if control is not None:
         raise AlertFileInvalid([control])
     if all(_is_blank(line) for line in lines):
@@ -274,7 +204,11 @@ def parse_alert(
         if len(problems) > MAX_PROBLEMS:
             rest = len(problems) - MAX_PROBLEMS
             problems = problems[:MAX_PROBLEMS] + [
-                _problem(None, f"ほかに {rest} 件の問題があります", f"{rest} more problems")
+                _problem(
+                    None,
+                    f"ほかに {rest} 件の問題があります",
+                    counted(rest, "more problem"),
+                )
             ]
         raise AlertFileInvalid(problems)
     return draft

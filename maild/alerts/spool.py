@@ -1,4 +1,4 @@
-"""The spool watcher (SPEC §5): how operators' alert files enter the system.
+"""The spool watcher (docs/alert-files.md): how operators' alert files enter the system.
 
 Layout under ``SPOOL`` (``config.spool.dir``)::
 
@@ -55,9 +55,9 @@ from maild.alerts.alertfile import (
     MAX_ALERT_FILE_BYTES,
     AlertDraft,
     AlertFileInvalid,
-    FileProblem,
     parse_alert,
 )
+from maild.alerts.filetext import FileProblem
 from maild.alerts.spool_files import (
     ACCEPTED,
     INCOMING,
@@ -81,6 +81,7 @@ from maild.alerts.spool_files import (
 )
 from maild.alerts.spool_ready import ReadyFiles
 from maild.common.clock import Clock
+from maild.common.text import counted
 
 log = logging.getLogger("maild.alerts.spool")
 
@@ -101,6 +102,11 @@ class FileMeta:
 
 Intake = Callable[[AlertDraft, FileMeta], int]
 """Turns a draft into an alert and returns its id; see the module docstring for the contract."""
+
+Report = Callable[[int, Path, str], object]
+"""Called with the alert id, the accepted file's path and its original name once the file is
+in ``accepted/``: writes a report beside it where there is something to say (the privacy
+check's findings, :func:`maild.alerts.privacy_gate.write_report`)."""
 
 
 @dataclass(frozen=True)
@@ -146,8 +152,10 @@ class SpoolWatcher:
         retry_delay: float = 2.0,
         batch: int = 100,
         clock: Clock | None = None,
+        report: Report | None = None,
     ) -> None:
         self.spool = spool_dir
+        self.report = report
         self.incoming = spool_dir / INCOMING
         self.processing = spool_dir / PROCESSING
         self.accepted = spool_dir / ACCEPTED
@@ -324,6 +332,11 @@ class SpoolWatcher:
             return self._reject(claim, e.problems)
         target = self._move(path, self.accepted, f"{alert_id}-{claim.original_name}")
         self.attempts.forget(claim.claim_name)
+        if self.report is not None:
+            try:
+                self.report(alert_id, target, claim.original_name)
+            except OSError as e:  # the alert is made: the report is a courtesy, not the work
+                log.warning("no report beside %s: %s", target.name, e.strerror)
         log.info(
             "accepted %s as alert %d (requester %s) -> %s",
             claim.original_name,
@@ -390,7 +403,10 @@ class SpoolWatcher:
         fsync_dir(self.processing)
         self.attempts.forget(claim.claim_name)
         log.warning(
-            "rejected %s (%d problem(s); see %s.error)", claim.original_name, len(problems), name
+            "rejected %s (%s; see %s.error)",
+            claim.original_name,
+            counted(len(problems), "problem"),
+            name,
         )
         return Outcome(
             claim.original_name,

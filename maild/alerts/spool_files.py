@@ -15,7 +15,7 @@ import unicodedata
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from maild.alerts.alertfile import FileProblem
+from maild.alerts.filetext import FileProblem
 
 log = logging.getLogger("maild.alerts.spool")
 

@@ -1,4 +1,4 @@
-"""The sending window (SPEC §6): when a non-urgent alert may start going out.
+"""The sending window (docs/alert-files.md): when a non-urgent alert may start going out.
 
 Pure functions of the rules, the holiday calendar and a moment; nothing here
 reads the clock. Callers pass "now" from their :class:`maild.common.clock.Clock`.
@@ -183,7 +183,7 @@ def release_time(
 ) -> dt.datetime | None:
     """When an alert received at ``at`` may start going out, in the rules' zone.
 
-    Never before ``send_after``; an urgent alert ignores the window (SPEC §6),
+    Never before ``send_after``; an urgent alert ignores the window (docs/alert-files.md),
     a non-urgent one waits for the next opening. None when no opening exists.
     """
     earliest = _local(rules, at)

@@ -19,8 +19,10 @@ from typing import Any
 from sqlalchemy import Select, case, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
-from maild.alerts import legacy_check
-from maild.alerts.alertfile import AlertDraft, AlertFileInvalid
+from maild.alerts import privacy_gate
+from maild.alerts.alertfile import AlertDraft
+from maild.alerts.errors import AlertActionError as AlertActionError
+from maild.alerts.legacy_check import check_configured
 from maild.alerts.window import WindowRules, release_time
 from maild.common.clock import Clock, local_text
 from maild.common.config import Config
@@ -48,25 +50,13 @@ from maild.store.models import (
 )
 
 log = logging.getLogger("maild.alerts.workflow")
+held = privacy_gate.held_detail
 
 SYSTEM_USER = "maild"
 # Subscriber ids whose recipients the release itself writes (the first messages go out at
 # once), then each call of Alerts.fill: parts that hold SQLite's write lock briefly.
 FIRST_PART = 2_000
 PART = 20_000
-
-
-class AlertActionError(Exception):
-    """An operator's action that the alert's state or the rules do not allow."""
-
-
-def check_draft(config: Config, draft: AlertDraft) -> None:
-    """Checks that need the configuration, after the file itself parsed: raises
-    :class:`AlertFileInvalid` so the file is rejected with its lines named."""
-    if config.mail.legacy_charset_domains:
-        problems = legacy_check.check_draft(draft)
-        if problems:
-            raise AlertFileInvalid(problems)
 
 
 def needs_approval(config: Config, requester: str) -> bool:
@@ -98,6 +88,7 @@ class Alerts:
         self.areas = areas
         self.clock = clock
         self.rules = rules
+        self.privacy = privacy_gate.PrivacyGate(config, areas)
 
     def reconfigure(self, config: Config) -> None:
         """A reloaded config (SIGHUP): checks, approval, areas and the window for what comes
@@ -105,6 +96,7 @@ class Alerts:
         self.config = config
         self.areas = shared_area_map(config.areas.file)
         self.rules = WindowRules.from_config(config.window, config.service.timezone)
+        self.privacy.reconfigure(config, self.areas)
 
     # --- intake ---------------------------------------------------------------------
 
@@ -113,12 +105,13 @@ class Alerts:
 
         Idempotent on ``source.claim_name``: a spool file processed again after a crash
         between this commit and the file's move returns the alert it already made.
-        Raises :class:`AlertFileInvalid` for what :func:`check_draft` refuses.
+        Raises :class:`AlertFileInvalid` for what :func:`check_configured` refuses.
         """
-        check_draft(self.config, draft)
+        check_configured(self.config, draft)
         now = self.clock.now()
         approval = self.config.approval
-        waits = needs_approval(self.config, source.requester)
+        findings = self.privacy.check_draft(draft)  # issue 17: a flagged alert always waits
+        waits = needs_approval(self.config, source.requester) or bool(findings)
         # Durable: the spool moves the file out of incoming/ once this has committed.
         with self.db.durable_session() as session:
             if source.claim_name is not None:
@@ -140,6 +133,7 @@ class Alerts:
                 source_file=source.claim_name,
                 message_key=secrets.token_hex(8),
                 created_at=now,
+                privacy_findings=privacy_gate.to_json(findings),
             )
             if not waits:
                 alert.release_at = self._release_at(alert, now)
@@ -149,6 +143,8 @@ class Alerts:
             session.add(alert)
             session.flush()
             self._audit(session, alert.id, "submitted", source.requester, draft.subject)
+            if findings:
+                self._audit(session, alert.id, "privacy-held", SYSTEM_USER, held(findings))
             if approval.required and not waits:
                 self._audit(session, alert.id, "approved", source.requester, "own alert (approver)")
             alert_id = alert.id
@@ -168,7 +164,10 @@ class Alerts:
         """``approver``: the role as the console's accounts give it; None: Unix groups."""
         return is_approver(self.config, user) if approver is None else approver
 
-    def approve(self, alert_id: int, user: str, approver: bool | None = None) -> None:
+    def approve(
+        self, alert_id: int, user: str, ack_privacy: bool = False, approver: bool | None = None
+    ) -> None:
+        """Approve a waiting alert; one with privacy findings only with ``ack_privacy``."""
         if not self._approver(user, approver):
             raise _not_approver(user)
         now = self.clock.now()
@@ -183,10 +182,13 @@ class Alerts:
                     f"依頼者本人は承認できません / the requester ({user}) cannot approve "
                     f"their own alert {alert_id}"
                 )
+            acknowledged = self.privacy.acknowledge(alert, ack_privacy)
             alert.status = SCHEDULED
             alert.approved_by = user
             alert.release_at = self._release_at(alert, now)
             self._audit(session, alert_id, "approved", user)
+            if acknowledged:
+                self._audit(session, alert_id, "privacy-acknowledged", user, acknowledged)
         log.info("alert %d approved by %s", alert_id, user)
 
     def cancel(self, alert_id: int, user: str, approver: bool | None = None) -> None:
@@ -203,15 +205,17 @@ class Alerts:
                     f"{user} は承認者でも依頼者でもないため取り消せません / {user} is neither an "
                     f"approver nor the requester of alert {alert_id}"
                 )
+            # What can no longer be cancelled is said first, whoever asks.
+            if alert.status not in (PENDING_APPROVAL, SCHEDULED, SENDING):
+                raise AlertActionError(
+                    f"警報 {alert_id} は {alert.status} のため取り消せません / alert {alert_id} "
+                    f"is {alert.status} and cannot be cancelled"
+                )
             if approval.required and not approver and alert.status != PENDING_APPROVAL:
                 # Issue 15: once approved, stopping it is the approver's call (運用要領 5).
                 raise AlertActionError(
                     f"承認済みの警報 {alert_id} は承認者だけが取り消せます / alert {alert_id} is "
                     f"{alert.status}; once approved only an approver can cancel it"
-                )
-            if alert.status not in (PENDING_APPROVAL, SCHEDULED, SENDING):
-                raise AlertActionError(
-                    f"alert {alert_id} is {alert.status} and cannot be cancelled"
                 )
             was = alert.status
             alert.status = CANCELLED
@@ -352,7 +356,8 @@ class Alerts:
         return int(written)
 
     def recipients_query(self, area_ids: tuple[str, ...], category: str) -> Any:
-        """Active subscribers taking ``category`` whose areas intersect the alert's (SPEC §4)."""
+        """Active subscribers taking ``category`` whose areas intersect the alert's
+        (docs/alert-files.md)."""
         return self._recipients(area_ids, category).subquery()
 
     def _recipients(
@@ -468,6 +473,7 @@ class Alerts:
             "created_at": local_text(alert.created_at, tz),
             "released_at": local_text(alert.released_at, tz) if alert.released_at else None,
             "finished_at": local_text(alert.finished_at, tz) if alert.finished_at else None,
+            "privacy": [f.to_dict() for f in privacy_gate.findings_of(alert.privacy_findings)],
             "counts": counts
             or {DELIVERY_QUEUED: 0, DELIVERY_SENT: 0, DELIVERY_DEFERRED: 0, DELIVERY_FAILED: 0},
         }

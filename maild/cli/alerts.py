@@ -1,5 +1,5 @@
 """``maild submit``, ``maild alerts …`` and ``maild window``: the operators' commands
-for alerts (SPEC §2). ``submit`` itself is :mod:`maild.cli.submit`; these print what it
+for alerts (docs/roles.md). ``submit`` itself is :mod:`maild.cli.submit`; these print what it
 and the alert workflow answer."""
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from maild.alerts import window
+from maild.alerts.privacy import Finding
+from maild.alerts.privacy_gate import PrivacyGate, finding_lines
 from maild.alerts.workflow import AlertActionError
 from maild.cli.common import (
     EXIT_FAILURE,
@@ -43,7 +45,10 @@ def cmd_submit(config: Config, args: argparse.Namespace) -> int:
 def _submit(config: Config, args: argparse.Namespace, count: CountRecipients | None) -> int:
     areas = AreaMap.load(config.areas.file)
     clock = clock_from_environment()
-    submitter = Submitter(config, areas, window_rules(config), clock.now(), invoker(config), count)
+    privacy = PrivacyGate(config, areas)
+    submitter = Submitter(
+        config, areas, window_rules(config), clock.now(), invoker(config), count, privacy
+    )
     results = [submitter.check(Path(f)) for f in args.files]
     all_valid = all(r.valid for r in results)
     sent_problems: list[str] = []
@@ -73,7 +78,9 @@ def print_submitted(results: list[Checked], args: argparse.Namespace, testers: i
             for error in r.errors:
                 print(f"  {error}")
             continue
-        if args.check:
+        if args.check and r.privacy:
+            what = "形式は正しいですが、下の記載を確認してください / valid, but see below (--check)"
+        elif args.check:
             what = "問題ありません / valid (not placed: --check)"
         elif args.test:
             if testers is None:  # through the daemon: the config is not the caller's to read
@@ -85,6 +92,8 @@ def print_submitted(results: list[Checked], args: argparse.Namespace, testers: i
             what = "受け付けました / placed in the spool"
         print(f"{r.file}: {what}")
         print(f"  配信エリア / areas: {'、'.join(r.areas)}")
+        if r.privacy:
+            _print_findings(r.privacy, "  ")
         if r.pending_approval:
             print("  送信 / release: 承認待ちになります / waits for an approver")
         else:
@@ -100,6 +109,19 @@ def print_submitted(results: list[Checked], args: argparse.Namespace, testers: i
             "不備のあるファイルがあるため、何も送信・投入していません。"
             " / Nothing was sent or placed because a file is invalid."
         )
+
+
+def _print_findings(findings: list[Finding], indent: str) -> None:
+    print(
+        f"{indent}個人が特定されるおそれのある記載 / privacy findings"
+        f" (運用要領 7): {len(findings)} 件"
+    )
+    print(
+        f"{indent}  承認者が --ack-privacy で確認するまで送信されません"
+        " / not sent until an approver acknowledges them (--ack-privacy)"
+    )
+    for line in finding_lines(findings, indent + "  "):
+        print(line)
 
 
 def cmd_list(config: Config, args: argparse.Namespace) -> int:
@@ -146,6 +168,9 @@ def cmd_show(config: Config, args: argparse.Namespace) -> int:
         f"{'counts':>12}: queued {c['queued']}, sent {c['sent']}, deferred {c['deferred']}, "
         f"failed {c['failed']}"
     )
+    if alert["privacy"]:
+        print(f"{'privacy':>12}:")
+        _print_findings([Finding.from_dict(f) for f in alert["privacy"]], " " * 14)
     print("       audit:")
     for entry in alert["audit"]:
         detail = f" ({entry['detail']})" if entry["detail"] else ""
@@ -162,7 +187,8 @@ def _alert_action(action: Callable[[Services], Any], config: Config) -> Any:
 
 
 def cmd_approve(config: Config, args: argparse.Namespace) -> int:
-    _alert_action(lambda s: s.alerts.approve(args.id, invoker(config)), config)
+    user = invoker(config)
+    _alert_action(lambda s: s.alerts.approve(args.id, user, ack_privacy=args.ack_privacy), config)
     print(f"alert {args.id} approved")
     return 0
 

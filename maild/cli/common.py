@@ -50,7 +50,7 @@ def opened_services(config: Config) -> Iterator[Services]:
 
 
 def invoker(config: Config) -> str:
-    """The Unix user for the audit log (SPEC §2).
+    """The Unix user for the audit log (docs/roles.md).
 
     A command the daemon runs for a caller of its control socket names the caller in
     ``MAILD_CALLER`` (learnt from the kernel, maild.service.control); one run through

@@ -1,4 +1,4 @@
-"""The ``maild`` command line (SPEC §2): the parser, the dispatch, and the service's own
+"""The ``maild`` command line (docs/roles.md): the parser, the dispatch, and the service's own
 commands (serve, deliver, check-config, db, qr). The operators' commands are in
 :mod:`maild.cli.alerts` and :mod:`maild.cli.subscribers`.
 
@@ -191,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         if name == "show":
             sub.add_argument("--json", action="store_true", help="print JSON")
+        if name == "approve":
+            sub.add_argument(
+                "--ack-privacy",
+                action="store_true",
+                help="acknowledge the privacy check's findings (alerts show lists them)",
+            )
 
     people = commands.add_parser("subscribers", help="import, export, count or erase subscribers")
     people_commands = people.add_subparsers(dest="people_command", metavar="COMMAND", required=True)

@@ -4,7 +4,7 @@ kernel and runs the command if their role allows it.
 
 What the caller's own permissions must decide stays here: the files named on the command
 line are read by the caller and sent, and ``submit`` places the checked files in the
-spool *itself*, so the file's owner, the requester, is the caller (SPEC §5).
+spool *itself*, so the file's owner, the requester, is the caller (docs/alert-files.md).
 """
 
 from __future__ import annotations

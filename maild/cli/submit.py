@@ -21,9 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from maild.alerts.alertfile import AlertDraft, AlertFileInvalid, parse_alert
+from maild.alerts.legacy_check import check_configured
+from maild.alerts.privacy import Finding
+from maild.alerts.privacy_gate import PrivacyGate
 from maild.alerts.spool_files import place_in_spool
 from maild.alerts.window import WindowRules, release_time
-from maild.alerts.workflow import check_draft, needs_approval
+from maild.alerts.workflow import needs_approval
 from maild.common.addresses import mask
 from maild.common.clock import local_text
 from maild.common.config import Config
@@ -55,6 +58,8 @@ class Checked:
     recipients: int | None = None
     release_at: str | None = None
     pending_approval: bool = False
+    # What the privacy check found (issue 17): such an alert waits for an approver.
+    privacy: list[Finding] = field(default_factory=list)
     draft: AlertDraft | None = None
     data: bytes = b""
 
@@ -67,6 +72,7 @@ class Checked:
             "recipients": self.recipients,
             "release_at": self.release_at,
             "pending_approval": self.pending_approval,
+            "privacy": [f.to_dict() for f in self.privacy],
         }
 
 
@@ -78,6 +84,7 @@ class Submitter:
     now: dt.datetime
     requester: str
     count_recipients: CountRecipients | None = None  # None: the database is not readable
+    privacy: PrivacyGate | None = None
 
     def check(self, path: Path) -> Checked:
         try:
@@ -90,12 +97,13 @@ class Submitter:
                 resolve_area=lambda text: self.areas.resolve(text).id,
                 tz=self.config.service.tz,
             )
-            check_draft(self.config, draft)
+            check_configured(self.config, draft)
         except AlertFileInvalid as e:
             return Checked(
                 str(path), False, [_problem_text(p.line, p.ja, p.en) for p in e.problems]
             )
-        pending = needs_approval(self.config, self.requester)
+        findings = self.privacy.check_draft(draft) if self.privacy else []
+        pending = needs_approval(self.config, self.requester) or bool(findings)
         release = release_time(
             self.rules, self.now, urgent=draft.urgent, send_after=draft.send_after
         )
@@ -110,6 +118,7 @@ class Submitter:
             if release and not pending
             else None,
             pending_approval=pending,
+            privacy=findings,
             draft=draft,
             data=data,
         )

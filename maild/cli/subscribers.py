@@ -1,4 +1,4 @@
-"""``maild subscribers …``: the data owner's commands (SPEC §2): import from an older
+"""``maild subscribers …``: the data owner's commands (docs/csv.md): import from an older
 system, counts, export, erasure. The rules are :mod:`maild.residents.roster` and
 :mod:`maild.residents.subscribers`; these open the database and print."""
 
@@ -15,7 +15,11 @@ from maild.common.addresses import InvalidAddress, mask
 from maild.common.config import Config
 from maild.common.text import counted
 from maild.residents import roster, roster_read, subscribers
+from maild.residents.categories import CATEGORIES
+from maild.store.models import ACTIVE, PENDING, SUSPENDED
 
+# The statuses as the operator guide names them (pending, active, suspended).
+STATUS_JA = {PENDING: "仮登録", ACTIVE: "登録済み", SUSPENDED: "一時停止"}
 EXPORT_WARNING = (
     "maild: 注意: 出力には個人情報（メールアドレス）が含まれます。取り扱いに注意してください。"
     " / warning: the output holds personal data (mail addresses); handle it with care."
@@ -66,12 +70,21 @@ def cmd_stats(config: Config, args: argparse.Namespace) -> int:
         print_json(numbers)
         return 0
     areas = services.areas
-    print("status:   " + ", ".join(f"{k} {v}" for k, v in numbers["by_status"].items()))
-    print("category: " + ", ".join(f"{k} {v}" for k, v in numbers["by_category"].items()))
-    print("areas (active subscribers who chose each):")
+    status = numbers["by_status"]
+    print(
+        "登録者 / subscribers: "
+        + "、".join(f"{STATUS_JA.get(k, k)} {v} 人" for k, v in status.items())
+        + " / "
+        + ", ".join(f"{v} {k}" for k, v in status.items())
+    )
+    print("分類ごと（登録済みで受け取る人数） / by category (active subscribers who receive each):")
+    for category in CATEGORIES:
+        count = numbers["by_category"][category.id]
+        print(f"  {category.ja} ({category.id}): {count} 人 / {counted(count, 'subscriber')}")
+    print("地域ごと（登録済みで選んだ人数） / by area (active subscribers who chose each):")
     for area_id, count in numbers["by_area"].items():
         name = areas.get(area_id).name_ja if area_id in areas else area_id
-        print(f"  {name} ({area_id}): {count}")
+        print(f"  {name} ({area_id}): {count} 人 / {counted(count, 'subscriber')}")
     return 0
 
 

@@ -2,7 +2,7 @@
 
 Japanese carriers handed out local parts that RFC 5321 calls invalid
 (``taro..yamada.@docomo.ne.jp``); we accept them, store them unquoted, and quote
-them only on the wire (SPEC §10). Masking for logs lives here too, so that no
+them only on the wire (docs/mail-delivery.md). Masking for logs lives here too, so that no
 other module needs to know what an address looks like.
 """
 

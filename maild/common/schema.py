@@ -1,4 +1,5 @@
-"""The configuration schema: every key of SPEC §3, its type and its default.
+"""The configuration schema: every key, its type and its default
+(docs/configuration.md documents each for people).
 
 Frozen dataclasses, one per TOML section; ``config/maild.example.toml`` documents the
 same keys for people, and :mod:`maild.common.config` reads and checks a file into them.
@@ -176,6 +177,12 @@ class ApprovalConfig:
 
 
 @dataclass(frozen=True)
+class AlertsConfig:
+    # A file of words the privacy check never flags (one a line), besides the service's own.
+    privacy_allow: Path | None = None
+
+
+@dataclass(frozen=True)
 class RolesConfig:
     """The Unix groups whose members hold each role (maild.common.roles)."""
 
@@ -210,6 +217,7 @@ class Config:
     window: WindowConfig = field(default_factory=WindowConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     approval: ApprovalConfig = field(default_factory=ApprovalConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     roles: RolesConfig = field(default_factory=RolesConfig)
     housekeeping: HousekeepingConfig = field(default_factory=HousekeepingConfig)
     areas: AreasConfig = field(default_factory=AreasConfig)

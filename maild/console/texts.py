@@ -3,6 +3,7 @@ the resident pages' (:mod:`maild.web.i18n`: the area picker, the error pages).""
 
 from __future__ import annotations
 
+from maild.web.i18n import plain
 from maild.web.i18n import text as web_text
 
 TEXTS: dict[str, tuple[str, str]] = {
@@ -240,8 +241,8 @@ def action_name(lang: str, action: str) -> str:
 
 def text(lang: str, key: str, **values: object) -> str:
     """The text ``key`` in ``lang`` (the console's, else the resident pages')."""
-    if key not in TEXTS:
-        return web_text(lang, key, **values)
+    if key not in TEXTS:  # without the phrase marks of the residents' headings
+        return plain(web_text(lang, key, **values))
     ja, en = TEXTS[key]
     template = en if lang == "en" else ja
     return template.format(**values) if values else template

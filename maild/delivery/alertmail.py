@@ -4,10 +4,10 @@ Building an ``EmailMessage`` per recipient costs about a millisecond; an alert
 for a million subscribers cannot afford that. :class:`AlertTemplate` encodes
 the headers everyone shares once, and :meth:`AlertTemplate.personalise` adds
 the few that differ (To, Message-ID, List-Unsubscribe) and the body with the
-recipient's own change/cancel link (SPEC §7). Pure: no I/O.
+recipient's own change/cancel link (docs/mail-delivery.md). Pure: no I/O.
 
 An alert has one template per charset: UTF-8 for most recipients, ISO-2022-JP
-for ``mail.legacy_charset_domains`` (SPEC §10); the caller picks per recipient.
+for ``mail.legacy_charset_domains`` (docs/mail-delivery.md); the caller picks per recipient.
 An ISO-2022-JP body is encoded line by line, each line ending in ASCII, so the
 part before the change/cancel URL is encoded once and the ASCII URL line is
 appended per recipient.
@@ -37,6 +37,7 @@ from maild.mail.compose import (
     render,
 )
 from maild.residents.notices import RULE
+from maild.residents.terms import MANAGE
 
 # Headers that differ per recipient; the template leaves them out and adds them per message.
 _PERSONAL = frozenset({"date", "to", "message-id", "list-unsubscribe"})
@@ -70,7 +71,8 @@ class Personal:
 
 
 def full_subject(prefix: str, subject: str, area_label: str, test: bool = False) -> str:
-    """「【みやぎSecurityメール】女子中学生に対する声かけ事案【宮城野区】」 (SPEC §5)."""
+    """「【みやぎSecurityメール】女子中学生に対する声かけ事案【宮城野区】」
+    (docs/alert-files.md)."""
     return (TEST_MARK if test else "") + prefix + subject_with_area(subject, area_label)
 
 
@@ -98,7 +100,7 @@ def _shared_text(content: AlertContent, test: bool = False) -> str:
         parts += [f"（{content.sender}）", ""]
     if test:
         return "\n".join(parts) + RULE + "\n" + TEST_FOOTER
-    parts += [RULE, "利用者情報の変更・解除はこちら", ""]
+    parts += [RULE, f"{MANAGE.ja}はこちら", ""]
     return "\n".join(parts)
 
 
@@ -163,7 +165,7 @@ class AlertTemplate:
             self._body_rest = canonical[cut:]
 
     def personalise(self, personal: Personal, date: str) -> bytes:
-        """The bytes of one recipient's message (SPEC §7): ASCII substitutions and the body.
+        """One recipient's message (docs/mail-delivery.md): ASCII substitutions and the body.
 
         ``date`` is the Date header's value (:func:`date_header`) for the moment the
         message is handed to the relay, so a mail that waited out a relay outage is not

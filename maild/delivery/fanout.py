@@ -2,7 +2,7 @@
 
 Rows are claimed in batches (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, a lease in
 ``claimed_until`` renewed while the batch goes out, the node in ``claimed_by``), sent
-over the relay's pooled connections, one recipient per message (SPEC §10), by one
+over the relay's pooled connections, one recipient per message (docs/mail-delivery.md), by one
 *lane* per relay connection. A lane hands a message to the relay only once its
 previous message is on record as sent: a crash (kill -9, a dead machine) repeats at
 most one message per lane, the messages in flight, as Postfix promises. The records

@@ -3,7 +3,7 @@
 Pure: :func:`decide` looks at the envelope sender and the headers of one message
 and says yes or no, with a short ASCII reason for logs and metrics. It follows
 RFC 3834 §2 (no automatic answer to automatic mail, to list traffic, or to a
-null or daemon sender) and SPEC §9, and adds what real traffic needs: Exchange's
+null or daemon sender) and docs/mail-delivery.md, and adds what real traffic needs: Exchange's
 ``X-Auto-Response-Suppress``, the ``X-Autoreply`` family of vacation programs,
 and bulk senders' ``Feedback-ID``.
 

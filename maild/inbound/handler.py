@@ -2,7 +2,7 @@
 
 :class:`InboundHandler` is an aiosmtpd handler (aiosmtpd calls its ``handle_*``
 hooks); :mod:`maild.inbound.listener` runs the sessions. It takes mail for two
-kinds of address only (no open relay, SPEC §9):
+kinds of address only (no open relay, docs/mail-delivery.md):
 
 - the registration address: the message body is never read (phones append
   signatures), :func:`maild.inbound.autoreply.decide` says whether the mail may be

@@ -25,6 +25,7 @@ import ssl
 from typing import Any
 
 from maild.common.config import ListenAddress, SmtpConfig
+from maild.common.text import counted
 from maild.inbound import aiosmtpd_compat
 from maild.inbound.aiosmtpd_compat import SMTPSession
 from maild.inbound.handler import LIMIT_SESSIONS, LIMIT_TIMEOUT, LIMITED, InboundHandler, peer_ip
@@ -190,14 +191,15 @@ class InboundServer:
                 pass
         aborted = [s for s in self._sessions if s.in_transaction]
         if aborted:
-            log.warning("closing %d SMTP session(s) in mid-transaction", len(aborted))
+            log.warning("closing %s in mid-transaction", counted(len(aborted), "SMTP session"))
         for session in list(self._sessions):
             session.shut_down()
         if self._sessions:
             try:
                 await asyncio.wait_for(self._all_gone(), LOST_WAIT_SECONDS)
             except TimeoutError:
-                log.warning("%d SMTP session(s) did not close in time", len(self._sessions))
+                left = counted(len(self._sessions), "SMTP session")
+                log.warning("%s did not close in time", left)
         await server.wait_closed()
 
     async def _all_gone(self) -> None:

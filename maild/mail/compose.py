@@ -1,4 +1,4 @@
-"""Build the bytes of a mail the service sends (SPEC §7, §10). Pure: no I/O.
+"""Build the bytes of a mail the service sends (docs/mail-delivery.md). Pure: no I/O.
 
 A message is a list of header fields, each already encoded and folded, and a
 body, already transfer-encoded; :func:`render` joins them with CRLF. Keeping the
@@ -16,12 +16,12 @@ Choices, and why:
   (RFC 2045 §6.8).
 - Headers are written here rather than by ``EmailMessage``, whose header
   parser drops the quotes of legacy addresses such as
-  ``"taro..yamada."@docomo.ne.jp`` (SPEC §10). Non-ASCII Subject and display
+  ``"taro..yamada."@docomo.ne.jp`` (docs/mail-delivery.md). Non-ASCII Subject and display
   name become RFC 2047 encoded words, split on character boundaries.
-- Every header appears once (receivers reject duplicates, SPEC §10); extra
+- Every header appears once (receivers reject duplicates, docs/mail-delivery.md); extra
   headers that collide with ours are refused.
 - Recipients at ``mail.legacy_charset_domains`` get ``charset="iso-2022-jp"``
-  (SPEC §7, §10): text mapped by :mod:`maild.mail.legacy` (① → (1), ～ → 〜 …), the
+  (docs/mail-delivery.md): text mapped by :mod:`maild.mail.legacy` (① → (1), ～ → 〜 …), the
   body 7bit ISO-2022-JP in lines under 998 bytes, Subject and display name as
   ISO-2022-JP encoded words (``EmailMessage`` would write them in UTF-8). A
   character with no equivalent raises :class:`~maild.mail.legacy.LegacyCharsetError`:
@@ -81,7 +81,8 @@ OWN_HEADERS = frozenset(
 )
 
 _FIELD_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 §3.6.8 ftext
-_SPECIALS = re.compile(r'[][\\()<>@,:;".]')  # RFC 5322 §3.2.3: a phrase holding these is quoted
+# RFC 5322 §3.2.3: a phrase holding one of these is quoted
+_QUOTE_IN_PHRASE = re.compile(r'[][\\()<>@,:;".]')
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f]+")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _MSG_ID = re.compile(r"<[!-;=?-~]+@[!-;=?-~]+>")  # printable ASCII, no < > inside
@@ -349,7 +350,7 @@ def _mailbox(name: str, address: str, charset: Charset = UTF8) -> str:
     if charset == ISO_2022_JP:
         name = legacy.check_legacy("From", name)
     if name.isascii() and "=?" not in name:
-        if _SPECIALS.search(name):
+        if _QUOTE_IN_PHRASE.search(name):
             name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
         return f"{name} <{path}>"
     words = _encoded_words("From", name, charset)

@@ -1,4 +1,5 @@
-"""Optional DKIM signing of outgoing mail (SPEC §3 ``[dkim]``, §10; RFC 6376, RFC 8463).
+"""Optional DKIM signing of outgoing mail (``[dkim]`` in docs/configuration.md,
+docs/mail-delivery.md; RFC 6376, RFC 8463).
 
 Receivers (Gmail, Yahoo, docomo) want a DKIM signature aligned with the From
 domain. :class:`DkimSigner` adds one ``DKIM-Signature`` field in front of a
@@ -249,7 +250,7 @@ def load_private_key(path: Path, setting: str = "key_file") -> PrivateKey:
             " use an RSA (2048 bits) or Ed25519 key"
         )
     if path.stat().st_mode & 0o004:
-        # SPEC §9: key files are readable by the service alone.
+        # docs/mail-delivery.md: key files are readable by the service alone.
         log.warning("DKIM key file %s is readable by every user; chmod 0600 it", path)
     return key
 

@@ -21,7 +21,7 @@ _ADDRESS_IN_TEXT = re.compile(
 
 
 def mask_addresses(text: str) -> str:
-    """Mask every mail address inside free text, such as a relay's reply (SPEC §9)."""
+    """Mask every mail address inside free text, such as a relay's reply (docs/mail-delivery.md)."""
     return _ADDRESS_IN_TEXT.sub(lambda m: mask(m.group(0).replace('"', "")), text)
 
 

@@ -1,5 +1,5 @@
-"""Text for older Japanese phones that read only ISO-2022-JP (SPEC §3
-``mail.legacy_charset_domains``, §7, §10). Pure: no I/O.
+"""Text for older Japanese phones that read only ISO-2022-JP (``[mail]
+legacy_charset_domains`` in docs/configuration.md; docs/mail-delivery.md). Pure: no I/O.
 
 ISO-2022-JP (RFC 1468) is ASCII plus JIS X 0208. Text written on Windows
 (CP932) or a smartphone holds characters outside it: the NEC row 13 symbols

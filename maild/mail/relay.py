@@ -6,7 +6,7 @@ envelope sender, ONE recipient and the message bytes, and either returns
 (try again later) or :class:`PermanentFailure` (the relay refused this
 recipient or message for good). Callers decide what a failure means.
 
-One recipient per message, many messages per connection (SPEC §10: docomo drops
+One recipient per message, many messages per connection (docs/mail-delivery.md: docomo drops
 a whole session with too many recipients, and one bad recipient can fail the
 others). aiosmtplib opens each connection (TLS, EHLO, AUTH); the transactions
 then run over :class:`maild.mail.smtp_wire.SmtpWire`, pipelined when the relay says

@@ -1,4 +1,4 @@
-"""Delivery areas (SPEC §4): the area map, name lookup and matching by pieces.
+"""Delivery areas (docs/alert-files.md): the area map, name lookup and matching by pieces.
 
 An area file describes one prefecture: the whole (``all``), blocks, police stations and
 municipalities. Stations do not follow municipal borders, so every area stands for a set of

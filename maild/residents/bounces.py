@@ -20,7 +20,7 @@ Two kinds of permanent failure do not count against a resident:
   once; suspending a whole carrier's residents for our own DNS mistake would
   be the worst failure this module could have.
 
-:class:`Bounces` keeps the score (SPEC §10): docomo and au answer "550 Unknown
+:class:`Bounces` keeps the score (docs/mail-delivery.md): docomo and au answer "550 Unknown
 user" both for a missing mailbox and for a resident whose filter refuses us, so
 a subscriber is suspended only after ``threshold`` permanent failures on
 separate days, never on the first one, and never deleted.

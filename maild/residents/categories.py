@@ -1,4 +1,4 @@
-"""Alert categories (SPEC §4), and a subscriber's categories as a bit mask."""
+"""Alert categories (docs/alert-files.md), and a subscriber's categories as a bit mask."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 A token carries ``[subscriber id, link key]``; the link key is random per
 subscriber, so replacing it (or erasing the subscriber) revokes every link
 they were ever sent. Register links expire after 24 h; manage and unsubscribe
-links do not expire (SPEC §8, issue 2). Time comes from the injected clock.
+links do not expire (docs/web-routes.md, issue 2). Time comes from the injected clock.
 
 Tokens are made and checked by stock itsdangerous, through its public API only:
 ``URLSafeTimedSerializer`` (``URLSafeSerializer`` for VERP addresses), its compact

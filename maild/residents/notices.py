@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from maild.residents.terms import AREAS, CATEGORIES, MANAGE, listing
+
 RULE = "――――――――――"
 
 
 def register_notice(service: str, url: str) -> tuple[str, str]:
     body = f"""{service}への登録のお申し込みを受け付けました（仮登録）。
 
-24時間以内に次のURLを開き、受け取りたい地域と情報の種類を選んで
+24時間以内に次のURLを開き、{AREAS.ja}と{CATEGORIES.ja}を選んで
 「登録」を押すと、登録が完了します。
 
 {url}
@@ -24,8 +26,8 @@ def register_notice(service: str, url: str) -> tuple[str, str]:
 
 {RULE}
 We received a request to subscribe to {service}.
-Open the URL above within 24 hours, choose your areas and the kinds of
-information you want, and press "登録" (Register) to finish.
+Open the URL above within 24 hours, choose the {AREAS.en} and the
+{CATEGORIES.en} you want, and press "登録" (Register) to finish.
 If you did not ask for this, delete this mail; nothing will be registered.
 """
     return "仮登録のお知らせ", body
@@ -36,19 +38,19 @@ def complete_notice(
 ) -> tuple[str, str]:
     body = f"""{service}への登録が完了しました。
 
-受信する地域: {"、".join(areas)}
-受信する情報: {"、".join(categories)}
+{AREAS.ja}: {listing(areas)}
+{CATEGORIES.ja}: {listing(categories)}
 
-地域や情報の種類の変更、登録の解除は次のURLからできます。
+{MANAGE.ja}は、次のURLからできます。
 このメールは大切に保管してください。
 
 {RULE}
-利用者情報の変更・解除はこちら
+{MANAGE.ja}はこちら
 {manage_url}
 
 {RULE}
 Your subscription to {service} is complete. Use the URL above to change
-your areas or categories, or to cancel the subscription.
+your {AREAS.en} or {CATEGORIES.en}, or to cancel the subscription.
 """
     return "登録完了のお知らせ", body
 
@@ -56,10 +58,10 @@ your areas or categories, or to cancel the subscription.
 def manage_notice(service: str, manage_url: str) -> tuple[str, str]:
     body = f"""このメールアドレスは{service}に登録済みです。
 
-地域や情報の種類の変更、登録の解除は次のURLからできます。
+{MANAGE.ja}は、次のURLからできます。
 
 {RULE}
-利用者情報の変更・解除はこちら
+{MANAGE.ja}はこちら
 {manage_url}
 
 このメールに心当たりがない場合は、このまま削除してください。
@@ -67,7 +69,7 @@ def manage_notice(service: str, manage_url: str) -> tuple[str, str]:
 
 {RULE}
 This address is already subscribed to {service}. Use the URL above to
-change your areas or categories, or to cancel. If you did not ask for
-this mail, delete it; nothing has changed.
+change your {AREAS.en} or {CATEGORIES.en}, or to cancel. If you did not
+ask for this mail, delete it; nothing has changed.
 """
     return "登録内容の確認", body

@@ -1,4 +1,4 @@
-"""QR codes for posters (SPEC §1, §2 ``maild qr``): ``mailto:`` the registration address.
+"""QR codes for posters (README.md ``maild qr``): ``mailto:`` the registration address.
 
 A resident scans the code, the phone opens a new mail to the registration
 address, and sending it (blank) starts the registration. The image kind follows
@@ -37,7 +37,8 @@ _MAILTO_SAFE = "@!$'*+"
 def mailto_uri(address: str) -> str:
     """The ``mailto:`` URI for ``address``, percent-encoded as RFC 6068 requires."""
     if not address or address != address.strip() or "@" not in address:
-        # The address is not repeated: error texts never hold a full address (SPEC §9).
+        # The address is not repeated: error texts never hold a full address
+        # (docs/mail-delivery.md).
         raise ValueError(
             "QRコードにするメールアドレスが正しくありません / "
             "not a mail address to put in a QR code"

@@ -25,7 +25,7 @@ from maild.common.clock import Clock
 from maild.common.config import Config
 from maild.mail.compose import charset_for, compose
 from maild.mail.outbox import enqueue, enqueue_many, queued
-from maild.residents import notices
+from maild.residents import notices, terms
 from maild.residents.areas import AreaMap, shared_area_map
 from maild.residents.categories import CATEGORIES, categories_from_mask, mask_from_categories
 from maild.residents.links import MANAGE, REGISTER, UNSUBSCRIBE, LinkError, Links, new_link_key
@@ -398,16 +398,19 @@ class Registrations:
                     "不明な地域が選ばれました。", "An unknown area was chosen."
                 ) from None
         if not chosen:
-            raise ChoiceError("受信する地域を1つ以上選んでください。", "Choose at least one area.")
+            raise ChoiceError(
+                f"{terms.AREAS.ja}を1つ以上選んでください。", "Choose at least one area."
+            )
         try:
             mask = mask_from_categories(categories)
         except (KeyError, ValueError):
             raise ChoiceError(
-                "不明な情報の種類が選ばれました。", "An unknown category was chosen."
+                "不明な情報の種類が選ばれました。", "An unknown kind of information was chosen."
             ) from None
         if mask == 0:
             raise ChoiceError(
-                "受信する情報の種類を1つ以上選んでください。", "Choose at least one category."
+                f"{terms.CATEGORIES.ja}を1つ以上選んでください。",
+                f"Choose at least one of the {terms.CATEGORIES.en}.",
             )
         return tuple(chosen), mask
 

@@ -1,4 +1,4 @@
-"""Subscriber data for operators and the data owner (SPEC §2): CSV import and export, stats.
+"""Subscriber data for operators and the data owner (docs/csv.md): CSV import and export, stats.
 
 The CSV format is the same both ways, so an export imports again::
 

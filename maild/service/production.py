@@ -16,7 +16,7 @@ delivers to real people, and must not have:
 - an http ``base_url`` (RFC 8058 one-click unsubscribe needs https; links carry tokens);
 - an http ``[console] base_url`` off the machine (the approvers' session would cross the
   network in the clear);
-- no DKIM key (mailbox providers file unsigned bulk mail as spam, SPEC §9);
+- no DKIM key (mailbox providers file unsigned bulk mail as spam, docs/mail-delivery.md);
 - a key, password or config file that every local user can read.
 """
 

@@ -21,6 +21,7 @@ import dataclasses
 import logging
 from collections.abc import Iterable
 
+from maild.alerts.privacy_allow import read_allow_file
 from maild.alerts.window import WindowRules
 from maild.common.config import Config, ConfigError, load_config
 from maild.mail.dkim import signer_for
@@ -65,7 +66,8 @@ class ReloadRefused(Exception):
 
 
 def reload_config(running: Config) -> Config:
-    """Read ``running.path`` again and check it with its area file and DKIM key.
+    """Read ``running.path`` again and check it with its area file, DKIM key and the
+    privacy check's file of allowed words.
 
     Returns the config to apply: the new one, with the running value of every key in
     :data:`RESTART_KEYS` (a warning names each that changed). Raises ReloadRefused.
@@ -76,6 +78,8 @@ def reload_config(running: Config) -> Config:
         shared_area_map(new.areas.file)
         signer_for(new)
         WindowRules.from_config(new.window, new.service.timezone)
+        if new.alerts.privacy_allow is not None:
+            read_allow_file(new.alerts.privacy_allow)
     except (ConfigError, AreaFileError, ValueError, OSError) as e:
         raise ReloadRefused(str(e)) from None
     return keep_restart_keys(running, new)

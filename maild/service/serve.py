@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from maild.alerts import privacy_gate
 from maild.alerts.alertfile import AlertDraft
 from maild.alerts.release import ReleaseScheduler
 from maild.alerts.spool import FileMeta, SpoolWatcher
@@ -49,7 +50,7 @@ from maild.service.housekeeping import Housekeeping
 from maild.service.metrics import Metrics
 from maild.service.reload import ReloadRefused, reconfigure_all, reload_config
 from maild.service.services import Reconfigurable, Services, build_services, open_database
-from maild.service.watchdog import watchdog
+from maild.service.watchdog import status_text, watchdog
 from maild.service.workers import WorkerPool, fanout_relay_config
 from maild.store.db import DatabaseUnusable
 from maild.store.nodes import HEARTBEAT, NodeNameInUse, NodeRecord, UpgradeRefused
@@ -147,6 +148,9 @@ class Daemon:
             lambda text: services.areas.resolve(text).id,
             config.service.tz,
             clock=self.clock,
+            report=lambda alert_id, path, name: privacy_gate.write_report(
+                services.db, alert_id, path, name
+            ),
         )
 
         handler = InboundHandler(
@@ -200,7 +204,7 @@ class Daemon:
         ]
 
         def status() -> str:  # for systemctl status; in-memory figures only, no database
-            return f"accepting mail; {inbound.session_count} SMTP sessions"
+            return status_text(inbound.session_count)
 
         control = ControlServer(lambda: self.config, refusal_recorder(services.db, self.clock))
         try:
@@ -232,7 +236,7 @@ class Daemon:
             _relay_label(config),
             config.spool.dir,
         )
-        systemd.notify("READY=1\nSTATUS=accepting mail")
+        systemd.notify(f"READY=1\nSTATUS={status_text()}")
         try:
             await self.stopping.wait()
         finally:

@@ -14,6 +14,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from maild.common.text import counted
 from maild.service import systemd
 
 log = logging.getLogger("maild")
@@ -37,6 +38,17 @@ async def watchdog(stopping: asyncio.Event, status: Callable[[], str]) -> None:
             await asyncio.wait_for(stopping.wait(), interval)
         except TimeoutError:
             pass
+
+
+def status_text(sessions: int | None = None) -> str:
+    """What ``systemctl status maild`` shows (an operator reads it: Japanese first); with
+    ``sessions``, the SMTP sessions open now."""
+    if sessions is None:
+        return "受付中 / accepting mail"
+    return (
+        f"受付中、SMTP セッション {sessions} 件"
+        f" / accepting mail, {counted(sessions, 'SMTP session')}"
+    )
 
 
 def _status_line(status: Callable[[], str]) -> str:

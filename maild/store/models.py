@@ -17,7 +17,7 @@ from maild.store.db import Base, UTCDateTime
 # Subscriber.status values
 PENDING = "pending"  # sent a blank mail / used /signup, has not completed the form
 ACTIVE = "active"
-SUSPENDED = "suspended"  # too many permanent bounces; kept, not deleted (SPEC §10)
+SUSPENDED = "suspended"  # too many permanent bounces; kept, not deleted (docs/mail-delivery.md)
 
 # OutboxMail.status values
 QUEUED = "queued"
@@ -89,7 +89,7 @@ class OutboxMail(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
-# Alert.status values (SPEC §2)
+# Alert.status values (docs/operator-guide.ja.md §8.1)
 PENDING_APPROVAL = "pending_approval"
 SCHEDULED = "scheduled"
 SENDING = "sending"
@@ -136,6 +136,9 @@ class Alert(Base):
     fill_end: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # Delivery counts as JSON, written when housekeeping prunes the alert's delivery rows.
     final_counts: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # What the privacy check found at intake, as a JSON list (maild.alerts.privacy_gate);
+    # NULL when it found nothing. A flagged alert waits for an acknowledged approval.
+    privacy_findings: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     @property
     def area_ids(self) -> tuple[str, ...]:
@@ -170,7 +173,7 @@ class Delivery(Base):
 
 
 class AuditEntry(Base):
-    """Every change of an alert's state, with the Unix user who made it (SPEC §2), and every
+    """Every change of an alert's state, with the Unix user who made it (docs/roles.md), and every
     command the control socket refused (issue 15); a refusal of a command that names no
     alert has no ``alert_id``."""
 

@@ -1,1 +1,1 @@
-"""The resident-facing web pages (SPEC §8); see :mod:`maild.web.app`."""
+"""The resident-facing web pages (docs/web-routes.md); see :mod:`maild.web.app`."""

@@ -1,4 +1,4 @@
-"""The resident-facing web pages (SPEC §8) as one Werkzeug application: sign-up, the
+"""The resident-facing web pages (docs/web-routes.md) as one Werkzeug application: sign-up, the
 registration form, change and cancel, unsubscribe (RFC 8058 one-click) and a health
 check. ``/metrics`` is not here: it is the operators' listener's
 (:class:`~maild.web.health.OperatorsApp`), so the residents' one answers 404 for it.
@@ -52,7 +52,7 @@ STATIC = HERE / "static"
 MAX_BODY_BYTES = 64 * 1024
 BAD_REQUEST_TEXT = "リクエストを読み取れませんでした。\nThe request could not be read.\n"
 
-# No scripts, no frames, styles and forms only from here (SPEC §8: no JavaScript needed).
+# No scripts, no frames, styles and forms only from here (docs/web-routes.md: no JavaScript needed).
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
     "base-uri 'none'; frame-ancestors 'none'"

@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from jinja2 import Environment
 from werkzeug.routing import MapAdapter
@@ -22,8 +23,9 @@ from maild.common.addresses import mask_token
 from maild.common.config import Config
 from maild.residents.areas import AreaMap
 from maild.residents.links import Links
+from maild.residents.registration import ANSWER_INTERVAL
 from maild.web.csrf import Csrf
-from maild.web.i18n import DEFAULT_LANG, pick_lang, text
+from maild.web.i18n import DEFAULT_LANG, phrases, pick_lang, plain, text
 
 log = logging.getLogger("maild.web")
 
@@ -59,7 +61,7 @@ class Page:
     """One request's language, CSRF cookie, URL building and rendering.
 
     ``endpoint`` and ``args`` are the route the request matched; an error page for a
-    request that matched none has ``endpoint=""`` (and no language switch).
+    request that matched none has ``endpoint=""`` (its language switch is its own path).
     """
 
     def __init__(
@@ -100,7 +102,13 @@ class Page:
         return self.urls.build(self.endpoint, values)
 
     def switch_url(self) -> str:
-        return self.here("ja" if self.lang == "en" else "en")
+        """The same page in the other language. After a form post it is the page the form
+        was on (reading it changes nothing); a path no route matched keeps its path."""
+        other = "ja" if self.lang == "en" else "en"
+        if self.endpoint:
+            return self.here(other)
+        query = "" if other == DEFAULT_LANG else f"?lang={other}"
+        return quote(self.request.script_root + self.request.path, safe="/") + query
 
     def csrf(self) -> str:
         """The form's hidden CSRF field (a new cookie goes with the page if need be)."""
@@ -119,9 +127,9 @@ class Page:
             page=self,
             lang=self.lang,
             t=functools.partial(text, self.lang),
-            title=title,
+            title=plain(title),
+            heading=phrases(title),
             service=self.config.service.name,
-            switch=bool(self.endpoint) and status < 400 and self.reading,
             **context,
         )
         response = Response(html, status=status, mimetype="text/html")
@@ -143,7 +151,13 @@ def csrf_refused(page: Page) -> Response:
     )
 
 
-def not_arrived(page: Page) -> Block:
-    """What to do when our mail does not arrive: let the sender's domain through."""
+def answer_minutes() -> int:
+    """How long after an answer an address gets the next one (the registration rules')."""
+    return int(ANSWER_INTERVAL.total_seconds() // 60)
+
+
+def not_arrived(page: Page, key: str = "not_arrived") -> Block:
+    """What to do when our mail does not arrive: let the sender's domain through, then
+    ask again once the address may be answered again."""
     domain = page.config.mail.from_address.rpartition("@")[2]
-    return Block(page.t("not_arrived", domain=domain))
+    return Block(page.t(key, domain=domain, minutes=answer_minutes()))

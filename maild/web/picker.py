@@ -1,5 +1,5 @@
 """The area picker, the category boxes and a result page's summary: pure functions over
-the area map, for the register and manage forms (SPEC §8).
+the area map, for the register and manage forms (docs/web-routes.md).
 
 The picker works without JavaScript on a small phone: one ``<details>`` group per
 block, opened when it holds a ticked box (``templates/_picker.html`` draws it).
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from maild.residents.areas import Area, AreaMap
 from maild.residents.categories import CATEGORIES
 from maild.residents.registration import SubscriberView
+from maild.residents.terms import listing
 from maild.web.i18n import text
 
 
@@ -71,7 +72,7 @@ def category_boxes(chosen: Iterable[str], lang: str) -> tuple[Choice, ...]:
 
 def summary(areas: AreaMap, view: SubscriberView, lang: str) -> dict[str, str]:
     """What a result page lists: the saved areas and categories, in the page's language."""
-    known = [a for a in view.area_ids if a in areas]
-    sep = ", " if lang == "en" else "、"
+    known = [areas.get(a).name(lang) for a in view.area_ids if a in areas]
     labels = [c.label(lang) for c in CATEGORIES if c.id in view.categories]
-    return {"areas": areas.describe(known, lang), "categories": sep.join(labels)}
+    # As the completion mail lists them (maild.residents.notices): the same words.
+    return {"areas": listing(known, lang), "categories": listing(labels, lang)}

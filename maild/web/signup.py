@@ -1,4 +1,4 @@
-"""``/signup``: a resident on a computer asks for the registration mail (SPEC §8).
+"""``/signup``: a resident on a computer asks for the registration mail (docs/web-routes.md).
 
 The answer is the same page for a new, a registered and a throttled address, so the
 page tells no one who is registered. It spends from the same
@@ -29,7 +29,7 @@ from maild.common.addresses import InvalidAddress, normalize
 from maild.common.throttle import LogThrottle
 from maild.residents.limits import AnswerBudget, Charge, OverBudget
 from maild.residents.registration import SENT_MANAGE, SENT_REGISTER, Registrations
-from maild.web.page import Block, Page, csrf_refused, not_arrived
+from maild.web.page import Block, Page, answer_minutes, csrf_refused, not_arrived
 
 log = logging.getLogger("maild.web")
 # A flood past a limit is one line a minute; /metrics counts every refusal.
@@ -105,12 +105,12 @@ class SignupPages:
                 f"signup:{e.reason}", "signup from %s deferred: %s limit", ip, e.reason
             )
             return too_many(page, e.retry_after)
-        # The same page for a new, a registered and a throttled address (SPEC §8).
+        # The same page for a new, a registered and a throttled address (docs/web-routes.md).
         response = page.message(
             200,
             "signup_sent_title",
             Block(page.t("signup_sent_body")),
-            Block(page.t("signup_sent_registered")),
+            Block(page.t("signup_sent_registered", minutes=answer_minutes())),
             not_arrived(page),
         )
         # Started once the page has gone (WSGI close), so that its work, which differs

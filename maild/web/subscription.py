@@ -1,11 +1,13 @@
-"""The pages opened from mails (SPEC §8): ``/register/TOKEN`` (the form a new resident
+"""The pages opened from mails (docs/web-routes.md): ``/register/TOKEN`` (the form a new resident
 completes), ``/manage/TOKEN`` (change or cancel) and ``/unsubscribe/TOKEN`` (with
 RFC 8058 one-click). The rules live in :mod:`maild.residents.registration`; these views
 turn requests into its calls and its answers and refusals into pages.
 
 A refused link gets a page that says what happened and what to do next; reading a
 page (GET, HEAD) never changes anything, and every form post needs its CSRF field,
-except the one-click POST, whose token is the proof.
+except the one-click POST, whose token is the proof. A cancel asks once more
+(「本当に解除しますか」) whether it comes from the manage page or a mail's unsubscribe
+link; the one-click POST stays one click.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from maild.residents.areas import UnknownArea
 from maild.residents.categories import CATEGORIES
 from maild.residents.links import MANAGE, REGISTER, UNSUBSCRIBE, LinkError, Links
 from maild.residents.registration import ChoiceError, PendingView, Registrations, SubscriberView
-from maild.web.page import Block, Page, csrf_refused, not_arrived
+from maild.web.page import Block, Page, answer_minutes, csrf_refused, not_arrived
 from maild.web.picker import area_picker, category_boxes, summary
 
 log = logging.getLogger("maild.web")
@@ -28,6 +30,8 @@ log = logging.getLogger("maild.web")
 # RFC 8058 §3.1: the body a mail client POSTs for one-click unsubscription.
 ONE_CLICK_KEY = "List-Unsubscribe"
 ONE_CLICK_VALUE = "One-Click"
+# The manage form's actions: its cancel button asks; the confirm page's button cancels.
+UPDATE, CANCEL, CANCEL_CONFIRMED = "update", "cancel", "cancel-confirmed"
 
 
 class SubscriptionPages:
@@ -59,7 +63,8 @@ class SubscriptionPages:
             page.t("registered_title"),
             blocks=[
                 Block(page.t("registered_body", address=done.masked_address)),
-                not_arrived(page),
+                not_arrived(page, "complete_not_arrived"),
+                Block(page.config.smtp.registration_address, mailto=True),
             ],
             summary=summary(page.areas, done, page.lang),
         )
@@ -76,10 +81,12 @@ class SubscriptionPages:
         form = page.request.form
         action = form.get("action", "")
         try:
-            if action == "cancel":
+            if action == CANCEL:
+                return _confirm_cancel(page, view, page.here(), CANCEL_CONFIRMED, page.here())
+            if action == CANCEL_CONFIRMED:
                 self.registrations.cancel(token)
                 return page.message(200, "cancelled_title", Block(page.t("cancelled_body")))
-            if action != "update":
+            if action != UPDATE:
                 return page.message(400, "bad_request_title", Block(page.t("bad_request_body")))
             area_ids, categories = form.getlist("area"), form.getlist("category")
             try:
@@ -105,12 +112,8 @@ class SubscriptionPages:
         try:
             view = self.registrations.view_manage(token, UNSUBSCRIBE)
             if page.reading:
-                return page.render(
-                    "unsubscribe.html",
-                    page.t("unsubscribe_title"),
-                    view=view,
-                    manage_url=page.url("manage", token=view.manage_token),
-                )
+                manage_url = page.url("manage", token=view.manage_token)
+                return _confirm_cancel(page, view, page.here(), "", manage_url)
             if not page.csrf_ok():
                 return csrf_refused(page)
             self.registrations.cancel(token, UNSUBSCRIBE)
@@ -186,6 +189,7 @@ class SubscriptionPages:
                 Block(t("used_body")),
                 Block(t("used_lost")),
                 Block(registration, mailto=True),
+                Block(t("used_wait", minutes=answer_minutes())),
             )
         return page.message(410, "gone_title", Block(t("gone_body")), *again[1:])
 
@@ -195,3 +199,20 @@ class SubscriptionPages:
         except LinkError:
             return False
         return True
+
+
+def _confirm_cancel(
+    page: Page, view: SubscriberView, action: str, confirm: str, back_url: str
+) -> Response:
+    """「本当に解除しますか」: the button posts ``confirm`` as the form's action (the manage
+    page's) or nothing (the unsubscribe link's); the way back changes nothing."""
+    back_key = "cancel_keep" if confirm else "unsubscribe_manage_instead"
+    return page.render(
+        "confirm_cancel.html",
+        page.t("cancel_confirm_title"),
+        view=view,
+        action=action,
+        confirm=confirm,
+        back_url=back_url,
+        back_key=back_key,
+    )
