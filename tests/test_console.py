@@ -439,3 +439,17 @@ def test_a_missing_alert_and_a_bad_cookie_get_a_page_not_a_crash(console: Consol
     assert stranger.get("/").status_code == 303
     big = client.post("/compose", data={"body": "あ" * 70_000})
     assert big.status_code == 413
+
+
+def test_an_alert_held_by_the_privacy_check_is_not_approved_without_its_acknowledgment(
+    console: Console,
+) -> None:
+    alerts = console.services.alerts
+    alert_id = alerts.intake(
+        draft(body="青葉区の佐藤花子さん（12歳）が声をかけられました。"), Source(None, "tanto")
+    )
+    assert alerts.show(alert_id)["privacy"], "the privacy check found nothing to hold"
+    client = console.signed_in("kacho")
+    refused = client.post(f"/alerts/{alert_id}/approve", data={"csrf": csrf_of(client.get("/"))})
+    assert refused.status_code == 409 and "ack-privacy" in refused.text
+    assert alerts.show(alert_id)["status"] == "pending_approval"
