@@ -20,6 +20,7 @@ from werkzeug.test import TestResponse
 from maild.alerts.alertfile import AlertDraft
 from maild.alerts.workflow import Source
 from maild.common.clock import FakeClock
+from maild.common.config import ConfigError
 from maild.console.accounts import Accounts
 from maild.console.app import ConsoleApp
 from maild.service.services import Services, build_services
@@ -453,3 +454,42 @@ def test_an_alert_held_by_the_privacy_check_is_not_approved_without_its_acknowle
     refused = client.post(f"/alerts/{alert_id}/approve", data={"csrf": csrf_of(client.get("/"))})
     assert refused.status_code == 409 and "ack-privacy" in refused.text
     assert alerts.show(alert_id)["status"] == "pending_approval"
+
+
+def test_the_proxys_user_header_is_believed_from_the_proxy_only(tmp_path: Path) -> None:
+    clock = FakeClock(SATURDAY)
+    config = make_config(
+        tmp_path, console={"user_header": "X-Remote-User", "trusted_proxies": ["10.0.0.0/8"]}
+    )
+    services = build_services(config, clock)
+    try:
+        Accounts(services.db, clock).add("kacho", "approver")
+        app = ConsoleApp(config, services.alerts, services.links, clock)
+        proxy = ClosingClient(app)
+        header = {"X-Remote-User": "kacho"}
+        page = proxy.get("/", headers=header, environ_base={"REMOTE_ADDR": "10.1.2.3"})
+        assert page.status_code == 200 and "kacho（運用責任者）" in page.text
+        assert "SameSite=Strict" in page.headers["Set-Cookie"]
+        again = proxy.get("/", headers=header, environ_base={"REMOTE_ADDR": "10.1.2.3"})
+        assert again.status_code == 200 and "Set-Cookie" not in again.headers  # same session
+        # From anywhere else the header is anyone's to send: ignored.
+        stranger = ClosingClient(app)
+        faked = stranger.get("/", headers=header, environ_base={"REMOTE_ADDR": "192.0.2.9"})
+        assert faked.status_code == 303 and faked.headers["Location"].endswith("/sign-in")
+        unknown = stranger.get(
+            "/", headers={"X-Remote-User": "nobody"}, environ_base={"REMOTE_ADDR": "10.1.2.3"}
+        )
+        assert unknown.status_code == 403 and "アカウントがありません" in unknown.text
+        with services.db.transaction() as session:
+            rows = session.scalars(select(AuditEntry).order_by(AuditEntry.id))
+            trail = [(e.action, e.user) for e in rows if not e.action.startswith("account-")]
+        assert trail == [("sign-in", "kacho"), ("sign-in-failed", "nobody")]
+    finally:
+        services.db.dispose()
+
+
+def test_a_user_header_without_trusted_proxies_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="needs trusted_proxies"):
+        make_config(tmp_path, console={"user_header": "X-Remote-User"})
+    with pytest.raises(ConfigError, match="not a network"):
+        make_config(tmp_path, console={"trusted_proxies": ["proxy.example.jp"]})

@@ -156,7 +156,11 @@ def _read_web(r: _Reader) -> WebConfig:
 def _read_console(r: _Reader) -> ConsoleConfig:
     d = ConsoleConfig()
     url = r.text("base_url", d.base_url, r"https?://[^\s/]+(/[^\s]*)?", "an http(s) URL")
-    return ConsoleConfig(listen=r.listen("listen", d.listen), base_url=url.rstrip("/"))
+    header = r.text("user_header", d.user_header, r"([A-Za-z0-9-]+)?", "an HTTP header name")
+    proxies = r.networks("trusted_proxies")
+    if header and not proxies:
+        raise r.fail("user_header", "needs trusted_proxies: the addresses of the proxy setting it")
+    return ConsoleConfig(r.listen("listen", d.listen), url.rstrip("/"), header, proxies)
 
 
 def _read_relay(r: _Reader) -> RelayConfig:
@@ -227,12 +231,6 @@ MAX_COMMAND_TIMEOUT = 3600.0
 
 def _read_limits(r: _Reader) -> LimitsConfig:
     d = LimitsConfig()
-    networks = []
-    for text in r.texts("trusted_networks", ()):
-        try:
-            networks.append(ipaddress.ip_network(text, strict=False))
-        except ValueError:
-            raise r.fail("trusted_networks", f"{text!r} is not a network (CIDR)") from None
     timeout = r.get("command_timeout", float, d.command_timeout)
     # Below a tenth of a second no real client could answer; above an hour a dead peer
     # holds a session slot for too long.
@@ -247,7 +245,7 @@ def _read_limits(r: _Reader) -> LimitsConfig:
             "answers_per_ip_per_minute", d.answers_per_ip_per_minute, 1
         ),
         answers_per_hour=r.integer("answers_per_hour", d.answers_per_hour, 1),
-        trusted_networks=tuple(networks),
+        trusted_networks=r.networks("trusted_networks"),
         sessions_per_ip=r.integer("sessions_per_ip", d.sessions_per_ip, 1, 10000),
         command_timeout=timeout,
         recipients_per_message=r.integer(

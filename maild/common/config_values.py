@@ -4,6 +4,7 @@ every section with it)."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -98,6 +99,17 @@ class TableReader:
         if not re.fullmatch(r"[^@\s]+@[^@\s]+\.?[^@\s]*", value):
             raise self.fail(key, f"{value!r} is not a mail address")
         return value
+
+    def networks(
+        self, key: str, default: tuple[str, ...] = ()
+    ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        networks = []
+        for text in self.texts(key, default):
+            try:
+                networks.append(ipaddress.ip_network(text, strict=False))
+            except ValueError:
+                raise self.fail(key, f"{text!r} is not a network (CIDR)") from None
+        return tuple(networks)
 
 
 _KIND_NAMES = {

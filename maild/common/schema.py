@@ -80,6 +80,10 @@ class ConsoleConfig:
     listen: ListenAddress = ListenAddress("127.0.0.1", 9081)
     # The address people open (the reverse proxy's): https makes the cookies Secure.
     base_url: str = "http://127.0.0.1:9081"
+    # Optional: the proxy signs people in (its own single sign-on) and names them in this
+    # header; believed only from these addresses (docs/console.md).
+    user_header: str = ""
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     @property
     def secure(self) -> bool:

@@ -10,6 +10,7 @@ residents'). The session cookie is ``HttpOnly``, ``SameSite=Strict`` and, when
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +30,7 @@ from maild.console.compose import ComposePages
 from maild.console.page import ConsolePage
 from maild.console.sessions import COOKIE, Sessions
 from maild.console.subscribers import SubscriberPages
-from maild.console.views import Views
+from maild.console.views import Views, set_session_cookie
 from maild.residents.links import Links
 from maild.web.app import SECURITY_HEADERS, STATIC, TEMPLATES, PageRequest
 from maild.web.page import safe_path
@@ -123,15 +124,29 @@ class ConsoleApp:
             return _harden(e.get_response())
         token = request.cookies.get(COOKIE, "")
         page: ConsolePage | None = None
+        new_token = ""
         try:
             user = self.sessions.find(token) if token else None
+            vouched = vouched_name(config, request)
+            if vouched is not None and (user is None or user.name != vouched):
+                # The proxy signed this person in: their own session, not whoever's before.
+                if token:
+                    self.sessions.end(token)
+                user = None
+                if self.accounts.vouched(vouched, request.remote_addr or "?") is not None:
+                    new_token = self.sessions.start(vouched)
+                    user = self.sessions.find(new_token)
             page = ConsolePage(config, self.jinja, self.links, request, urls, endpoint, args, user)
-            if user is None and endpoint not in OPEN:
+            if vouched is not None and user is None:
+                response = page.message(403, "refused_title", page.t("no_account"))
+            elif user is None and endpoint not in OPEN:
                 response = redirect(page.url("sign_in", ended=1 if token else None), 303)
                 if token:
                     response.delete_cookie(COOKIE, path=request.script_root + "/")
             else:
                 response = self._routes[endpoint](page, **args)
+            if new_token:
+                set_session_cookie(page, response, new_token)
         except HTTPException as e:  # no such alert, 413 from reading a form, …
             response = _http_error(page, e)
         except Exception:
@@ -145,6 +160,21 @@ class ConsoleApp:
         response = send_from_directory(folder, filename, page.request.environ, max_age=3600)
         assert isinstance(response, Response)
         return response
+
+
+def vouched_name(config: Config, request: Request) -> str | None:
+    """The account the reverse proxy names (``[console] user_header``), believed only from
+    ``trusted_proxies``; None when there is none to believe."""
+    console = config.console
+    if not console.user_header or not request.remote_addr:
+        return None
+    try:
+        client = ipaddress.ip_address(request.remote_addr)
+    except ValueError:
+        return None
+    if not any(client in network for network in console.trusted_proxies):
+        return None  # anyone can send the header; only the proxy's word counts
+    return request.headers.get(console.user_header, "").strip() or None
 
 
 def _http_error(page: ConsolePage | None, e: HTTPException) -> Response:

@@ -170,6 +170,10 @@ TEXTS: dict[str, tuple[str, str]] = {
         "この操作には運用責任者の役割が必要です。この試みは記録されました。",
         "This needs the approver role. The attempt has been recorded.",
     ),
+    "no_account": (
+        "このコンソールにあなたのアカウントがありません。システム管理者に依頼してください。",
+        "You have no account on this console; ask the system administrator.",
+    ),
     "refused_compose": (
         "配信の依頼には発信担当者か運用責任者の役割が必要です。",
         "A request needs the operator or approver role.",
