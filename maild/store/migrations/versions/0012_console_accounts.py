@@ -1,7 +1,7 @@
 """console accounts and sessions: the approvers' web console (issue 16)
 
-Revision ID: 0011
-Revises: 0010
+Revision ID: 0012
+Revises: 0011
 Create Date: 2026-12-05 00:30:00
 """
 
@@ -10,8 +10,8 @@ from alembic import op
 
 from maild.store.db import UTCDateTime
 
-revision = "0011"
-down_revision = "0010"
+revision = "0012"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
