@@ -63,6 +63,7 @@ def base_settings(folder: Path) -> dict[str, dict[str, Any]]:
             "bounce_address": "bounce@mail.example.jp",
         },
         "web": {"listen": "127.0.0.1:0", "operators_listen": "127.0.0.1:0"},
+        "console": {"listen": "127.0.0.1:0"},
         "relay": {"url": f"maildir:{folder / 'maildir'}"},
         "mail": {"from_address": "info@mail.example.jp"},
         "spool": {"dir": str(folder / "spool")},

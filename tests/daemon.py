@@ -22,6 +22,7 @@ from maild.cli.main import main
 READY = re.compile(r"ready: smtp (\S+):(\d+), web http://(\S+):(\d+)/")
 # The same line goes on to the operators' listener (/metrics): "operators http://H:P/".
 OPERATORS = re.compile(r", operators http://(\S+):(\d+)/")
+CONSOLE = re.compile(r", console http://(\S+):(\d+)/")  # the approvers' console
 
 
 class DaemonFailed(RuntimeError):
@@ -44,6 +45,7 @@ class DaemonProcess:
         self.smtp_port = 0
         self.web_port = 0
         self.operators_port = 0
+        self.console_port = 0
 
     @property
     def base_url(self) -> str:
@@ -53,6 +55,11 @@ class DaemonProcess:
     def operators_url(self) -> str:
         """The operators' listener (/metrics, /healthz): ``[web] operators_listen``."""
         return f"http://127.0.0.1:{self.operators_port}"
+
+    @property
+    def console_url(self) -> str:
+        """The approvers' console: ``[console] listen``."""
+        return f"http://127.0.0.1:{self.console_port}"
 
     def start(self, timeout: float = 30.0) -> DaemonProcess:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
@@ -83,6 +90,9 @@ class DaemonProcess:
                 operators = OPERATORS.search(text, match.end())
                 assert operators is not None, f"no operators' listener in {match.group(0)!r}"
                 self.operators_port = int(operators.group(2))
+                console = CONSOLE.search(text, match.end())
+                assert console is not None, f"no console listener in {match.group(0)!r}"
+                self.console_port = int(console.group(2))
                 return self
             if self.process.poll() is not None:
                 raise DaemonFailed(f"daemon exited with {self.process.returncode}:\n{text}")

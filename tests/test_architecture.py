@@ -19,6 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("residents",),
     ("alerts",),
     ("delivery", "inbound", "web"),
+    ("console",),
     ("service",),
     ("cli",),
 ]

@@ -274,3 +274,8 @@ def test_archive_shows_sent_alerts_only(site: Site) -> None:
     waiting = site.services.alerts.intake(draft, Source(None, "sato"))  # held: window closed
     assert archive.get(waiting) is None
     assert archive.page(site.services.areas).alerts == ()
+
+
+def test_the_resident_pages_lead_to_the_archive(site: Site) -> None:
+    assert '<a href="/alerts">これまでに配信したメール</a>' in site.get("/signup")[1]
+    assert '<a href="/alerts?lang=en">Alerts sent so far</a>' in site.get("/signup?lang=en")[1]

@@ -76,6 +76,7 @@ def test_the_polices_own_numbers_110_and_9110_are_not_flagged() -> None:
         "字下小路２５番地",
         "中央二丁目１番地",
         "メゾン青葉２０１号室",
+        "「コーポ石巻」202号室",
         "中田町上沼字大泉１０番地の２",
     ],
 )
@@ -119,6 +120,16 @@ def test_a_victims_age_only_with_a_narrow_place() -> None:
         ("age_place", "７６")
     ]
     assert kinds("国分町付近で、容疑者（３４）を逮捕しました。") == []
+
+
+def test_a_school_year_tells_the_age_as_exactly() -> None:
+    assert kinds("石巻市内で、小学５年生の男子児童が声をかけられました。") == []
+    assert kinds("石巻市蛇田の公園で、小学５年生の男子児童が声をかけられました。") == [
+        ("age_place", "小学５年生")
+    ]
+    assert kinds("石巻市蛇田の公園で、中学2年の女子生徒が声をかけられました。") == [
+        ("age_place", "中学2年")
+    ]
 
 
 def test_allowed_words_are_never_flagged() -> None:

@@ -89,6 +89,17 @@ def test_a_placeholder_domain_is_refused(
     assert stderr.count("  - ") == 1  # that one, nothing else
 
 
+def test_the_console_over_plain_http_off_the_machine_is_refused(
+    production: Callable[..., Path],
+) -> None:
+    status, stderr = check(production(console={"base_url": "http://console.police.jp"}))
+    assert status == 2 and "[console] base_url http://console.police.jp" in stderr
+    assert "TLS" in stderr and stderr.count("  - ") == 1
+    assert check(production(console={"base_url": "https://console.police.jp"})) == (0, "")
+    # Reached through an SSH tunnel to loopback: the session stays on the machine.
+    assert check(production(console={"base_url": "http://127.0.0.1:9081"})) == (0, "")
+
+
 def test_a_name_that_only_contains_example_is_no_placeholder(
     production: Callable[..., Path],
 ) -> None:

@@ -135,6 +135,12 @@ CHANGES: dict[Key, Callable[[dict[str, Path]], dict[str, dict[str, Any]]]] = {
     },
     ("web", "listen"): lambda f: {"web": {"listen": "127.0.0.1:8081"}},
     ("web", "operators_listen"): lambda f: {"web": {"operators_listen": "127.0.0.1:9081"}},
+    ("console", "listen"): lambda f: {"console": {"listen": "127.0.0.1:9082"}},
+    ("console", "base_url"): lambda f: {"console": {"base_url": "https://console.example.jp"}},
+    ("console", "user_header"): lambda f: {
+        "console": {"user_header": "X-Remote-User", "trusted_proxies": ["127.0.0.1/32"]}
+    },
+    ("console", "trusted_proxies"): lambda f: {"console": {"trusted_proxies": ["10.0.0.0/8"]}},
     ("relay", "url"): lambda f: {"relay": {"url": "smtp://127.0.0.1:2526"}},
     ("relay", "username"): lambda f: {
         "relay": {"username": "maild", "password_file": str(f["plain"])}

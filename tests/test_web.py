@@ -456,6 +456,7 @@ def test_pages_do_not_depend_on_the_requests_before_them(tmp_path: Path, root: s
         others = {
             "mailto:entry@mail.example.jp",
             urls.build("manage", {"token": manage, **in_lang}),
+            urls.build("alerts", in_lang),  # the footer's link to the archive
         }
         links = set(re.findall(r'(?:href|action)="([^"]*)"', answer.text))
         assert {static, *page} <= links <= {static, *page, *others}

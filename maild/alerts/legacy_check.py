@@ -3,8 +3,9 @@ with its line numbers (the mapping itself is :mod:`maild.mail.legacy`)."""
 
 from __future__ import annotations
 
-from maild.alerts.alertfile import AlertDraft
+from maild.alerts.alertfile import AlertDraft, AlertFileInvalid
 from maild.alerts.filetext import FileProblem
+from maild.common.config import Config
 from maild.mail.legacy import legacy_problems, problem_texts
 
 
@@ -52,3 +53,12 @@ def check_draft(draft: AlertDraft) -> list[FileProblem]:
         sender=draft.sender,
         sender_line=draft.sender_line,
     )
+
+
+def check_configured(config: Config, draft: AlertDraft) -> None:
+    """Checks that need the configuration, after the file itself parsed: raises
+    :class:`AlertFileInvalid` so the file is rejected with its lines named."""
+    if config.mail.legacy_charset_domains:
+        problems = check_draft(draft)
+        if problems:
+            raise AlertFileInvalid(problems)

@@ -74,8 +74,9 @@ _HOUSE = re.compile(
     r")(?![\d-])"
 )
 _BUILDING = re.compile(
-    rf"(?P<building>{_RUN}*(?:マンション|アパート|ハイツ|コーポ|レジデンス|メゾン|パレス|"
-    rf"ハウス|ビル|荘|団地|棟){_RUN}*)\s*\d{{1,4}}号室?"
+    # The name may stand in brackets: 「コーポ石巻」202号室.
+    rf"(?P<building>[「『]?{_RUN}*(?:マンション|アパート|ハイツ|コーポ|レジデンス|メゾン|パレス|"
+    rf"ハウス|ビル|荘|団地|棟){_RUN}*[」』]?)\s*\d{{1,4}}号室?"
 )
 _NOT_HOUSE = re.compile(r"^(?:国道|県道|市道|町道|第)")
 
@@ -155,6 +156,8 @@ _AGE = re.compile(
     r"|(?<=[^\d\s])\((?P<p>\d{1,3})\)"
 )
 _SUSPECT = re.compile(r"容疑者|被疑者|犯人")
+# A school year tells the age as exactly as the age does: 小学5年生 is 10 or 11.
+_GRADE = re.compile(r"(?P<school>小学|中学|高校)(?:校)?(?:\d|[一二三四五六])年生?")
 
 
 def victim_ages(norm: str) -> Iterator[Span]:
@@ -167,6 +170,8 @@ def victim_ages(norm: str) -> Iterator[Span]:
         n = int(m.group("n") or m.group("p"))
         start, end = (m.start(), m.end()) if m.group("n") else (m.start() + 1, m.end() - 1)
         yield Span("age_place", start, end, age_band(n))
+    for m in _GRADE.finditer(norm):
+        yield Span("age_place", m.start(), m.end(), f"{m.group('school')}生")
 
 
 def age_band(n: int) -> str:

@@ -20,9 +20,10 @@ from sqlalchemy import Select, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from maild.alerts import counts as counts_of
-from maild.alerts import hours, legacy_check, privacy_gate
-from maild.alerts.alertfile import AlertDraft, AlertFileInvalid
+from maild.alerts import hours, privacy_gate
+from maild.alerts.alertfile import AlertDraft
 from maild.alerts.errors import AlertActionError as AlertActionError
+from maild.alerts.legacy_check import check_configured
 from maild.alerts.window import WindowRules, release_time
 from maild.common.clock import Clock, local_text
 from maild.common.config import Config
@@ -56,15 +57,6 @@ SYSTEM_USER = "maild"
 # once), then each call of Alerts.fill: parts that hold SQLite's write lock briefly.
 FIRST_PART = 2_000
 PART = 20_000
-
-
-def check_draft(config: Config, draft: AlertDraft) -> None:
-    """Checks that need the configuration, after the file itself parsed: raises
-    :class:`AlertFileInvalid` so the file is rejected with its lines named."""
-    if config.mail.legacy_charset_domains:
-        problems = legacy_check.check_draft(draft)
-        if problems:
-            raise AlertFileInvalid(problems)
 
 
 def needs_approval(config: Config, requester: str) -> bool:
@@ -113,9 +105,9 @@ class Alerts:
 
         Idempotent on ``source.claim_name``: a spool file processed again after a crash
         between this commit and the file's move returns the alert it already made.
-        Raises :class:`AlertFileInvalid` for what :func:`check_draft` refuses.
+        Raises :class:`AlertFileInvalid` for what :func:`check_configured` refuses.
         """
-        check_draft(self.config, draft)
+        check_configured(self.config, draft)
         now = self.clock.now()
         approval = self.config.approval
         findings = self.privacy.check_draft(draft)  # issue 17: a flagged alert always waits
@@ -168,9 +160,15 @@ class Alerts:
 
     # --- operator actions -------------------------------------------------------------
 
-    def approve(self, alert_id: int, user: str, ack_privacy: bool = False) -> None:
+    def _approver(self, user: str, approver: bool | None) -> bool:
+        """``approver``: the role as the console's accounts give it; None: Unix groups."""
+        return is_approver(self.config, user) if approver is None else approver
+
+    def approve(
+        self, alert_id: int, user: str, ack_privacy: bool = False, approver: bool | None = None
+    ) -> None:
         """Approve a waiting alert; one with privacy findings only with ``ack_privacy``."""
-        if not is_approver(self.config, user):
+        if not self._approver(user, approver):
             raise _not_approver(user)
         now = self.clock.now()
         with self.db.transaction() as session:
@@ -193,7 +191,7 @@ class Alerts:
                 self._audit(session, alert_id, "privacy-acknowledged", user, acknowledged)
         log.info("alert %d approved by %s", alert_id, user)
 
-    def cancel(self, alert_id: int, user: str) -> None:
+    def cancel(self, alert_id: int, user: str, approver: bool | None = None) -> None:
         """Cancel before or during sending; a fan-out under way stops within a second.
 
         With approval on, an approver or the alert's own requester may cancel.
@@ -201,7 +199,7 @@ class Alerts:
         with self.db.transaction() as session:
             alert = self._get(session, alert_id)
             approval = self.config.approval
-            approver = is_approver(self.config, user)
+            approver = self._approver(user, approver)
             if approval.required and not approver and user != alert.requester:
                 raise AlertActionError(
                     f"{user} は承認者でも依頼者でもないため取り消せません / {user} is neither an "
@@ -225,13 +223,13 @@ class Alerts:
             self._audit(session, alert_id, "cancelled", user, f"was {was}")
         log.info("alert %d cancelled by %s (was %s)", alert_id, user, was)
 
-    def send_now(self, alert_id: int, user: str) -> None:
+    def send_now(self, alert_id: int, user: str, approver: bool | None = None) -> None:
         """Release now, ignoring the window and Send-After (an approved alert only).
 
         With approval on, sending outside the window is the 運用責任者's call (運用要領 5(2)).
         """
         approval = self.config.approval
-        if approval.required and not is_approver(self.config, user):
+        if approval.required and not self._approver(user, approver):
             raise _not_approver(user)
         with self.db.transaction() as session:
             alert = self._get(session, alert_id)

@@ -20,6 +20,7 @@ from maild.cli import alerts as alerts_cli
 from maild.cli import nodes as nodes_cli
 from maild.cli import remote
 from maild.cli import subscribers as subscribers_cli
+from maild.cli import users as users_cli
 from maild.cli.common import (
     EXIT_FAILURE,
     EXIT_USAGE,
@@ -216,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = people_commands.add_parser("remove", help="erase one subscriber")
     sub.add_argument("address", metavar="ADDRESS")
     sub.set_defaults(handler=subscribers_cli.cmd_remove)
+
+    users_cli.add_parser(commands)
 
     qr = add("qr", _cmd_qr, "a QR code of mailto: the registration address, for posters")
     qr.add_argument("--output", required=True, metavar="FILE", help="poster.svg or poster.png")

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from maild.alerts.alertfile import AlertDraft, AlertFileInvalid, parse_alert
+from maild.alerts.legacy_check import check_configured
 from maild.alerts.privacy import Finding
 from maild.alerts.privacy_gate import PrivacyGate
 from maild.alerts.spool_files import place_in_spool
 from maild.alerts.window import WindowRules, release_time
-from maild.alerts.workflow import check_draft, needs_approval
+from maild.alerts.workflow import needs_approval
 from maild.common.addresses import mask
 from maild.common.clock import local_text
 from maild.common.config import Config
@@ -96,7 +97,7 @@ class Submitter:
                 resolve_area=lambda text: self.areas.resolve(text).id,
                 tz=self.config.service.tz,
             )
-            check_draft(self.config, draft)
+            check_configured(self.config, draft)
         except AlertFileInvalid as e:
             return Checked(
                 str(path), False, [_problem_text(p.line, p.ja, p.en) for p in e.problems]

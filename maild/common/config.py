@@ -15,8 +15,9 @@ import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+from maild.common.config_values import TableReader
 from maild.common.schema import (
     WEEKDAYS,
     AlertsConfig,
@@ -25,6 +26,7 @@ from maild.common.schema import (
     BouncesConfig,
     Config,
     ConfigError,
+    ConsoleConfig,
     DatabaseConfig,
     DkimConfig,
     HousekeepingConfig,
@@ -67,102 +69,9 @@ __all__ = [
     "parse_config",
 ]
 
-# --- conversion of one value -------------------------------------------------
+# One TOML table's keys, converted and checked (maild.common.config_values).
+_Reader = TableReader
 
-T = TypeVar("T")
-
-
-class _Reader:
-    """Reads one TOML table, converting and checking each key by name."""
-
-    def __init__(self, table: Mapping[str, Any], section: str, source: Path) -> None:
-        self.table = table
-        self.section = section
-        self.source = source
-        self.base = source.parent
-
-    def fail(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(f"{self.source}: [{self.section}] {key}: {problem}")
-
-    def get(self, key: str, kind: type[T], default: T) -> T:
-        if key not in self.table:
-            return default
-        value = self.table[key]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise self.fail(key, f"must be {_KIND_NAMES.get(kind, kind.__name__)}, not {value!r}")
-        return value
-
-    def text(self, key: str, default: str, pattern: str | None = None, what: str = "") -> str:
-        value = self.get(key, str, default)
-        if pattern is not None and not re.fullmatch(pattern, value):
-            raise self.fail(key, f"{value!r} is not {what}")
-        return value
-
-    def integer(self, key: str, default: int, low: int, high: int | None = None) -> int:
-        value = self.get(key, int, default)
-        if value < low or (high is not None and value > high):
-            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-            raise self.fail(key, f"must be {bound}, not {value}")
-        return value
-
-    def number(self, key: str, default: float, low: float) -> float:
-        value = self.get(key, float, default)
-        if value < low:
-            raise self.fail(key, f"must be at least {low}, not {value}")
-        return value
-
-    def texts(
-        self, key: str, default: tuple[str, ...], check: Callable[[str], bool] | None = None
-    ) -> tuple[str, ...]:
-        value = self.get(key, list, list(default))
-        for item in value:
-            if not isinstance(item, str):
-                raise self.fail(key, f"must be a list of strings; {item!r} is not one")
-            if check is not None and not check(item):
-                raise self.fail(key, f"{item!r} is not allowed here")
-        return tuple(value)
-
-    def path(self, key: str, default: Path | None) -> Path | None:
-        value = self.get(key, str, "" if default is None else str(default))
-        if value == "":
-            return None
-        return (self.base / value).resolve() if not Path(value).is_absolute() else Path(value)
-
-    def existing_file(self, key: str) -> Path | None:
-        path = self.path(key, None)
-        if path is not None and not path.is_file():
-            raise self.fail(key, f"file {path} does not exist")
-        return path
-
-    def listen(self, key: str, default: ListenAddress) -> ListenAddress:
-        if key not in self.table:
-            return default
-        value = self.get(key, str, "")
-        match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", value)
-        if not match:
-            raise self.fail(key, f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:8025 or [::1]:25)")
-        host = match.group(1) or match.group(3)
-        port = int(match.group(2) or match.group(4))
-        if not 0 <= port <= 65535:
-            raise self.fail(key, f"port {port} is out of range 0–65535")
-        return ListenAddress(host, port)
-
-    def address(self, key: str, default: str) -> str:
-        value = self.get(key, str, default)
-        if not re.fullmatch(r"[^@\s]+@[^@\s]+\.?[^@\s]*", value):
-            raise self.fail(key, f"{value!r} is not a mail address")
-        return value
-
-
-_KIND_NAMES = {
-    str: "a string",
-    int: "an integer",
-    float: "a number",
-    bool: "true or false",
-    list: "a list",
-}
 
 _HHMM = r"([01]\d|2[0-3]):[0-5]\d"
 _MMDD = r"(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])"
@@ -244,6 +153,16 @@ def _read_web(r: _Reader) -> WebConfig:
     return WebConfig(listen=listen, operators_listen=operators)
 
 
+def _read_console(r: _Reader) -> ConsoleConfig:
+    d = ConsoleConfig()
+    url = r.text("base_url", d.base_url, r"https?://[^\s/]+(/[^\s]*)?", "an http(s) URL")
+    header = r.text("user_header", d.user_header, r"([A-Za-z0-9-]+)?", "an HTTP header name")
+    proxies = r.networks("trusted_proxies")
+    if header and not proxies:
+        raise r.fail("user_header", "needs trusted_proxies: the addresses of the proxy setting it")
+    return ConsoleConfig(r.listen("listen", d.listen), url.rstrip("/"), header, proxies)
+
+
 def _read_relay(r: _Reader) -> RelayConfig:
     d = RelayConfig()
     url = r.text("url", d.url)
@@ -312,12 +231,6 @@ MAX_COMMAND_TIMEOUT = 3600.0
 
 def _read_limits(r: _Reader) -> LimitsConfig:
     d = LimitsConfig()
-    networks = []
-    for text in r.texts("trusted_networks", ()):
-        try:
-            networks.append(ipaddress.ip_network(text, strict=False))
-        except ValueError:
-            raise r.fail("trusted_networks", f"{text!r} is not a network (CIDR)") from None
     timeout = r.get("command_timeout", float, d.command_timeout)
     # Below a tenth of a second no real client could answer; above an hour a dead peer
     # holds a session slot for too long.
@@ -332,7 +245,7 @@ def _read_limits(r: _Reader) -> LimitsConfig:
             "answers_per_ip_per_minute", d.answers_per_ip_per_minute, 1
         ),
         answers_per_hour=r.integer("answers_per_hour", d.answers_per_hour, 1),
-        trusted_networks=tuple(networks),
+        trusted_networks=r.networks("trusted_networks"),
         sessions_per_ip=r.integer("sessions_per_ip", d.sessions_per_ip, 1, 10000),
         command_timeout=timeout,
         recipients_per_message=r.integer(
@@ -418,6 +331,7 @@ _READERS: dict[str, Callable[[_Reader], Any]] = {
     "database": _read_database,
     "smtp": _read_smtp,
     "web": _read_web,
+    "console": _read_console,
     "relay": _read_relay,
     "mail": _read_mail,
     "dkim": _read_dkim,

@@ -74,6 +74,23 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class ConsoleConfig:
+    """The approvers' console (maild.console): a listener of its own, never the residents'."""
+
+    listen: ListenAddress = ListenAddress("127.0.0.1", 9081)
+    # The address people open (the reverse proxy's): https makes the cookies Secure.
+    base_url: str = "http://127.0.0.1:9081"
+    # Optional: the proxy signs people in (its own single sign-on) and names them in this
+    # header; believed only from these addresses (docs/console.md).
+    user_header: str = ""
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    @property
+    def secure(self) -> bool:
+        return self.base_url.startswith("https://")
+
+
+@dataclass(frozen=True)
 class RelayConfig:
     url: str = "smtp://127.0.0.1:25"
     username: str = ""
@@ -197,6 +214,7 @@ class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
     relay: RelayConfig = field(default_factory=RelayConfig)
     mail: MailConfig = field(default_factory=MailConfig)
     dkim: DkimConfig = field(default_factory=DkimConfig)

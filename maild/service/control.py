@@ -76,6 +76,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("check-config",): ADMIN,
     ("dkim", "record"): ADMIN,
     ("nodes",): ADMIN,
+    ("users",): ADMIN,  # the console's accounts
 }
 
 # Refusals go to the audit log: (user, command words, alert id or None).

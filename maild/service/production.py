@@ -14,6 +14,8 @@ delivers to real people, and must not have:
   package's installation creates it with the right owner, the daemon would create it
   with root's or the caller's);
 - an http ``base_url`` (RFC 8058 one-click unsubscribe needs https; links carry tokens);
+- an http ``[console] base_url`` off the machine (the approvers' session would cross the
+  network in the clear);
 - no DKIM key (mailbox providers file unsigned bulk mail as spam, docs/mail-delivery.md);
 - a key, password or config file that every local user can read.
 """
@@ -50,7 +52,10 @@ def is_development(config: Config) -> bool:
     """True for a config whose mail reaches no resident (see the module's docstring)."""
     if config.relay.url.startswith("maildir:"):
         return True
-    host = urllib.parse.urlsplit(config.service.base_url).hostname or ""
+    return _loopback(urllib.parse.urlsplit(config.service.base_url).hostname or "")
+
+
+def _loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
@@ -79,6 +84,18 @@ def production_problems(config: Config) -> list[Problem]:
                 f"[service] base_url {config.service.base_url}",
                 "https ではありません。登録・解除のリンクには https が必要です",
                 "is not https; the links residents get (RFC 8058 one-click unsubscribe) need it",
+            )
+        )
+    console = urllib.parse.urlsplit(config.console.base_url).hostname or ""
+    if not config.console.secure and not _loopback(console):
+        # Over a tunnel to loopback the cookie stays on the machine; any other http
+        # address sends the approvers' session across the network in the clear.
+        problems.append(
+            Problem(
+                f"[console] base_url {config.console.base_url}",
+                "https ではありません。承認コンソールは TLS のリバースプロキシの内側に"
+                "置いてください",
+                "is not https; put the console behind a TLS reverse proxy (docs/console.md)",
             )
         )
     if not config.dkim.enabled:

@@ -47,6 +47,7 @@ RESTART_KEYS: frozenset[tuple[str, str]] = frozenset(
         ("smtp", "tls_key_file"),
         ("web", "listen"),
         ("web", "operators_listen"),
+        ("console", "listen"),
         # The relay connections, their rate and the worker processes are built at start.
         ("relay", "url"),
         ("relay", "username"),

@@ -34,6 +34,7 @@ from maild.alerts.spool_files import ensure_layout
 from maild.alerts.workflow import Source
 from maild.common.clock import Clock, clock_from_environment
 from maild.common.config import Config, ListenAddress
+from maild.console.app import ConsoleApp
 from maild.delivery.fanout import FanoutSender
 from maild.inbound.aiosmtpd_compat import UnsupportedAiosmtpd
 from maild.inbound.handler import InboundHandler
@@ -180,6 +181,11 @@ class Daemon:
 
         app, web, web_thread = self._start_web(services, health)
         operators_web, operators_thread = self._start_operators_web(health, metrics.render)
+        # The approvers' console: its own listener; an approval is the scheduler's at once.
+        console = ConsoleApp(
+            config, services.alerts, services.links, self.clock, on_change=scheduler.sync
+        )
+        console_web, console_thread = self._serve(console, config.console.listen, "console")
         await asyncio.to_thread(fanout.release_claims)  # before any worker claims
         await asyncio.to_thread(sender.release_claims)  # this node's, before it claims again
         workers = WorkerPool(config, config.relay.workers, self.log_level)
@@ -190,6 +196,7 @@ class Daemon:
             *services.components(),
             handler,
             app,
+            console,
             fanout,
             housekeeping,
             outbox_relay,
@@ -220,11 +227,12 @@ class Daemon:
         # next pass.
         self._install_signals(components, workers, lambda: scheduler.run_now("housekeeping"))
         log.info(
-            "ready: smtp %s:%s, web %s, operators %s, relay %s, spool %s",
+            "ready: smtp %s:%s, web %s, operators %s, console %s, relay %s, spool %s",
             config.smtp.listen.host,
             inbound.port,
             " ".join(_url(host, port) for host, port in web.addresses),
             " ".join(_url(host, port) for host, port in operators_web.addresses),
+            " ".join(_url(host, port) for host, port in console_web.addresses),
             _relay_label(config),
             config.spool.dir,
         )
@@ -242,6 +250,7 @@ class Daemon:
             await scheduler.shutdown()
             await _close_web(web, web_thread)
             await _close_web(operators_web, operators_thread)
+            await _close_web(console_web, console_thread)
             await asyncio.to_thread(app.close)  # /signup answers still queued
             await outbox_relay.close()
             await alert_relay.close()

@@ -223,3 +223,36 @@ class Setting(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class ConsoleAccount(Base):
+    """A person who signs in to the approvers' console (maild.console), kept by ``maild
+    users``. The TOTP secret is the one a phone's authenticator holds (RFC 6238)."""
+
+    __tablename__ = "console_accounts"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))  # maild.common.roles: operator, approver, admin
+    password_hash: Mapped[str] = mapped_column(String(255))  # Argon2id, argon2-cffi's format
+    totp_secret: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The last TOTP time step accepted: a code is good for one sign-in only.
+    totp_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Failed sign-ins in a row, and the last one's time: the lock-out (maild.console.accounts).
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    failed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class ConsoleSession(Base):
+    """A signed-in browser. ``id`` is the SHA-256 of the cookie's token, so the table alone
+    signs nobody in."""
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account: Mapped[str] = mapped_column(
+        ForeignKey("console_accounts.name", ondelete="CASCADE"), index=True
+    )
+    csrf: Mapped[str] = mapped_column(String(64))  # the forms' token, for this session only
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

@@ -221,6 +221,7 @@ TEXTS: dict[str, tuple[str, str]] = {
     ),
     # --- the public archive (/alerts)
     "archive_title": ("配信した|メールの|一覧", "Alerts sent"),
+    "archive_link": ("これまでに配信したメール", "Alerts sent so far"),
     "archive_intro": (
         "これまでに配信した防犯メールです。新しいものから順に表示します。",
         "The safety alerts we have mailed, newest first.",

@@ -1,7 +1,7 @@
 """subscribers' own receiving hours, deliveries held until then (issue 18 item 5)
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0013
+Revises: 0012
 Create Date: 2026-12-05 01:10:00
 """
 
@@ -10,8 +10,8 @@ from alembic import op
 
 import maild.store.db
 
-revision = "0012"
-down_revision = "0011"
+revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
