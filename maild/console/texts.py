@@ -93,8 +93,10 @@ TEXTS: dict[str, tuple[str, str]] = {
     "areas_heading": ("配信エリアと現在の送信先", "Areas and their recipients now"),
     "total": ("合計（重複を除く）", "Total (each person once)"),
     "progress": (
-        "送信済み {sent} 件・再送待ち {deferred} 件・失敗 {failed} 件・未送信 {queued} 件",
-        "{sent} sent, {deferred} deferred, {failed} failed, {queued} to go",
+        "送信済み {sent} 件・再送待ち {deferred} 件・失敗 {failed} 件・未送信 {queued} 件"
+        "・時間帯待ち {held} 件",
+        "{sent} sent, {deferred} deferred, {failed} failed, {queued} to go,"
+        " {held} held for residents' own hours",
     ),
     "auto_on": (
         "進み具合を自動で更新する（{seconds}秒ごと）",
