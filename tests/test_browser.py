@@ -189,13 +189,19 @@ def test_phone_walk_signup_register_change_unsubscribe(
     aoba.check()
     expect(page.get_by_role("checkbox", name="その他")).to_be_checked()  # all by default
     page.screenshot(path=shots / "03-register-block-open.png", full_page=True)
+    # Issue 18: their own hours, two selects without JavaScript.
+    page.get_by_label("開始").select_option("07:00")
+    page.get_by_label("終了").select_option("21:00")
+    fits_the_phone(page)
     page.get_by_role("button", name="登録").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("登録が完了しました")
     expect(page.locator("dl.summary")).to_contain_text("青葉区")
+    expect(page.locator("dl.summary")).to_contain_text("07:00〜21:00")
     fits_the_phone(page)
     page.screenshot(path=shots / "04-registered.png", full_page=True)
     subscriber = site.subscriber(address)
     assert subscriber is not None and subscriber.area_ids == ["aoba"]
+    assert (subscriber.hours_start, subscriber.hours_end) == (7 * 60, 21 * 60)
 
     # The manage URL from the completion mail: swap 青葉区 for 仙南ブロック.
     manage = site.link_in_last_mail("manage")
