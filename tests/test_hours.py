@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -12,10 +13,13 @@ from sqlalchemy import select, update
 from maild.alerts.alertfile import AlertDraft
 from maild.alerts.workflow import Source
 from maild.common.clock import FakeClock
+from maild.delivery.fanout import FanoutSender
+from maild.mail.relay import open_relay
 from maild.residents.hours import ANY_TIME, Hours, HoursError, not_before, parse_hours
 from maild.service.services import Services, build_services
 from maild.store.models import Delivery, Subscriber, SubscriberArea
 from tests.configs import make_config
+from tests.smtpsink import SmtpSink
 
 TOKYO = ZoneInfo("Asia/Tokyo")
 
@@ -149,4 +153,44 @@ def test_held_rows_keep_the_alert_sending_until_they_went(tmp_path: Path) -> Non
     s.clock.set(tokyo(6, 7).astimezone(dt.UTC))
     assert s.alerts.show(alert_id)["counts"]["held"] == 0  # due now: queued
     assert s.alerts.show(alert_id)["counts"]["queued"] == 2
+    s.db.dispose()
+
+
+def test_a_held_row_gets_its_day_of_retries_from_its_not_before(
+    tmp_path: Path, sink: SmtpSink
+) -> None:
+    """Held from 22:30 to 07:00 and then refused for a while by the phone company: it is
+    retried for a day from 07:00, not given up a day after the release."""
+    s = site(tmp_path, tokyo(7, 22, 30))
+    s.config = make_config(tmp_path, relay={"url": sink.url})
+    clock = s.clock
+    assert isinstance(clock, FakeClock)
+    alert_id = s.alerts.intake(DRAFT, Source(None, "sato"))
+    s.alerts.send_now(alert_id, "sato")
+    s.alerts.release(alert_id)
+    for name in RESIDENTS:
+        if name != "day":
+            sink.accept(f"{name}@example.jp")
+    sink.fail_temporarily("day@example.jp")
+
+    async def scenario() -> None:
+        relay = open_relay(s.config.relay, s.config.smtp.hostname)
+        fanout = FanoutSender(s.config, s.db, s.alerts, relay, s.links, s.verp, clock)
+        try:
+            await fanout.send_batch()  # 22:30: the ones not held
+            clock.set(tokyo(8, 7).astimezone(dt.UTC))
+            assert await fanout.send_batch()  # 07:00: day's first try, refused
+            clock.set(tokyo(8, 23).astimezone(dt.UTC))  # 24.5 h after the release
+            assert await fanout.send_batch()
+        finally:
+            await relay.close()
+
+    asyncio.run(scenario())
+    with s.db.transaction() as session:
+        status = session.scalar(
+            select(Delivery.status)
+            .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+            .where(Subscriber.address == "day@example.jp")
+        )
+    assert status == "deferred"
     s.db.dispose()

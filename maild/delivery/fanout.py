@@ -465,7 +465,10 @@ class FanoutSender:
         row, error = result.row, result.error
         assert error is not None
         released = session.scalar(select(Alert.released_at).where(Alert.id == row.alert_id))
-        too_old = released is not None and now - released > GIVE_UP_AFTER
+        # A row held for the resident's own hours gets its day of retries from then on.
+        held = session.scalar(select(Delivery.not_before).where(Delivery.id == row.delivery_id))
+        first = max(released, held) if released and held else released
+        too_old = first is not None and now - first > GIVE_UP_AFTER
         if isinstance(error, PermanentFailure) or too_old:
             values: dict[str, object] = {
                 "status": DELIVERY_FAILED,
