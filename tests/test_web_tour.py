@@ -19,7 +19,7 @@ from werkzeug.test import Client, TestResponse
 from maild.residents import notices
 from maild.residents.categories import CATEGORIES as CATEGORY_LIST
 from maild.residents.registration import ANSWER_INTERVAL
-from maild.residents.terms import AREAS, CATEGORIES, MANAGE
+from maild.residents.terms import AREAS, CATEGORIES, HOURS, MANAGE
 from maild.web import page as page_module
 from maild.web.app import MAX_BODY_BYTES
 from maild.web.i18n import TEXTS, plain
@@ -200,13 +200,14 @@ def test_completion_mail_and_page_list_the_choices_in_the_same_words(web: Web) -
     page = web.post_form(f"/register/{token}", chosen)
     mail = web.outbox()[-1][2].splitlines()
     on_page = _page_summary(page)
-    assert list(on_page) == [AREAS.ja, CATEGORIES.ja]
+    assert list(on_page) == [AREAS.ja, CATEGORIES.ja, HOURS.ja]  # hours: issue 18
     for label, value in on_page.items():
         assert f"{label}: {value}" in mail, (label, value, mail)
     # The form's headings are the same words.
     form = web.client.get(f"/manage/{web.link_in_last_mail('manage')}")
     assert f"<legend>{AREAS.ja}</legend>" in form.text
     assert f"<legend>{CATEGORIES.ja}</legend>" in form.text
+    assert f"<legend>{HOURS.ja}</legend>" in form.text
     english = web.client.get(f"/manage/{web.link_in_last_mail('manage')}?lang=en")
     assert f"<legend>{CATEGORIES.en_heading}</legend>" in english.text
 
