@@ -3,6 +3,10 @@
 Revision ID: 0013
 Revises: 0012
 Create Date: 2026-12-05 01:10:00
+
+Plain ADD COLUMN and DROP COLUMN, never a batch copy of ``subscribers``: on SQLite a copy
+drops the old table, and with foreign keys on that deletes every ``subscriber_areas`` row
+(ON DELETE CASCADE); it would also lose the table's AUTOINCREMENT.
 """
 
 import sqlalchemy as sa
@@ -15,23 +19,24 @@ down_revision = "0012"
 branch_labels = None
 depends_on = None
 
+SUBSCRIBER_COLUMNS = ("hours_start", "hours_end", "hours_urgent")
+
 
 def upgrade() -> None:
-    with op.batch_alter_table("subscribers", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("hours_start", sa.Integer(), nullable=True))
-        batch_op.add_column(sa.Column("hours_end", sa.Integer(), nullable=True))
-        batch_op.add_column(
-            sa.Column("hours_urgent", sa.Boolean(), nullable=False, server_default=sa.false())
-        )
-    # A nullable column without a default: no rewrite of a large deliveries table.
-    with op.batch_alter_table("deliveries", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("not_before", maild.store.db.UTCDateTime(), nullable=True))
+    op.add_column("subscribers", sa.Column("hours_start", sa.Integer(), nullable=True))
+    op.add_column("subscribers", sa.Column("hours_end", sa.Integer(), nullable=True))
+    op.add_column(
+        "subscribers",
+        sa.Column("hours_urgent", sa.Boolean(), nullable=False, server_default=sa.false()),
+    )
+    # Nullable without a default: no rewrite of a large deliveries table.
+    op.add_column(
+        "deliveries", sa.Column("not_before", maild.store.db.UTCDateTime(), nullable=True)
+    )
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("deliveries", schema=None) as batch_op:
-        batch_op.drop_column("not_before")
-    with op.batch_alter_table("subscribers", schema=None) as batch_op:
-        batch_op.drop_column("hours_urgent")
-        batch_op.drop_column("hours_end")
-        batch_op.drop_column("hours_start")
+    # ALTER TABLE … DROP COLUMN on both backends (SQLite 3.35+): no copy of the tables.
+    op.execute("ALTER TABLE deliveries DROP COLUMN not_before")
+    for column in reversed(SUBSCRIBER_COLUMNS):
+        op.execute(f"ALTER TABLE subscribers DROP COLUMN {column}")
