@@ -67,6 +67,7 @@ def test_register_without_hours_is_any_time(web: Web) -> None:
         ("07:00", "", "両方を選んでください"),
         ("07:10", "21:00", "時刻が正しくありません"),
         ("<b>", "21:00", "時刻が正しくありません"),
+        ("07:00xyz", "21:00", "時刻が正しくありません"),
     ],
 )
 def test_register_refuses_bad_hours_and_keeps_the_choices(

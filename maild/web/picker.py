@@ -91,7 +91,7 @@ class HoursChoice:
     def posted(cls, form: Mapping[str, str]) -> HoursChoice:
         """What was sent, kept as it was for a form shown again with an error."""
         urgent = form.get("hours_urgent", "") == "1"
-        return cls(form.get("hours_start", "")[:5], form.get("hours_end", "")[:5], urgent)
+        return cls(form.get("hours_start", ""), form.get("hours_end", ""), urgent)
 
 
 def summary(areas: AreaMap, view: SubscriberView, lang: str) -> dict[str, str]:
