@@ -149,6 +149,8 @@ def test_held_rows_keep_the_alert_sending_until_they_went(tmp_path: Path) -> Non
         session.execute(update(Delivery).where(Delivery.not_before.is_(None)).values(status="sent"))
         assert not s.alerts.finish_if_done(session, alert_id, s.clock.now())
     assert s.alerts.show(alert_id)["status"] == "sending"
+    released = [e for e in s.alerts.show(alert_id)["audit"] if e["action"] == "released"]
+    assert released[0]["detail"] == "4 recipients, 2 held for their own hours"
     assert isinstance(s.clock, FakeClock)
     s.clock.set(tokyo(6, 7).astimezone(dt.UTC))
     assert s.alerts.show(alert_id)["counts"]["held"] == 0  # due now: queued

@@ -15,7 +15,8 @@ import datetime as dt
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, case, false, func, literal, null, or_
+from sqlalchemy import and_, case, false, func, literal, null, or_, select
+from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from maild.residents.hours import next_starts
@@ -51,3 +52,14 @@ def not_before_column(urgent: bool, now: dt.datetime, tz: ZoneInfo) -> ColumnEle
 def next_attempt_column(not_before: ColumnElement[Any], now: dt.datetime) -> ColumnElement[Any]:
     """A held row is first due at its not-before; any other at once."""
     return func.coalesce(not_before, literal(now, type_=_TIME))
+
+
+def held_note(session: Session, alert_id: int) -> str:
+    """For the audit's ``released`` and ``recipients`` lines: how many of the rows written
+    so far wait for their residents' hours ("" when none do)."""
+    held = session.scalar(
+        select(func.count())
+        .select_from(Delivery)
+        .where(Delivery.alert_id == alert_id, Delivery.not_before.is_not(None))
+    )
+    return f", {held} held for their own hours" if held else ""

@@ -282,6 +282,7 @@ class Alerts:
             alert.fill_end = session.scalar(select(func.max(Subscriber.id)))
             count = self._write_part(session, alert, now, FIRST_PART)
             detail = f"{count} recipients" + ("" if alert.fill_next is None else " so far")
+            detail += hours.held_note(session, alert_id)
             self._audit(session, alert_id, "released", SYSTEM_USER, detail)
             if count == 0 and alert.fill_next is None:
                 alert.status = ALERT_SENT
@@ -322,7 +323,8 @@ class Alerts:
                 total = session.scalar(
                     select(func.count()).select_from(Delivery).where(Delivery.alert_id == alert_id)
                 )
-                self._audit(session, alert_id, "recipients", SYSTEM_USER, f"{total} in all")
+                total_text = f"{total} in all{hours.held_note(session, alert_id)}"
+                self._audit(session, alert_id, "recipients", SYSTEM_USER, total_text)
                 log.info("alert %d: all %d recipients written", alert_id, total)
         return True
 
