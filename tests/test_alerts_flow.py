@@ -761,7 +761,11 @@ def test_a_delivery_worker_that_dies_is_started_again(
     os.kill(worker, signal.SIGKILL)
     wait_for_log(maild, "delivery worker 1 started again")
     assert "exited with signal SIGKILL" in maild.log()
-    (again,) = _delivery_workers(maild.process.pid)
+    # Just forked, the new worker may not have exec'd `maild deliver` yet.
+    deadline = time.monotonic() + 10
+    while not (workers := _delivery_workers(maild.process.pid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (again,) = workers
     assert again != worker
 
     # The daemon carried on, and alerts still go out.
