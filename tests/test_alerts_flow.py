@@ -338,7 +338,9 @@ def test_kill_9_during_a_large_fanout_loses_nobody(
     for point in (3000, 8000, 13000):
         sink.wait_for(point, timeout=120)
         maild.kill()  # the daemon and, by PR_SET_PDEATHSIG, its delivery workers
-        kills.append(len(sink.envelopes))
+        # What was in flight (written to a socket before the kill) still lands; it belongs
+        # to this kill, not to the run after it.
+        kills.append(settled_count(sink))
         assert len(recipients(sink)) < count, "the fan-out ended before the crash; proves nothing"
         maild = daemon(config, clock.env)
     (alert,) = wait_for_alerts(config, clock.env, 1)
@@ -365,6 +367,19 @@ def test_kill_9_during_a_large_fanout_loses_nobody(
     print(f"repeats per kill: {per_kill[:-1]}, in all {repeats} (bound {bound} a kill)")
     assert per_kill[-1] == 0  # nothing first sent after the last kill went twice
     assert max(per_kill) <= bound
+
+
+def settled_count(sink: SmtpSink, quiet: float = 0.5, within: float = 10.0) -> int:
+    """The sink's message count once nothing has arrived for ``quiet`` seconds."""
+    deadline = time.monotonic() + within
+    count = len(sink.envelopes)
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = len(sink.envelopes)
+        if now == count:
+            break
+        count = now
+    return count
 
 
 def test_relay_outage_during_fanout_completes_after_it_returns(
@@ -746,7 +761,11 @@ def test_a_delivery_worker_that_dies_is_started_again(
     os.kill(worker, signal.SIGKILL)
     wait_for_log(maild, "delivery worker 1 started again")
     assert "exited with signal SIGKILL" in maild.log()
-    (again,) = _delivery_workers(maild.process.pid)
+    # Just forked, the new worker may not have exec'd `maild deliver` yet.
+    deadline = time.monotonic() + 10
+    while not (workers := _delivery_workers(maild.process.pid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (again,) = workers
     assert again != worker
 
     # The daemon carried on, and alerts still go out.

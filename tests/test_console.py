@@ -442,7 +442,7 @@ def test_a_missing_alert_and_a_bad_cookie_get_a_page_not_a_crash(console: Consol
     assert big.status_code == 413
 
 
-def test_an_alert_held_by_the_privacy_check_is_not_approved_without_its_acknowledgment(
+def test_an_alert_held_by_the_privacy_check_is_approved_only_with_its_acknowledgment(
     console: Console,
 ) -> None:
     alerts = console.services.alerts
@@ -451,9 +451,24 @@ def test_an_alert_held_by_the_privacy_check_is_not_approved_without_its_acknowle
     )
     assert alerts.show(alert_id)["privacy"], "the privacy check found nothing to hold"
     client = console.signed_in("kacho")
+    shown = client.get(f"/alerts/{alert_id}").text
+    assert "<mark>佐藤花子さん</mark>" in shown and "人名" in shown
+    confirm = client.get(f"/alerts/{alert_id}/approve").text
+    assert 'name="ack_privacy" value="yes" required' in confirm
     refused = client.post(f"/alerts/{alert_id}/approve", data={"csrf": csrf_of(client.get("/"))})
     assert refused.status_code == 409 and "ack-privacy" in refused.text
     assert alerts.show(alert_id)["status"] == "pending_approval"
+    # Ticked: approved, and the acknowledgement is audited with who gave it.
+    acked = client.post(
+        f"/alerts/{alert_id}/approve",
+        data={"csrf": csrf_of(client.get("/")), "ack_privacy": "yes"},
+    )
+    assert acked.status_code == 303
+    shown_after = alerts.show(alert_id)
+    assert shown_after["status"] == "scheduled"
+    audit = {e["action"]: e for e in shown_after["audit"]}
+    assert audit["privacy-acknowledged"]["user"] == "kacho"
+    assert "佐藤花子さん" in audit["privacy-acknowledged"]["detail"]
 
 
 def test_the_proxys_user_header_is_believed_from_the_proxy_only(tmp_path: Path) -> None:

@@ -160,6 +160,19 @@ TEXTS: dict[str, tuple[str, str]] = {
     ),
     "confirm_button": ("はい、{what}", "Yes: {what}"),
     "back": ("戻る", "Back"),
+    # --- the privacy check (issue 17)
+    "privacy_heading": ("個人が特定されるおそれのある記載", "What may identify someone"),
+    "privacy_intro": (
+        "{count} 件見つかりました（本文の印の箇所）。運用要領 7 に沿って、被害者や関係者が"
+        "特定されないか確かめてください。直すときは「内容・配信エリアを修正」から。",
+        "{count} found (marked in the text). Check, as operating rules §7 ask, that no victim "
+        "or anyone involved can be identified; to change the text, use 「Change text or areas」.",
+    ),
+    "privacy_suggest": ("例えば「{suggestion}」", "e.g. 「{suggestion}」"),
+    "privacy_ack": (
+        "上の記載を確かめ、このまま送ってよいと判断しました",
+        "I have checked what is listed above and judge the alert fit to send as it is",
+    ),
     "done_adjust": (
         "修正しました。変更前と変更後は操作の記録にあります。",
         "Changed. The before and after are in the audit log.",

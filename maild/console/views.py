@@ -26,6 +26,7 @@ from maild.common.clock import Clock
 from maild.common.roles import APPROVER
 from maild.console.accounts import Accounts, SignInRefused
 from maild.console.page import ConsolePage
+from maild.console.privacy_view import ACK_FIELD, marked, shown
 from maild.console.sessions import COOKIE, IDLE, Sessions
 from maild.mail.legacy import legacy_problems, to_legacy
 from maild.residents.categories import CATEGORIES
@@ -181,6 +182,8 @@ class Views:
             actions=self._actions(page, alert),
             labels=self._labels(),
             legacy=phone_text(alert["subject"], alert["body"]),
+            findings=shown(alert["privacy"] or []),
+            marked_body=marked(alert["body"], shown(alert["privacy"] or [])),
             done=page.request.args.get("done", ""),
             # Refreshing by itself only when asked (axe-core, WCAG 2.2.1: a page must not
             # reload on its own unless the person chose it), and only while it is sending.
@@ -275,13 +278,18 @@ class Views:
                 action=action,
                 consequence=self._consequence(page, alert, action),
                 own=action == "approve" and alert["requester"] == user.name,
+                findings=shown(alert["privacy"] or []) if action == "approve" else [],
+                ack_field=ACK_FIELD,
             )
         if not page.csrf_ok():
             return self._csrf_refused(page)
         approver = user.role == APPROVER
         try:
             if action == "approve":
-                self.alerts.approve(alert_id, user.name, approver=approver)
+                acknowledged = page.request.form.get(ACK_FIELD) == "yes"
+                self.alerts.approve(
+                    alert_id, user.name, ack_privacy=acknowledged, approver=approver
+                )
             elif action == "send-now":
                 self.alerts.send_now(alert_id, user.name, approver=approver)
             else:
