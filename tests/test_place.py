@@ -120,6 +120,7 @@ def test_archive_page_and_cap_circle(site: Site) -> None:  # noqa: F811
     cap = etree.fromstring(site.client.get(f"/alerts/{alert_id}.cap").data)
     CAP_SCHEMA.assertValid(cap)
     assert cap.findtext(f"{CAP}info/{CAP}area/{CAP}circle") == "38.259,140.872 0.5"
+    assert site.services.alerts.show(alert_id)["place"] == "一番町付近 38.259,140.872"
 
 
 def test_an_exact_point_holds_the_alert_for_an_approver(site: Site) -> None:  # noqa: F811

@@ -464,6 +464,7 @@ class Alerts:
             "area_names": self.areas.describe(alert.area_ids) if self._known(alert) else None,
             "category": alert.category,
             "sender": alert.sender,
+            "place": alert.place,  # as published: the point already snapped (alerts.place)
             "requester": alert.requester,
             "approved_by": alert.approved_by,
             "created_at": local_text(alert.created_at, tz),

@@ -157,6 +157,7 @@ SHOW_LABELS = (
     ("category", "種類 / category"),
     ("area_names", "地域 / areas"),
     ("sender", "発信者 / sender"),
+    ("place", "場所 / place"),
     ("requester", "依頼者 / requester"),
     ("approved_by", "承認者 / approved by"),
     ("send_after", "送信指定 / send after"),
