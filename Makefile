@@ -9,7 +9,8 @@ BIN    := $(VENV)/bin
 WORKERS ?= 3
 
 # The lock files (`make lock` writes them from pyproject.toml): what every venv installs.
-LOCK        := requirements-test.txt
+# pylock.toml (PEP 751): the app and its test tools, what make run, make test and CI install.
+LOCK        := pylock.toml
 BENCH_LOCK  := requirements-bench.txt
 OLDEST_LOCK := requirements-oldest.txt
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | cksum | cut -d' ' -f1)
@@ -18,7 +19,8 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | cksum | cut -d'
 OLDEST       := .venv-oldest
 OLDEST_STAMP := $(OLDEST)/.installed-$(shell cat pyproject.toml $(OLDEST_LOCK) | cksum | cut -d' ' -f1)
 
-# uv resolves the locks (`make lock` only); pip installs them, with their hashes.
+# uv resolves the locks and installs pylock.toml (pip cannot read it yet); pip installs the
+# requirements*.txt locks. Both check every file's hash.
 # `make lock UPGRADE=` keeps the locked versions that pyproject.toml still allows (not in
 # the oldest lock, which always takes the floors).
 UV_VERSION := 0.13.9
@@ -32,8 +34,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml $(LOCK) | $(BIN)/python
-	$(BIN)/pip install --quiet --require-hashes -r $(LOCK)
+$(BIN)/uv: | $(BIN)/python
+	$(BIN)/pip install --quiet uv==$(UV_VERSION)
+
+$(STAMP): pyproject.toml $(LOCK) | $(BIN)/uv
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --require-hashes -r $(LOCK)
 	$(BIN)/pip install --quiet --no-deps -e .
 	rm -f $(VENV)/.installed-*
 	touch $@
@@ -79,12 +84,11 @@ format: $(STAMP)
 	$(BIN)/ruff format maild tests bench
 	$(BIN)/ruff check --fix maild tests bench
 
-## lock: resolve pyproject.toml again to the newest versions it allows (requirements*.txt)
-lock: | $(BIN)/python
-	$(BIN)/pip install --quiet uv==$(UV_VERSION)
+## lock: resolve pyproject.toml again to the newest versions it allows (pylock.toml, requirements*.txt)
+lock: | $(BIN)/uv
 	$(UV_COMPILE) -o requirements.txt
 	$(UV_COMPILE) --extra test -c requirements.txt -o $(LOCK)
-	$(UV_COMPILE) --extra test --extra bench -c $(LOCK) -o $(BENCH_LOCK)
+	$(UV_COMPILE) --extra test --extra bench -c requirements.txt -o $(BENCH_LOCK)
 	$(UV_COMPILE) --extra test --resolution lowest-direct --upgrade -o $(OLDEST_LOCK)
 
 ## bench: the benchmark suite against Postfix's smtp-sink/smtp-source (bench/README.md)
