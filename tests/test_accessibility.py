@@ -23,7 +23,7 @@ __all__ = ["pytestmark"]
 
 
 @pytest.fixture
-def checked(browser: Browser) -> Iterator[Page]:  # noqa: F811
+def checked(browser: Browser) -> Iterator[Page]:
     context = browser.new_context(
         viewport=PHONE, java_script_enabled=True, bypass_csp=True, locale="ja-JP"
     )
@@ -42,7 +42,7 @@ def violations(page: Page, axe: Axe) -> list[str]:
 
 
 def test_no_serious_or_critical_violation_on_any_resident_page(
-    site: Site,  # noqa: F811
+    site: Site,
     checked: Page,
 ) -> None:
     services = site.services

@@ -16,45 +16,24 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pyotp
-import pytest
 from axe_playwright_python.sync_playwright import Axe
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from tests.daemon import DaemonProcess, maild_command
 from tests.smtpsink import SmtpSink
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(
-        not CHROMIUM.exists() and not os.environ.get("MAILD_REQUIRE_BROWSER"),
-        reason="Debian's chromium is not installed at /usr/bin/chromium",
-    ),
-]
+# The browser, the screenshot folder and the skip without Debian's chromium: the resident
+# pages' own (one way to start Chromium).
+from tests.test_browser import browser, pytestmark, shots  # noqa: F401
+
+__all__ = ["pytestmark"]
 
 XSS = "<script>alert(1)</script>"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def shots() -> Path:
-    folder = Path(os.environ.get("MAILD_SCREENSHOTS", "/tmp/maild-screenshots"))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def desk(browser: Browser, javascript: bool = False) -> Page:

@@ -106,7 +106,7 @@ def test_the_mail_links_to_the_coarse_point() -> None:
     ]
 
 
-def test_archive_page_and_cap_circle(site: Site) -> None:  # noqa: F811
+def test_archive_page_and_cap_circle(site: Site) -> None:
     draft = parse(FILE.format(place="一番町付近 38.259,140.872"))  # on the grid: no finding
     urgent = AlertDraft(
         draft.subject, draft.area_ids, draft.category, True, None, None, draft.body, "utf-8",
@@ -123,7 +123,7 @@ def test_archive_page_and_cap_circle(site: Site) -> None:  # noqa: F811
     assert site.services.alerts.show(alert_id)["place"] == "一番町付近 38.259,140.872"
 
 
-def test_an_exact_point_holds_the_alert_for_an_approver(site: Site) -> None:  # noqa: F811
+def test_an_exact_point_holds_the_alert_for_an_approver(site: Site) -> None:
     draft = parse(FILE.format(place="一番町付近 38.2601,140.8725"))
     urgent = AlertDraft(
         draft.subject, draft.area_ids, draft.category, True, None, None, draft.body, "utf-8",
