@@ -105,6 +105,25 @@ def test_links_and_plain_itsdangerous_tokens_read_each_other() -> None:
     assert verp.check(stock_verp.dumps(43)) == 43
 
 
+def test_the_signer_made_once_signs_like_stock_as_time_and_payloads_change() -> None:
+    """SignerOnce, DerivedOnceSigner and KeyedHMAC keep what itsdangerous would redo for
+    every token; the tokens must stay the stock bytes for every payload and moment."""
+    clock = FakeClock()
+    links = Links(b"k" * 64, old_keys=[b"o" * 64], clock=clock)
+    plain = stock(f"maild.{MANAGE}", clock)
+    verp = VerpTokens(b"k" * 64)
+    stock_verp = URLSafeSerializer([b"k" * 64], salt="maild.verp")
+    for subscriber_id in range(1, 40):
+        clock.advance(seconds=subscriber_id * 97)
+        key = hashlib.sha256(bytes([subscriber_id])).hexdigest()[:16]  # as random as link keys
+        assert links.subscriber_link(MANAGE, subscriber_id, key) == plain.dumps(
+            [subscriber_id, key]
+        )
+        assert verp.make(subscriber_id) == stock_verp.dumps(subscriber_id)
+    old = stock(f"maild.{MANAGE}", clock, key=b"o" * 64).dumps([5, "x"])
+    assert links.check_subscriber_link(MANAGE, old) == (5, "x")
+
+
 def test_tokens_are_never_compressed_and_compressed_ones_still_load() -> None:
     clock = FakeClock()
     links = Links(b"k" * 64, clock=clock)

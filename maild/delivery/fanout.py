@@ -24,7 +24,7 @@ import logging
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from maild.alerts.place import stored_place
@@ -72,10 +72,19 @@ IDLE_POLL_SECONDS = 1.0
 CANCEL_CHECK_SECONDS = 0.5
 
 
+# Built once: a group commit a few milliseconds apart would otherwise build and look up
+# the statement's cache key each time, as much CPU as the UPDATE itself.
+_RECORD_SENT = (
+    update(Delivery)
+    .where(Delivery.id.in_(bindparam("ids", expanding=True)))
+    .values(status=DELIVERY_SENT, claimed_until=None, last_error=None)
+)
+
 _Templates = dict[tuple[int, Charset], AlertTemplate | LegacyCharsetError]
 
 
-@dataclass(frozen=True)
+# Made per recipient (several per message): slotted, not frozen, which costs a fifth as much.
+@dataclass(slots=True)
 class _Row:
     delivery_id: int
     alert_id: int
@@ -85,14 +94,14 @@ class _Row:
     link_key: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Message:
     row: _Row
     envelope_from: str
     data: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Result:
     row: _Row
     error: DeliveryError | None
@@ -416,11 +425,7 @@ class FanoutSender:
 
     def _record_sent(self, delivery_ids: list[int]) -> None:
         with self.db.bookkeeping() as connection:
-            connection.execute(
-                update(Delivery)
-                .where(Delivery.id.in_(delivery_ids))
-                .values(status=DELIVERY_SENT, claimed_until=None, last_error=None)
-            )
+            connection.execute(_RECORD_SENT, {"ids": delivery_ids})
 
     def _record(self, results: list[_Result], now: dt.datetime) -> None:
         """The rest of a batch's results; its sent messages are recorded already."""

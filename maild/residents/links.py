@@ -16,12 +16,19 @@ keep these as the serializer's ``fallback_signers``; never just change them.
 One difference from the stock URL-safe serializers: maild's tokens are never
 zlib-compressed (:meth:`UncompressedTimedSerializer.dump_payload`), as 0.1.0's never
 were. Reading is entirely stock, so compressed tokens from elsewhere still load.
+
+The fan-out signs three tokens a recipient, so what itsdangerous would redo for each
+is done once, at the places its documentation offers for changing it: the serializer's
+``make_signer`` (:class:`SignerOnce`), the signer's ``derive_key``
+(:class:`DerivedOnceSigner`) and the ``algorithm`` (:class:`KeyedHMAC`). The tokens
+are byte for byte the stock ones (``tests/test_links.py`` compares them).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import os
 import re
 import secrets
@@ -38,7 +45,8 @@ from itsdangerous import (
     URLSafeSerializer,
     URLSafeTimedSerializer,
 )
-from itsdangerous.encoding import base64_encode
+from itsdangerous.encoding import base64_encode, want_bytes
+from itsdangerous.signer import SigningAlgorithm
 
 from maild.common.clock import Clock
 
@@ -53,10 +61,33 @@ REGISTER_MAX_AGE = dt.timedelta(hours=24)
 CSRF_MAX_AGE = dt.timedelta(hours=12)
 KEY_FILE_NAME = "secret.key"
 
+
+class KeyedHMAC(SigningAlgorithm):
+    """HMAC as itsdangerous's :class:`~itsdangerous.signer.HMACAlgorithm` computes it, with
+    the key's HMAC state made once and copied for each value (``hmac`` documents
+    ``copy()`` for sharing a common prefix): the fan-out signs three tokens a recipient."""
+
+    def __init__(self, digest_method: Any) -> None:
+        self.digest_method = digest_method
+        self._keyed: dict[bytes, hmac.HMAC] = {}
+
+    def get_signature(self, key: bytes, value: bytes) -> bytes:
+        keyed = self._keyed.get(key)
+        if keyed is None:
+            keyed = self._keyed[key] = hmac.new(key, digestmod=self.digest_method)
+        mac = keyed.copy()
+        mac.update(value)
+        return mac.digest()
+
+
 # HMAC-SHA1 under the key hashed with the salt ("django-concat"): itsdangerous's
 # defaults when maild 0.1.0 made its first links, written out so that a change of
-# defaults in a later itsdangerous cannot change them.
-SIGNER_KWARGS: dict[str, Any] = {"key_derivation": "django-concat", "digest_method": hashlib.sha1}
+# defaults in a later itsdangerous cannot change them. ``algorithm`` is the same HMAC.
+SIGNER_KWARGS: dict[str, Any] = {
+    "key_derivation": "django-concat",
+    "digest_method": hashlib.sha1,
+    "algorithm": KeyedHMAC(hashlib.sha1),
+}
 
 
 class LinkError(Exception):
@@ -89,7 +120,22 @@ def read_key(path: Path) -> bytes:
     return key.encode("ascii")
 
 
-class ClockTimestampSigner(TimestampSigner):
+class DerivedOnceSigner(Signer):
+    """A signer that derives each key once: :meth:`derive_key`, itsdangerous's documented
+    place to change key derivation, depends only on the signer's settings and the key."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._derived: dict[str | bytes | None, bytes] = {}
+
+    def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
+        derived = self._derived.get(secret_key)
+        if derived is None:
+            derived = self._derived[secret_key] = super().derive_key(secret_key)
+        return derived
+
+
+class ClockTimestampSigner(DerivedOnceSigner, TimestampSigner):
     """itsdangerous's timestamp signer, reading "now" from maild's clock.
 
     Overriding :meth:`get_timestamp` is how the itsdangerous documentation says to
@@ -105,7 +151,22 @@ class ClockTimestampSigner(TimestampSigner):
         return self.clock.timestamp()
 
 
-class UncompressedTimedSerializer(URLSafeTimedSerializer):
+class SignerOnce(Serializer[str]):
+    """A serializer that makes its signer once: :meth:`make_signer`, documented as the
+    place to choose the signer, otherwise builds one for every token. The signer's
+    settings never change after the serializer is made."""
+
+    _signer: Signer | None = None
+
+    def make_signer(self, salt: str | bytes | None = None) -> Signer:
+        if salt is not None and want_bytes(salt) != self.salt:
+            return super().make_signer(salt)
+        if self._signer is None:
+            self._signer = super().make_signer(salt)
+        return self._signer
+
+
+class UncompressedTimedSerializer(SignerOnce, URLSafeTimedSerializer):
     """``URLSafeTimedSerializer`` that writes the payload as plain URL-safe base64.
 
     The stock serializer tries ``zlib.compress`` on every payload and keeps the result
@@ -118,7 +179,7 @@ class UncompressedTimedSerializer(URLSafeTimedSerializer):
         return base64_encode(Serializer.dump_payload(self, obj))
 
 
-class UncompressedSerializer(URLSafeSerializer):
+class UncompressedSerializer(SignerOnce, URLSafeSerializer):
     """``URLSafeSerializer`` that writes the payload as plain URL-safe base64 (VERP)."""
 
     def dump_payload(self, obj: Any) -> bytes:
@@ -198,7 +259,7 @@ class VerpTokens:
 
     def __init__(self, key: bytes, old_keys: Sequence[bytes] = ()) -> None:
         self._serializer = UncompressedSerializer(
-            [*old_keys, key], salt=VERP_SALT, signer=Signer, signer_kwargs=SIGNER_KWARGS
+            [*old_keys, key], salt=VERP_SALT, signer=DerivedOnceSigner, signer_kwargs=SIGNER_KWARGS
         )
 
     def make(self, subscriber_id: int) -> str:
