@@ -65,6 +65,7 @@ def start(pid: int, seconds: float, output: Path) -> subprocess.Popen[bytes]:
             "--format",
             "raw",
             "--nonblocking",
+            "--gil",
             "--subprocesses",
             "--output",
             str(output),

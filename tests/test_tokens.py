@@ -120,6 +120,14 @@ def test_the_signer_made_once_signs_like_stock_as_time_and_payloads_change() -> 
             [subscriber_id, key]
         )
         assert verp.make(subscriber_id) == stock_verp.dumps(subscriber_id)
+        manage, unsubscribe = links.mail_links(subscriber_id, key)
+        assert manage == plain.dumps([subscriber_id, key])
+        assert unsubscribe == stock(f"maild.{UNSUBSCRIBE}", clock).dumps([subscriber_id, key])
+    # Text the JSON encoder escapes differently with ensure_ascii on and off.
+    clock.advance(seconds=1)
+    assert links.make(CSRF, ["é\n\u2028", 1.5]) == stock("maild.csrf", clock).dumps(
+        ["é\n\u2028", 1.5]
+    )
     old = stock(f"maild.{MANAGE}", clock, key=b"o" * 64).dumps([5, "x"])
     assert links.check_subscriber_link(MANAGE, old) == (5, "x")
 

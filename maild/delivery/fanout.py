@@ -46,7 +46,7 @@ from maild.mail.legacy import LegacyCharsetError
 from maild.mail.outbox import retry_delay
 from maild.mail.relay import Relay
 from maild.residents.bounces import Bounces, relay_failure_counts
-from maild.residents.links import MANAGE, UNSUBSCRIBE, Links, VerpTokens
+from maild.residents.links import Links, VerpTokens
 from maild.store.db import Database
 from maild.store.models import (
     ACTIVE,
@@ -299,8 +299,7 @@ class FanoutSender:
             # Never fall back to UTF-8 for an old phone: it would show mojibake.
             return _Result(row, PermanentFailure(None, template.en, stage="compose"))
         base = self.config.service.base_url
-        manage = self.links.subscriber_link(MANAGE, row.subscriber_id, row.link_key)
-        unsubscribe = self.links.subscriber_link(UNSUBSCRIBE, row.subscriber_id, row.link_key)
+        manage, unsubscribe = self.links.mail_links(row.subscriber_id, row.link_key)
         local, _, domain = self.config.smtp.bounce_address.rpartition("@")
         personal = Personal(
             address=row.address,

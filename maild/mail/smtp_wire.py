@@ -44,9 +44,8 @@ def data_payload(message: bytes) -> bytes:
     maild composes CRLF messages, so the normalising regex runs only when a bare
     CR or LF is actually there.
     """
-    if message.count(b"\n") != message.count(b"\r\n") or message.count(b"\r") != message.count(
-        b"\r\n"
-    ):
+    crlf = message.count(b"\r\n")
+    if message.count(b"\n") != crlf or message.count(b"\r") != crlf:
         message = _BARE_LINE_END.sub(b"\r\n", message)
     if not message.endswith(b"\r\n"):
         message += b"\r\n"
