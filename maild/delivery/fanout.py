@@ -80,6 +80,42 @@ _RECORD_SENT = (
     .values(status=DELIVERY_SENT, claimed_until=None, last_error=None)
 )
 
+_SENDING = select(Alert.id).where(Alert.status == SENDING).order_by(Alert.urgent.desc(), Alert.id)
+# One alert at a time and no ORDER BY, so the (alert, status, time) index finds the
+# rows and the scan stops at the limit, however long the list.
+_DUE = (
+    select(Delivery.id)
+    .where(
+        Delivery.alert_id == bindparam("alert"),
+        Delivery.status.in_((DELIVERY_QUEUED, DELIVERY_DEFERRED)),
+        Delivery.next_attempt_at <= bindparam("now"),
+        (Delivery.claimed_until.is_(None)) | (Delivery.claimed_until < bindparam("now")),
+    )
+    .limit(bindparam("wanted"))
+    .with_for_update(skip_locked=True)  # PostgreSQL; SQLite ignores it
+)
+_TAKE = (
+    update(Delivery)
+    .where(Delivery.id.in_(_DUE.scalar_subquery()))
+    .values(
+        claimed_until=bindparam("lease_end"), claim=bindparam("token"), claimed_by=bindparam("node")
+    )
+)
+_CLAIMED = (
+    select(
+        Delivery.id,
+        Delivery.alert_id,
+        Delivery.attempts,
+        Delivery.subscriber_id,
+        Subscriber.address,
+        Subscriber.link_key,
+        Subscriber.status,
+    )
+    .outerjoin(Subscriber, Subscriber.id == Delivery.subscriber_id)
+    .where(Delivery.claim == bindparam("token"))
+    .order_by(Delivery.id)
+)
+
 _Templates = dict[tuple[int, Charset], AlertTemplate | LegacyCharsetError]
 
 
@@ -331,64 +367,40 @@ class FanoutSender:
 
     def _claim(self, now: dt.datetime) -> tuple[str, list[_Row]]:
         """Take up to BATCH due rows in ONE statement, so that several workers (processes
-        here, machines on PostgreSQL later) never take the same row."""
+        here, machines on PostgreSQL later) never take the same row. Core, not the ORM:
+        the rows are read as plain tuples, a batch at a time."""
         claim = secrets.token_hex(16)
-        with self.db.transaction() as session:
-            sending = session.scalars(
-                select(Alert.id)
-                .where(Alert.status == SENDING)
-                .order_by(Alert.urgent.desc(), Alert.id)
-            ).all()
+        with self.db.engine.begin() as connection:
+            sending = connection.scalars(_SENDING).all()
             wanted = BATCH
             for alert_id in sending:  # urgent alerts first
-                # One alert at a time and no ORDER BY, so the (alert, status, time) index
-                # finds the rows and the scan stops at the limit, however long the list.
-                due = (
-                    select(Delivery.id)
-                    .where(
-                        Delivery.alert_id == alert_id,
-                        Delivery.status.in_((DELIVERY_QUEUED, DELIVERY_DEFERRED)),
-                        Delivery.next_attempt_at <= now,
-                        (Delivery.claimed_until.is_(None)) | (Delivery.claimed_until < now),
-                    )
-                    .limit(wanted)
-                    .with_for_update(skip_locked=True)  # PostgreSQL; SQLite ignores it
+                taken = connection.execute(
+                    _TAKE,
+                    {
+                        "alert": alert_id,
+                        "now": now,
+                        "wanted": wanted,
+                        "lease_end": now + LEASE,
+                        "token": claim,
+                        "node": self.node,
+                    },
                 )
-                taken = session.execute(
-                    update(Delivery)
-                    .where(Delivery.id.in_(due.scalar_subquery()))
-                    .values(claimed_until=now + LEASE, claim=claim, claimed_by=self.node)
-                    .execution_options(synchronize_session=False)
-                )
-                wanted -= taken.rowcount  # type: ignore[attr-defined]
+                wanted -= taken.rowcount
                 if wanted <= 0:
                     break
             if wanted == BATCH:
                 return claim, []
-            found = session.execute(
-                select(
-                    Delivery.id,
-                    Delivery.alert_id,
-                    Delivery.attempts,
-                    Delivery.subscriber_id,
-                    Subscriber.address,
-                    Subscriber.link_key,
-                    Subscriber.status,
-                )
-                .outerjoin(Subscriber, Subscriber.id == Delivery.subscriber_id)
-                .where(Delivery.claim == claim)
-                .order_by(Delivery.id)
-            ).all()
+            found = connection.execute(_CLAIMED, {"token": claim}).all()
         return claim, [
             _Row(
-                delivery_id=r[0],
-                alert_id=r[1],
-                attempts=r[2],
-                subscriber_id=r[3],
-                address=r[4] if r[6] in (ACTIVE,) else None,
-                link_key=r[5] or "",
+                delivery_id=delivery_id,
+                alert_id=alert_id,
+                attempts=attempts,
+                subscriber_id=subscriber_id,
+                address=address if status == ACTIVE else None,
+                link_key=link_key or "",
             )
-            for r in found
+            for delivery_id, alert_id, attempts, subscriber_id, address, link_key, status in found
         ]
 
     def _templates_for(self, keys: set[tuple[int, Charset]]) -> _Templates:
