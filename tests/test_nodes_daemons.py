@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from maild.common.schema import RelayConfig
-from maild.delivery.fanout import LEASE
+from maild.delivery.claims import LEASE
 from tests.daemon import DaemonFailed, DaemonProcess, maild_command
 from tests.nodeconfigs import node_config, share_key
 from tests.smtpsink import SmtpSink

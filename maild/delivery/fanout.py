@@ -1,15 +1,16 @@
 """The fan-out: sends the delivery rows of released alerts through the relay.
 
-Rows are claimed in batches (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, a lease in
-``claimed_until`` renewed while the batch goes out, the node in ``claimed_by``), sent
-over the relay's pooled connections, one recipient per message (docs/mail-delivery.md), by one
-*lane* per relay connection. A lane hands a message to the relay only once its
-previous message is on record as sent: a crash (kill -9, a dead machine) repeats at
-most one message per lane, the messages in flight, as Postfix promises. The records
-of all lanes go in one commit (a group commit, :class:`_Recorder`), so the wait costs
-a lane no more than one commit while it prepares its next message. Failures and the
-alert's end are written once a batch. Memory does not grow with the number of
-subscribers. A cancelled alert's rows are simply no longer claimed.
+Rows are claimed in batches (:mod:`maild.delivery.claims`; the lease is renewed while
+the batch goes out, and the next batch is claimed while the last messages of this one
+go out), sent over the relay's pooled connections, one recipient per message
+(docs/mail-delivery.md), by one *lane* per relay connection. A lane hands a message to
+the relay only once its previous message is on record as sent: a crash (kill -9, a dead
+machine) repeats at most one message per lane, the messages in flight, as Postfix
+promises. The records of all lanes go in one commit (a group commit,
+:class:`~maild.delivery.recorder.SentRecorder`), so the wait costs a lane no more than
+one commit while it prepares its next message. Failures and the alert's end are written
+once a batch. Memory does not grow with the number of subscribers. A cancelled alert's
+rows are simply no longer claimed.
 
 The daemon's fan-out (``fills=True``) also writes the delivery rows of a released
 alert that are still to be written (:meth:`Alerts.fill`), while the first ones go out.
@@ -21,7 +22,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import secrets
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, select, update
@@ -32,6 +32,7 @@ from maild.alerts.workflow import Alerts
 from maild.common.addresses import mask
 from maild.common.clock import Clock
 from maild.common.config import Config
+from maild.delivery import claims
 from maild.delivery.alertmail import (
     AlertContent,
     AlertTemplate,
@@ -39,6 +40,7 @@ from maild.delivery.alertmail import (
     date_header,
     template_for,
 )
+from maild.delivery.claims import Row
 from maild.delivery.recorder import SentRecorder
 from maild.mail.compose import ISO_2022_JP, UTF8, Charset, charset_for
 from maild.mail.errors import DeliveryError, PermanentFailure, TemporaryFailure
@@ -49,23 +51,16 @@ from maild.residents.bounces import Bounces, relay_failure_counts
 from maild.residents.links import Links, VerpTokens
 from maild.store.db import Database
 from maild.store.models import (
-    ACTIVE,
     DELIVERY_DEFERRED,
     DELIVERY_FAILED,
-    DELIVERY_QUEUED,
     DELIVERY_SENT,
     SENDING,
     Alert,
     Delivery,
-    Subscriber,
 )
 
 log = logging.getLogger("maild.delivery")
 
-BATCH = 500
-# A claim that is not renewed is free for any node after this long: how long a dead
-# node's batch waits before another node sends it. Renewed every LEASE / 4 meanwhile.
-LEASE = dt.timedelta(seconds=60)
 # 4xx and connection failures are retried for a day (issue 3), then recorded as failed.
 GIVE_UP_AFTER = dt.timedelta(days=1)
 IDLE_POLL_SECONDS = 1.0
@@ -80,66 +75,19 @@ _RECORD_SENT = (
     .values(status=DELIVERY_SENT, claimed_until=None, last_error=None)
 )
 
-_SENDING = select(Alert.id).where(Alert.status == SENDING).order_by(Alert.urgent.desc(), Alert.id)
-# One alert at a time and no ORDER BY, so the (alert, status, time) index finds the
-# rows and the scan stops at the limit, however long the list.
-_DUE = (
-    select(Delivery.id)
-    .where(
-        Delivery.alert_id == bindparam("alert"),
-        Delivery.status.in_((DELIVERY_QUEUED, DELIVERY_DEFERRED)),
-        Delivery.next_attempt_at <= bindparam("now"),
-        (Delivery.claimed_until.is_(None)) | (Delivery.claimed_until < bindparam("now")),
-    )
-    .limit(bindparam("wanted"))
-    .with_for_update(skip_locked=True)  # PostgreSQL; SQLite ignores it
-)
-_TAKE = (
-    update(Delivery)
-    .where(Delivery.id.in_(_DUE.scalar_subquery()))
-    .values(
-        claimed_until=bindparam("lease_end"), claim=bindparam("token"), claimed_by=bindparam("node")
-    )
-)
-_CLAIMED = (
-    select(
-        Delivery.id,
-        Delivery.alert_id,
-        Delivery.attempts,
-        Delivery.subscriber_id,
-        Subscriber.address,
-        Subscriber.link_key,
-        Subscriber.status,
-    )
-    .outerjoin(Subscriber, Subscriber.id == Delivery.subscriber_id)
-    .where(Delivery.claim == bindparam("token"))
-    .order_by(Delivery.id)
-)
-
 _Templates = dict[tuple[int, Charset], AlertTemplate | LegacyCharsetError]
-
-
-# Made per recipient (several per message): slotted, not frozen, which costs a fifth as much.
-@dataclass(slots=True)
-class _Row:
-    delivery_id: int
-    alert_id: int
-    attempts: int
-    subscriber_id: int
-    address: str | None  # None: the subscriber was erased or is no longer active
-    link_key: str
 
 
 @dataclass(slots=True)
 class _Message:
-    row: _Row
+    row: Row
     envelope_from: str
     data: bytes
 
 
 @dataclass(slots=True)
 class _Result:
-    row: _Row
+    row: Row
     error: DeliveryError | None
     skipped: bool = False  # the alert was cancelled while the batch was going out
 
@@ -172,6 +120,8 @@ class FanoutSender:
         self._fill_wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._paused_until: dt.datetime | None = None
+        # The next batch, claimed while the current one's last messages go out.
+        self._ahead: asyncio.Task[tuple[str, list[Row]]] | None = None
         self._outage_attempts = 0
         self._date_second = -1
         self._date_text = ""
@@ -194,6 +144,7 @@ class FanoutSender:
         try:
             await self._send(stopping)
         finally:
+            await self._release_ahead()
             if filling is not None:
                 filling.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -232,21 +183,17 @@ class FanoutSender:
 
     def release_claims(self) -> None:
         """At the daemon's start, before any worker runs: this node's claims left by a
-        crashed run (whose workers died with it) are free again at once. Other nodes'
-        claims are theirs until their lease runs out."""
-        with self.db.transaction() as session:
-            session.execute(
-                update(Delivery)
-                .where(Delivery.claimed_until.is_not(None), Delivery.claimed_by == self.node)
-                .values(claimed_until=None)
-            )
+        crashed run are free again at once. Other nodes' claims are theirs until their
+        lease runs out."""
+        claims.release_node(self.db, self.node)
 
     async def send_batch(self) -> bool:
         """Claim and send one batch; False when there was nothing to do."""
         now = self.clock.now()
         if self._paused_until is not None and now < self._paused_until:
+            await self._release_ahead()
             return False
-        claim, rows = await asyncio.to_thread(self._claim, now)
+        claim, rows = await self._take_claim(now)
         if not rows:
             return False
         keys = {(r.alert_id, charset_for(self.config, r.address or "")) for r in rows}
@@ -280,6 +227,9 @@ class FanoutSender:
                         on_record = recorder.add(row.delivery_id)
                     results.append(result)
             finally:
+                # The first lane to run out of rows claims the next batch: the others
+                # are still sending, so the loop does not sit idle while it is claimed.
+                self._claim_ahead()
                 recorder.lane_done()
 
         recording = asyncio.create_task(recorder.run())
@@ -297,19 +247,37 @@ class FanoutSender:
         await asyncio.to_thread(self._record, results, self.clock.now())
         return True
 
+    async def _take_claim(self, now: dt.datetime) -> tuple[str, list[Row]]:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            claim, rows = await ahead
+            if rows:
+                return claim, rows
+        return await asyncio.to_thread(claims.claim_batch, self.db, self.node, now)
+
+    def _claim_ahead(self) -> None:
+        if self._ahead is None:
+            self._ahead = asyncio.create_task(
+                asyncio.to_thread(claims.claim_batch, self.db, self.node, self.clock.now())
+            )
+
+    async def _release_ahead(self) -> None:
+        """A batch claimed ahead and not to be sent now (a pause, a stop) is free again."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return
+        try:
+            claim, rows = await ahead
+        except Exception:
+            return  # claimed nothing; the next claim says what is wrong
+        if rows:
+            await asyncio.to_thread(claims.release, self.db, claim)
+
     async def _keep_claim(self, claim: str) -> None:
         """Renew the batch's lease while it goes out (a slow relay, a paced fan-out)."""
         while True:
-            await asyncio.sleep(LEASE.total_seconds() / 4)
-            await asyncio.to_thread(self._renew, claim)
-
-    def _renew(self, claim: str) -> None:
-        with self.db.bookkeeping() as connection:
-            connection.execute(
-                update(Delivery)
-                .where(Delivery.claim == claim, Delivery.claimed_until.is_not(None))
-                .values(claimed_until=self.clock.now() + LEASE)
-            )
+            await asyncio.sleep(claims.LEASE.total_seconds() / 4)
+            await asyncio.to_thread(claims.renew, self.db, claim, self.clock.now())
 
     async def _watch_cancel(self, alert_ids: set[int], cancelled: set[int]) -> None:
         """While a (possibly long, paced) batch goes out, notice an operator's cancel."""
@@ -325,7 +293,7 @@ class FanoutSender:
                 )
             )
 
-    def _prepare(self, row: _Row, templates: _Templates) -> _Message | _Result:
+    def _prepare(self, row: Row, templates: _Templates) -> _Message | _Result:
         """The personal message for ``row``, or the failure that keeps it from being sent."""
         if row.address is None:
             gone = PermanentFailure(None, "subscriber no longer active", stage="compose")
@@ -364,44 +332,6 @@ class FanoutSender:
         if second != self._date_second:
             self._date_second, self._date_text = second, date_header(now, self.config)
         return self._date_text
-
-    def _claim(self, now: dt.datetime) -> tuple[str, list[_Row]]:
-        """Take up to BATCH due rows in ONE statement, so that several workers (processes
-        here, machines on PostgreSQL later) never take the same row. Core, not the ORM:
-        the rows are read as plain tuples, a batch at a time."""
-        claim = secrets.token_hex(16)
-        with self.db.engine.begin() as connection:
-            sending = connection.scalars(_SENDING).all()
-            wanted = BATCH
-            for alert_id in sending:  # urgent alerts first
-                taken = connection.execute(
-                    _TAKE,
-                    {
-                        "alert": alert_id,
-                        "now": now,
-                        "wanted": wanted,
-                        "lease_end": now + LEASE,
-                        "token": claim,
-                        "node": self.node,
-                    },
-                )
-                wanted -= taken.rowcount
-                if wanted <= 0:
-                    break
-            if wanted == BATCH:
-                return claim, []
-            found = connection.execute(_CLAIMED, {"token": claim}).all()
-        return claim, [
-            _Row(
-                delivery_id=delivery_id,
-                alert_id=alert_id,
-                attempts=attempts,
-                subscriber_id=subscriber_id,
-                address=address if status == ACTIVE else None,
-                link_key=link_key or "",
-            )
-            for delivery_id, alert_id, attempts, subscriber_id, address, link_key, status in found
-        ]
 
     def _templates_for(self, keys: set[tuple[int, Charset]]) -> _Templates:
         missing = keys - self._templates.keys()
