@@ -1,7 +1,10 @@
 """Sampling profiles of the daemon with py-spy (``--profile``), summarised as top entries.
 
 py-spy reads the daemon's memory from outside, so the daemon runs unmodified;
-``--nonblocking`` keeps it from pausing the process at each sample. The raw
+``--nonblocking`` keeps it from pausing the process at each sample, and ``--gil``
+samples only the thread holding the GIL: Python's CPU, not threads waiting for the
+GIL (which would show as busy in whatever call they wait in) nor C code that runs
+without it, such as SQLite's own work. The raw
 output is "collapsed stacks" (one line per distinct stack and its sample count),
 which is also what flame-graph tools read.
 """
