@@ -21,7 +21,7 @@ The fan-out signs three tokens a recipient, so what itsdangerous would redo for 
 is done once, at the places its documentation offers for changing it: the serializer's
 ``make_signer`` (:class:`SignerOnce`), the signer's ``derive_key``
 (:class:`DerivedOnceSigner`) and the ``algorithm`` (:class:`KeyedHMAC`). The tokens
-are byte for byte the stock ones (``tests/test_links.py`` compares them).
+are byte for byte the stock ones (``tests/test_tokens.py`` compares them).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from itsdangerous import (
     URLSafeTimedSerializer,
 )
 from itsdangerous.encoding import base64_encode, want_bytes
-from itsdangerous.signer import SigningAlgorithm
+from itsdangerous.signer import HMACAlgorithm
 
 from maild.common.clock import Clock
 
@@ -63,13 +63,13 @@ CSRF_MAX_AGE = dt.timedelta(hours=12)
 KEY_FILE_NAME = "secret.key"
 
 
-class KeyedHMAC(SigningAlgorithm):
+class KeyedHMAC(HMACAlgorithm):
     """HMAC as itsdangerous's :class:`~itsdangerous.signer.HMACAlgorithm` computes it, with
     the key's HMAC state made once and copied for each value (``hmac`` documents
     ``copy()`` for sharing a common prefix): the fan-out signs three tokens a recipient."""
 
     def __init__(self, digest_method: Any) -> None:
-        self.digest_method = digest_method
+        super().__init__(digest_method)
         self._keyed: dict[bytes, hmac.HMAC] = {}
 
     def get_signature(self, key: bytes, value: bytes) -> bytes:
