@@ -35,7 +35,7 @@ import re
 import secrets
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from itsdangerous import (
     BadSignature,
@@ -168,7 +168,14 @@ class CompactJSON:
         return CompactJSON._encoder.encode(obj)
 
 
-class SignerOnce(Serializer[str]):
+# itsdangerous is generic in the token's type from 2.2 on; 2.1 (the oldest supported) is not.
+if TYPE_CHECKING:
+    _TextSerializer = Serializer[str]
+else:
+    _TextSerializer = Serializer
+
+
+class SignerOnce(_TextSerializer):
     """A serializer that makes its signer once: :meth:`make_signer`, documented as the
     place to choose the signer, otherwise builds one for every token. The signer's
     settings never change after the serializer is made."""
