@@ -7,12 +7,12 @@ import asyncio
 import datetime as dt
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from maild.alerts.alertfile import AlertDraft
 from maild.alerts.workflow import Source
 from maild.common.clock import FakeClock
-from maild.delivery.claims import BATCH
+from maild.delivery.claims import BATCH, SentRecords
 from maild.delivery.fanout import FanoutSender
 from maild.mail.relay import open_relay
 from maild.service.services import Services, build_services
@@ -106,3 +106,28 @@ def test_a_relay_outage_frees_the_batch_claimed_ahead(tmp_path: Path, sink: Smtp
     assert asyncio.run(scenario()) == 0
     assert sent(s) == 0
     s.db.dispose()
+
+
+def test_sent_records_mark_exactly_the_groups_given_on_one_held_connection(
+    tmp_path: Path, sink: SmtpSink
+) -> None:
+    s = site(tmp_path, sink)
+    with s.db.transaction() as session:
+        ids = list(session.scalars(select(Delivery.id).order_by(Delivery.id)))
+    checkouts: list[object] = []
+    event.listen(s.db.engine, "checkout", lambda *args: checkouts.append(args))
+    groups = [ids[:1], ids[5:37], ids[100:103], ids[5:8]]  # sizes 1, 32, 3, and 3 again
+    records = SentRecords(s.db)
+    try:
+        for group in groups:
+            records.write(group)
+        assert len(checkouts) == 1  # held from the first group on
+    finally:
+        records.close()
+    assert s.db.engine.pool.checkedout() == 0  # and given back
+    with s.db.transaction() as session:
+        marked = {i: status for i, status in session.execute(select(Delivery.id, Delivery.status))}
+    assert {i for i, status in marked.items() if status == "sent"} == {
+        i for group in groups for i in group
+    }
+    assert set(marked.values()) == {"sent", "queued"}

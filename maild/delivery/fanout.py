@@ -24,7 +24,7 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from maild.alerts.place import stored_place
@@ -66,14 +66,6 @@ GIVE_UP_AFTER = dt.timedelta(days=1)
 IDLE_POLL_SECONDS = 1.0
 CANCEL_CHECK_SECONDS = 0.5
 
-
-# Built once: a group commit a few milliseconds apart would otherwise build and look up
-# the statement's cache key each time, as much CPU as the UPDATE itself.
-_RECORD_SENT = (
-    update(Delivery)
-    .where(Delivery.id.in_(bindparam("ids", expanding=True)))
-    .values(status=DELIVERY_SENT, claimed_until=None, last_error=None)
-)
 
 _Templates = dict[tuple[int, Charset], AlertTemplate | LegacyCharsetError]
 
@@ -202,7 +194,8 @@ class FanoutSender:
         results: list[_Result] = []
         pending = iter(rows)  # shared by the lanes: each row is taken by exactly one
         lanes = min(self.config.relay.connections, len(rows))
-        recorder = SentRecorder(self._record_sent, lanes)
+        records = claims.SentRecords(self.db)
+        recorder = SentRecorder(records.write, lanes)
 
         async def lane() -> None:
             # One lane per relay connection rather than one task per row: only as many
@@ -243,7 +236,10 @@ class FanoutSender:
             for watcher in watchers:
                 watcher.cancel()
             recorder.close()
-            await recording  # the last group, before the rest of the batch is written
+            try:
+                await recording  # the last group, before the rest of the batch is written
+            finally:
+                await asyncio.to_thread(records.close)
         await asyncio.to_thread(self._record, results, self.clock.now())
         return True
 
@@ -363,10 +359,6 @@ class FanoutSender:
             map_url=self.config.alerts.map_url,
         )
         return template_for(self.config, content, charset)
-
-    def _record_sent(self, delivery_ids: list[int]) -> None:
-        with self.db.bookkeeping() as connection:
-            connection.execute(_RECORD_SENT, {"ids": delivery_ids})
 
     def _record(self, results: list[_Result], now: dt.datetime) -> None:
         """The rest of a batch's results; its sent messages are recorded already."""

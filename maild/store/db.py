@@ -31,7 +31,9 @@ URLs); everything else in maild is the same SQL on both. Three places where conc
 writers meet are written for both, each with a comment: the fan-out's claim and the
 bounce score lock their rows (``FOR UPDATE [SKIP LOCKED]``; SQLite has no row locks and
 ignores it, its write lock serialises them), and a registration answer retries on the
-unique-key race that only PostgreSQL's concurrent writers can meet.
+unique-key race that only PostgreSQL's concurrent writers can meet. One statement is
+written in each driver's own SQL, for speed: the fan-out's record of sent messages
+(:class:`maild.delivery.claims.SentRecords`).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import datetime as dt
 import functools
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -251,18 +253,23 @@ class Database:
             yield connection
 
     @contextmanager
-    def bookkeeping(self) -> Iterator[Connection]:
+    def bookkeeping(self, held: Connection | None = None) -> Iterator[Connection]:
         """A Core transaction for the fan-out's record of what it sent: many small commits
         a second, each not flushed to disk on its own. SQLite's ordinary commits are
         like that already (``synchronous=NORMAL``); on PostgreSQL ``synchronous_commit``
         is off for the transaction. Either way a crash of maild loses nothing; a crash of
         the database's machine may undo the last fraction of a second of records, which
         sends those messages again, never misses them.
+
+        ``held``: a connection of :attr:`engine` that the caller keeps open between
+        transactions (and closes), instead of one taken from the pool for this one.
         """
-        with self.engine.begin() as connection:
-            if connection.dialect.name == "postgresql":
-                connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-            yield connection
+        with ExitStack() as stack:
+            connection = held if held is not None else stack.enter_context(self.engine.connect())
+            with connection.begin():
+                if connection.dialect.name == "postgresql":
+                    connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+                yield connection
 
     def upgrade(self, check: UpgradeCheck | None = None) -> None:
         upgrade(self.url, self.engine, check)
