@@ -117,13 +117,17 @@ def test_sent_records_mark_exactly_the_groups_given_on_one_held_connection(
     checkouts: list[object] = []
     event.listen(s.db.engine, "checkout", lambda *args: checkouts.append(args))
     groups = [ids[:1], ids[5:37], ids[100:103], ids[5:8]]  # sizes 1, 32, 3, and 3 again
-    records = SentRecords(s.db)
-    try:
-        for group in groups:
-            records.write(group)
-        assert len(checkouts) == 1  # held from the first group on
-    finally:
-        records.close()
+
+    async def scenario() -> None:
+        records = SentRecords(s.db)
+        try:
+            for group in groups:
+                await records.write(group)
+            assert len(checkouts) == 1  # held from the first group on
+        finally:
+            await records.close()
+
+    asyncio.run(scenario())
     assert s.db.engine.pool.checkedout() == 0  # and given back
     with s.db.transaction() as session:
         marked = {i: status for i, status in session.execute(select(Delivery.id, Delivery.status))}

@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Awaitable, Callable
 
 import pytest
 
 from maild.delivery.recorder import SentRecorder
 
 
+def appender(written: list[list[int]]) -> Callable[[list[int]], Awaitable[None]]:
+    async def write(ids: list[int]) -> None:
+        written.append(ids)
+
+    return write
+
+
 def test_every_id_is_written_and_each_waiter_released_after_its_commit() -> None:
     written: list[list[int]] = []
     gate = threading.Event()
 
-    def write(ids: list[int]) -> None:
-        gate.wait(5)
+    async def write(ids: list[int]) -> None:
+        await asyncio.to_thread(gate.wait, 5)
         written.append(ids)
 
     async def scenario() -> None:
@@ -43,7 +51,7 @@ def test_closed_before_it_ran_still_writes_what_was_added() -> None:
     written: list[list[int]] = []
 
     async def scenario() -> None:
-        recorder = SentRecorder(written.append)
+        recorder = SentRecorder(appender(written))
         done = recorder.add(7)
         recorder.close()
         await asyncio.wait_for(recorder.run(), 5)
@@ -53,7 +61,7 @@ def test_closed_before_it_ran_still_writes_what_was_added() -> None:
 
 
 def test_a_failed_commit_fails_its_waiters_and_the_close() -> None:
-    def write(ids: list[int]) -> None:
+    async def write(ids: list[int]) -> None:
         raise RuntimeError("database is gone")
 
     async def scenario() -> None:
@@ -73,7 +81,7 @@ def test_a_commit_waits_for_one_id_from_each_lane_still_sending() -> None:
     written: list[list[int]] = []
 
     async def scenario() -> None:
-        recorder = SentRecorder(written.append, lanes=3)
+        recorder = SentRecorder(appender(written), lanes=3)
         running = asyncio.create_task(recorder.run())
         recorder.add(1)
         await asyncio.sleep(0)  # the recorder sees one id of three: it waits
@@ -97,7 +105,7 @@ def test_a_group_that_does_not_fill_is_committed_after_a_moment() -> None:
     written: list[list[int]] = []
 
     async def scenario() -> None:
-        recorder = SentRecorder(written.append, lanes=8)
+        recorder = SentRecorder(appender(written), lanes=8)
         running = asyncio.create_task(recorder.run())
         await asyncio.wait_for(recorder.add(1), 1)  # the other lanes are slow or failing
         recorder.close()

@@ -17,8 +17,9 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import bindparam, select, update
 
+from maild.store.bookkeeper import Bookkeeper
 from maild.store.db import Database
 from maild.store.models import (
     ACTIVE,
@@ -149,40 +150,29 @@ def release_node(db: Database, node: str) -> None:
 
 
 class SentRecords:
-    """Marks delivery rows sent, a group at a time (the fan-out's group commit), on one
-    connection held from the first group to :meth:`close`. Called by one thread at a time.
+    """Marks delivery rows sent, a group at a time (the fan-out's group commit), from the
+    event loop through a :class:`~maild.store.bookkeeper.Bookkeeper`; :meth:`close` when
+    the batch is done.
 
     A group commits every few milliseconds, a few dozen rows, so what surrounds the
-    UPDATE costs more than the UPDATE: a pool checkout and SQLAlchemy's rendering of an
-    expanding ``IN`` each time were about half the commit. Hence the held connection and
-    the driver's own SQL, fixed per dialect and group size.
+    UPDATE costs more than the UPDATE: SQLAlchemy's rendering of an expanding ``IN``
+    each time was as much as the statement. Hence the driver's own SQL, fixed per
+    dialect and group size.
     """
 
     def __init__(self, db: Database) -> None:
-        self._db = db
-        self._connection: Connection | None = None
+        self._keeper = Bookkeeper(db)
 
-    def write(self, delivery_ids: Sequence[int]) -> None:
-        if self._connection is None:
-            self._connection = self._db.engine.connect()
-        try:
-            with self._db.bookkeeping(self._connection) as connection:
-                if connection.dialect.name == "postgresql":
-                    connection.exec_driver_sql(
-                        _SENT_POSTGRESQL, (DELIVERY_SENT, list(delivery_ids))
-                    )
-                else:
-                    connection.exec_driver_sql(
-                        _sent_sqlite(len(delivery_ids)), (DELIVERY_SENT, *delivery_ids)
-                    )
-        except Exception:
-            self.close()  # the next group starts on a fresh connection
-            raise
+    async def write(self, delivery_ids: Sequence[int]) -> None:
+        if self._keeper.dialect == "postgresql":
+            await self._keeper.execute(_SENT_POSTGRESQL, (DELIVERY_SENT, list(delivery_ids)))
+        else:
+            await self._keeper.execute(
+                _sent_sqlite(len(delivery_ids)), (DELIVERY_SENT, *delivery_ids)
+            )
 
-    def close(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            connection.close()
+    async def close(self) -> None:
+        await self._keeper.close()
 
 
 _SENT_SET = (

@@ -239,7 +239,7 @@ class FanoutSender:
             try:
                 await recording  # the last group, before the rest of the batch is written
             finally:
-                await asyncio.to_thread(records.close)
+                await records.close()
         await asyncio.to_thread(self._record, results, self.clock.now())
         return True
 

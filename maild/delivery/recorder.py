@@ -8,14 +8,14 @@ once every lane that is still sending has a message waiting for it, or after
 :data:`GATHER_SECONDS`, whichever comes first: a commit costs a fair share of what
 sending a message costs, so one per lane per message would be most of the fan-out's
 CPU, while the lanes still sending keep the relay busy meanwhile. Nothing here knows
-SQL: ``write`` does the commit.
+SQL: ``write``, a coroutine, does the commit (without blocking the loop).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 # How long the first id of a group waits for the other lanes' ids.
 GATHER_SECONDS = 0.005
@@ -25,8 +25,8 @@ class SentRecorder:
     """Group commit of sent delivery ids. Use within one event loop; run :meth:`run`
     as a task, :meth:`add` from the lanes, :meth:`close` when the lanes have ended."""
 
-    def __init__(self, write: Callable[[list[int]], None], lanes: int = 1) -> None:
-        self._write = write  # blocking; runs in a worker thread
+    def __init__(self, write: Callable[[list[int]], Awaitable[None]], lanes: int = 1) -> None:
+        self._write = write
         self._lanes = lanes  # lanes still sending: a group is full with one id from each
         self._ids: list[int] = []
         self._next: asyncio.Future[None] | None = None  # resolved by the commit of _ids
@@ -76,7 +76,7 @@ class SentRecorder:
             self._ids, self._next = [], None
             assert done is not None
             try:
-                await asyncio.to_thread(self._write, ids)
+                await self._write(ids)
             except Exception as e:  # the database: the waiting lanes stop sending
                 done.set_exception(e)
                 failure = failure or e

@@ -1,0 +1,115 @@
+"""The Bookkeeper: small writes from the event loop that never stop the loop, not even
+while another process holds the database's write lock, and a pooled connection given
+back as it was taken (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.exc import OperationalError
+
+from maild.store.bookkeeper import Bookkeeper
+from maild.store.db import Database
+from tests.configs import make_config
+from tests.databases import requires_sqlite, writers_blocked
+
+SETTING = "INSERT INTO settings (name, value) VALUES ({0}, {0})"
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    database = Database(make_config(tmp_path).database_url)
+    database.upgrade()
+    yield database
+    database.dispose()
+
+
+def insert_setting(keeper: Bookkeeper) -> str:
+    return SETTING.format("%s" if keeper.dialect == "postgresql" else "?")
+
+
+def stored(db: Database) -> set[str]:
+    with db.engine.connect() as connection:
+        return set(connection.exec_driver_sql("SELECT name FROM settings").scalars())
+
+
+def test_each_statement_is_committed_on_one_held_connection(db: Database) -> None:
+    async def scenario() -> None:
+        keeper = Bookkeeper(db)
+        try:
+            await keeper.execute(insert_setting(keeper), ("a", "a"))
+            assert "a" in stored(db)  # committed, seen from another connection
+            await keeper.execute(insert_setting(keeper), ("b", "b"))
+            assert db.engine.pool.checkedout() == 1  # the one held
+        finally:
+            await keeper.close()
+        assert db.engine.pool.checkedout() == 0
+
+    asyncio.run(scenario())
+    assert {"a", "b"} <= stored(db)
+
+
+def test_a_write_while_another_holds_the_write_lock_waits_without_stopping_the_loop(
+    db: Database,
+) -> None:
+    lock_held = threading.Event()
+    release = threading.Event()
+
+    def blocker() -> None:
+        with writers_blocked(db.url):
+            lock_held.set()
+            release.wait(10)
+
+    async def scenario() -> float:
+        keeper = Bookkeeper(db)
+        holder = threading.Thread(target=blocker)
+        holder.start()
+        try:
+            assert await asyncio.to_thread(lock_held.wait, 10)
+            write = asyncio.create_task(keeper.execute(insert_setting(keeper), ("late", "late")))
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            for _ in range(20):  # 0.2 s in which the loop must go on
+                await asyncio.sleep(0.01)
+                assert not write.done()
+            ticking = loop.time() - started
+            release.set()
+            await asyncio.wait_for(write, 10)
+            return ticking
+        finally:
+            release.set()
+            await asyncio.to_thread(holder.join, 10)
+            await keeper.close()
+
+    # Twenty sleeps of 0.01 s take 0.2 s while nothing blocks the loop. A write blocked
+    # in SQLite's own busy handler would hold the loop, and with it the release, for the
+    # whole busy timeout (15 s) and then fail.
+    assert asyncio.run(scenario()) < 2
+    assert "late" in stored(db)
+
+
+@requires_sqlite
+def test_sqlite_busy_past_the_timeout_fails_and_the_connection_goes_back_as_it_was(
+    db: Database,
+) -> None:
+    async def scenario() -> None:
+        keeper = Bookkeeper(db, busy_timeout=0.2)
+        await keeper.execute(insert_setting(keeper), ("first", "first"))
+        with writers_blocked(db.url):
+            with pytest.raises(OperationalError, match="locked"):
+                await keeper.execute(insert_setting(keeper), ("never", "never"))
+        await keeper.close()
+
+    asyncio.run(scenario())
+    assert "never" not in stored(db) and "first" in stored(db)
+    assert db.engine.pool.checkedout() == 0
+    # The pool holds the connection the keeper used, with the engine's own settings back.
+    assert db.engine.pool.checkedin() == 1
+    with db.engine.connect() as connection:
+        busy = connection.exec_driver_sql("PRAGMA busy_timeout").scalar_one()
+        checkpoint = connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one()
+    assert (busy, checkpoint) == (15000, 1000)
