@@ -31,9 +31,9 @@ URLs); everything else in maild is the same SQL on both. Three places where conc
 writers meet are written for both, each with a comment: the fan-out's claim and the
 bounce score lock their rows (``FOR UPDATE [SKIP LOCKED]``; SQLite has no row locks and
 ignores it, its write lock serialises them), and a registration answer retries on the
-unique-key race that only PostgreSQL's concurrent writers can meet. One statement is
-written in each driver's own SQL, for speed: the fan-out's record of sent messages
-(:class:`maild.delivery.claims.SentRecords`).
+unique-key race that only PostgreSQL's concurrent writers can meet. The fan-out's record
+of sent messages is written in each driver's own SQL and, on SQLite, from the event loop
+without SQLite's busy handler (:mod:`maild.store.bookkeeper`), for speed.
 """
 
 from __future__ import annotations
