@@ -71,11 +71,15 @@ class Bookkeeper:
     def _connect(self) -> Connection:
         connection = self._db.engine.connect()
         if self.dialect == "sqlite":
-            connection.execution_options(isolation_level="AUTOCOMMIT")
-            for setting in ("busy_timeout", "wal_autocheckpoint"):
-                value = connection.exec_driver_sql(f"PRAGMA {setting}").scalar_one()
-                self._restore.append(f"PRAGMA {setting} = {int(value)}")
-                connection.exec_driver_sql(f"PRAGMA {setting} = 0")
+            try:
+                connection.execution_options(isolation_level="AUTOCOMMIT")
+                for setting in ("busy_timeout", "wal_autocheckpoint"):
+                    value = connection.exec_driver_sql(f"PRAGMA {setting}").scalar_one()
+                    self._restore.append(f"PRAGMA {setting} = {int(value)}")
+                    connection.exec_driver_sql(f"PRAGMA {setting} = 0")
+            except Exception:
+                self._give_back(connection)
+                raise
         return connection
 
     async def _execute_sqlite(
