@@ -15,7 +15,8 @@ import pytest
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.pool import QueuePool
 
-from tests.configs import write_config
+from maild.store.db import Database
+from tests.configs import make_config, write_config
 from tests.daemon import DaemonProcess
 from tests.databases import drop_made_databases, fresh_postgresql
 from tests.smtpsink import SmtpSink
@@ -96,6 +97,15 @@ def daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
     yield start
     for process in started:
         process.kill()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    """A fresh database at the newest schema, on the backend the test run is for."""
+    database = Database(make_config(tmp_path).database_url)
+    database.upgrade()
+    yield database
+    database.dispose()
 
 
 @pytest.fixture

@@ -6,26 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy.exc import OperationalError
 
 from maild.store.bookkeeper import Bookkeeper
 from maild.store.db import Database
-from tests.configs import make_config
 from tests.databases import requires_sqlite, writers_blocked
 
 SETTING = "INSERT INTO settings (name, value) VALUES ({0}, {0})"
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(make_config(tmp_path).database_url)
-    database.upgrade()
-    yield database
-    database.dispose()
 
 
 def insert_setting(keeper: Bookkeeper) -> str:

@@ -8,7 +8,7 @@ import datetime as dt
 import os
 import secrets
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,14 +20,6 @@ from maild.store.db import Database, DatabaseUnusable, SchemaError, make_engine
 from maild.store.models import Subscriber
 from tests.configs import make_config
 from tests.databases import requires_sqlite, unusable_database
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(make_config(tmp_path).database_url)
-    database.upgrade()
-    yield database
-    database.dispose()
 
 
 def _add(db: Database, key: str) -> None:
