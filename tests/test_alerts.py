@@ -15,10 +15,11 @@ from maild.alerts.alertfile import AlertDraft, parse_alert
 from maild.alerts.workflow import AlertActionError, Source
 from maild.common.clock import FakeClock
 from maild.service.services import Services, build_services
-from maild.store.models import Delivery, Subscriber, SubscriberArea
+from maild.store.models import Delivery
 from tests.configs import REPO, make_config, write_config
 from tests.daemon import maild_command
 from tests.docexamples import load_guide
+from tests.subscribers import add_active
 
 SATURDAY = dt.datetime(2026, 12, 5, 1, 0, tzinfo=dt.UTC)  # 10:00 in Tokyo, closed
 DRAFT = AlertDraft("件名", ("aoba",), "other", False, None, None, "本文", "utf-8")
@@ -28,25 +29,9 @@ def services(tmp_path: Path, **overrides: dict) -> Services:
     return build_services(make_config(tmp_path, **overrides), FakeClock(SATURDAY))
 
 
-def add_subscribers(s: Services, count: int) -> None:
-    with s.db.transaction() as session:
-        for n in range(count):
-            subscriber = Subscriber(
-                address=f"u{n}@example.jp",
-                status="active",
-                category_mask=31,
-                link_key="k",
-                created_at=SATURDAY,
-                updated_at=SATURDAY,
-                bounce_score=0,
-            )
-            subscriber.areas = [SubscriberArea(area_id="aoba")]
-            session.add(subscriber)
-
-
 def test_held_alert_is_released_at_the_next_opening_and_only_once(tmp_path: Path) -> None:
     s = services(tmp_path)
-    add_subscribers(s, 2)
+    add_active(s, 2, SATURDAY)
     alert_id = s.alerts.intake(DRAFT, Source("claim-1", "sato"))
     shown = s.alerts.show(alert_id)
     assert shown["status"] == "scheduled"
@@ -88,7 +73,7 @@ def test_approval_roles(tmp_path: Path) -> None:
 
 def test_an_alert_nobody_received_is_failed(tmp_path: Path) -> None:
     s = services(tmp_path)
-    add_subscribers(s, 2)
+    add_active(s, 2, SATURDAY)
     urgent = AlertDraft("件名", ("aoba",), "other", True, None, None, "本文", "utf-8")
     alert_id = s.alerts.intake(urgent, Source(None, "sato"))
     assert s.alerts.release(alert_id) == 2
@@ -125,7 +110,7 @@ def test_release_writes_the_first_recipients_and_fill_the_rest_once(
     monkeypatch.setattr(workflow, "FIRST_PART", 7)
     monkeypatch.setattr(workflow, "PART", 10)
     s = services(tmp_path)
-    add_subscribers(s, 53)
+    add_active(s, 53, SATURDAY)
     other = build_services(s.config, s.clock)  # a second node: its own engine, one database
     urgent = AlertDraft("件名", ("aoba",), "other", True, None, None, "本文", "utf-8")
     alert_id = s.alerts.intake(urgent, Source(None, "sato"))

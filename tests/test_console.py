@@ -24,8 +24,9 @@ from maild.common.config import ConfigError
 from maild.console.accounts import Accounts
 from maild.console.app import ConsoleApp
 from maild.service.services import Services, build_services
-from maild.store.models import AuditEntry, Subscriber, SubscriberArea
+from maild.store.models import AuditEntry
 from tests.configs import AREAS_FILE, ClosingClient, make_config
+from tests.subscribers import add_active
 
 SATURDAY = dt.datetime(2026, 12, 5, 1, 0, tzinfo=dt.UTC)  # 10:00 in Tokyo, closed
 
@@ -76,22 +77,6 @@ def sign_in(client: ClosingClient, person: Person, clock: FakeClock, **form: str
     return client.post("/sign-in", data=data)
 
 
-def add_subscribers(s: Services, area: str, count: int, prefix: str) -> None:
-    with s.db.transaction() as session:
-        for n in range(count):
-            subscriber = Subscriber(
-                address=f"{prefix}{n}@example.jp",
-                status="active",
-                category_mask=31,
-                link_key="k",
-                created_at=SATURDAY,
-                updated_at=SATURDAY,
-                bounce_score=0,
-            )
-            subscriber.areas = [SubscriberArea(area_id=area)]
-            session.add(subscriber)
-
-
 def draft(
     subject: str = "不審者情報",
     areas: tuple[str, ...] = ("aoba",),
@@ -116,8 +101,8 @@ def console(tmp_path: Path) -> Iterator[Console]:
         made = accounts.add(name, role)
         secret = pyotp.parse_uri(made.otpauth).secret if made.otpauth else None
         people[name] = Person(name, made.password, secret)
-    add_subscribers(services, "aoba", 3, "aoba")
-    add_subscribers(services, "izumi", 2, "izumi")
+    add_active(services, 3, SATURDAY, area="aoba", prefix="aoba")
+    add_active(services, 2, SATURDAY, area="izumi", prefix="izumi")
     app = ConsoleApp(services.config, services.alerts, services.links, clock)
     yield Console(services, clock, app, people)
     services.db.dispose()

@@ -16,9 +16,10 @@ from maild.delivery.claims import BATCH, SentRecords
 from maild.delivery.fanout import FanoutSender
 from maild.mail.relay import open_relay
 from maild.service.services import Services, build_services
-from maild.store.models import Delivery, Subscriber, SubscriberArea
+from maild.store.models import Delivery
 from tests.configs import make_config
 from tests.smtpsink import SmtpSink
+from tests.subscribers import add_active
 
 URGENT = AlertDraft("件名", ("aoba",), "other", True, None, None, "本文", "utf-8")
 NOON = dt.datetime(2026, 12, 7, 3, 0, tzinfo=dt.UTC)  # a Monday, 12:00 in Tokyo
@@ -27,19 +28,7 @@ RESIDENTS = 3 * BATCH
 
 def site(tmp_path: Path, sink: SmtpSink) -> Services:
     s = build_services(make_config(tmp_path, relay={"url": sink.url}), FakeClock(NOON))
-    with s.db.transaction() as session:
-        for n in range(RESIDENTS):
-            subscriber = Subscriber(
-                address=f"r{n}@example.jp",
-                status="active",
-                category_mask=31,
-                link_key="k",
-                created_at=NOON,
-                updated_at=NOON,
-                bounce_score=0,
-            )
-            subscriber.areas = [SubscriberArea(area_id="aoba")]
-            session.add(subscriber)
+    add_active(s, RESIDENTS, NOON, prefix="r")
     alert_id = s.alerts.intake(URGENT, Source(None, "sato"))
     s.alerts.release(alert_id)
     while s.alerts.fill():
