@@ -26,9 +26,10 @@ NOON = dt.datetime(2026, 12, 7, 3, 0, tzinfo=dt.UTC)  # a Monday, 12:00 in Tokyo
 RESIDENTS = 3 * BATCH
 
 
-def site(tmp_path: Path, sink: SmtpSink) -> Services:
+def site(tmp_path: Path, sink: SmtpSink, residents: int = RESIDENTS) -> Services:
+    """An urgent alert released to ``residents`` subscribers, all its rows written."""
     s = build_services(make_config(tmp_path, relay={"url": sink.url}), FakeClock(NOON))
-    add_active(s, RESIDENTS, NOON, prefix="r")
+    add_active(s, residents, NOON, prefix="r")
     alert_id = s.alerts.intake(URGENT, Source(None, "sato"))
     s.alerts.release(alert_id)
     while s.alerts.fill():

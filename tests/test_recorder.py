@@ -113,3 +113,23 @@ def test_a_group_that_does_not_fill_is_committed_after_a_moment() -> None:
         assert written == [[1]]
 
     asyncio.run(scenario())
+
+
+def test_without_gathering_what_the_lanes_added_is_written_at_the_loop_s_next_turn() -> None:
+    # A file's write costs next to nothing: one lane's id does not wait for the others'
+    # (a group commit to the database waits up to GATHER_SECONDS for them).
+    written: list[list[int]] = []
+
+    async def scenario() -> None:
+        recorder = SentRecorder(appender(written), lanes=4, gather=0.0)
+        running = asyncio.create_task(recorder.run())
+        await asyncio.sleep(0)
+        first = recorder.add(1)
+        second = recorder.add(2)  # in the same turn of the loop: the same write
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert first.done() and second.done() and written == [[1, 2]]
+        recorder.close()
+        await running
+
+    asyncio.run(scenario())

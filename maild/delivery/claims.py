@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from maild.store.bookkeeper import Bookkeeper
 from maild.store.db import Database
@@ -146,6 +146,17 @@ def release_node(db: Database, node: str) -> None:
             update(Delivery)
             .where(Delivery.claimed_until.is_not(None), Delivery.claimed_by == node)
             .values(claimed_until=None)
+        )
+
+
+def mark_sent(connection: Connection, delivery_ids: Sequence[int]) -> None:
+    """Mark ``delivery_ids`` sent within the caller's transaction (on SQLite, a batch's
+    ids from the sent journal, :mod:`maild.delivery.journal`)."""
+    for start in range(0, len(delivery_ids), BATCH):
+        connection.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(delivery_ids[start : start + BATCH]))
+            .values(status=DELIVERY_SENT, claimed_until=None, last_error=None)
         )
 
 

@@ -41,6 +41,7 @@ from maild.delivery.alertmail import (
     template_for,
 )
 from maild.delivery.claims import Row
+from maild.delivery.journal import START_WAIT, SentJournal, apply_left, folder_of
 from maild.delivery.recorder import SentRecorder
 from maild.mail.compose import ISO_2022_JP, UTF8, Charset, charset_for
 from maild.mail.errors import DeliveryError, PermanentFailure, TemporaryFailure
@@ -117,6 +118,9 @@ class FanoutSender:
         self._outage_attempts = 0
         self._date_second = -1
         self._date_text = ""
+        # SQLite: the record of what this process sent (maild.delivery.journal).
+        self._journaled = db.engine.dialect.name == "sqlite"
+        self._journal: SentJournal | None = None
 
     def reconfigure(self, config: Config) -> None:
         """A reloaded config: new templates from the next batch on (area names, From…)."""
@@ -141,6 +145,9 @@ class FanoutSender:
                 filling.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await filling
+            if self._journal is not None:
+                self._journal.close()
+                self._journal = None
 
     async def _fill(self, stopping: asyncio.Event) -> None:
         """Write released alerts' remaining delivery rows, a part at a time, waking the
@@ -175,9 +182,32 @@ class FanoutSender:
 
     def release_claims(self) -> None:
         """At the daemon's start, before any worker runs: this node's claims left by a
-        crashed run are free again at once. Other nodes' claims are theirs until their
-        lease runs out."""
+        crashed run are free again at once, once what it sent is on record. Other nodes'
+        claims are theirs until their lease runs out."""
+        self._apply_left(START_WAIT)
         claims.release_node(self.db, self.node)
+
+    def _claim(self, now: dt.datetime) -> tuple[str, list[Row]]:
+        self._apply_left()  # nothing an ended process sent is claimed again
+        return claims.claim_batch(self.db, self.node, now)
+
+    def _apply_left(self, wait: float = 0.0) -> None:
+        if self._journaled:
+            apply_left(folder_of(self.config.service.state_dir), self._mark_left, wait)
+
+    def _mark_left(self, delivery_ids: list[int]) -> None:
+        """Sent by a process that ended before it recorded its batch: sent, and its
+        alerts finished if nothing is left of them."""
+        now = self.clock.now()
+        with self.db.transaction() as session:
+            claims.mark_sent(session.connection(), delivery_ids)
+            alert_ids = set(
+                session.scalars(
+                    select(Delivery.alert_id).where(Delivery.id.in_(delivery_ids)).distinct()
+                )
+            )
+            for alert_id in alert_ids:
+                self.alerts.finish_if_done(session, alert_id, now)
 
     async def send_batch(self) -> bool:
         """Claim and send one batch; False when there was nothing to do."""
@@ -194,8 +224,14 @@ class FanoutSender:
         results: list[_Result] = []
         pending = iter(rows)  # shared by the lanes: each row is taken by exactly one
         lanes = min(self.config.relay.connections, len(rows))
-        records = claims.SentRecords(self.db)
-        recorder = SentRecorder(records.write, lanes)
+        records: claims.SentRecords | None = None
+        if self._journaled:
+            if self._journal is None:
+                self._journal = SentJournal(folder_of(self.config.service.state_dir))
+            recorder = SentRecorder(self._journal.append, lanes, gather=0.0)
+        else:
+            records = claims.SentRecords(self.db)
+            recorder = SentRecorder(records.write, lanes)
 
         async def lane() -> None:
             # One lane per relay connection rather than one task per row: only as many
@@ -239,7 +275,8 @@ class FanoutSender:
             try:
                 await recording  # the last group, before the rest of the batch is written
             finally:
-                await records.close()
+                if records is not None:
+                    await records.close()
         await asyncio.to_thread(self._record, results, self.clock.now())
         return True
 
@@ -249,13 +286,11 @@ class FanoutSender:
             claim, rows = await ahead
             if rows:
                 return claim, rows
-        return await asyncio.to_thread(claims.claim_batch, self.db, self.node, now)
+        return await asyncio.to_thread(self._claim, now)
 
     def _claim_ahead(self) -> None:
         if self._ahead is None:
-            self._ahead = asyncio.create_task(
-                asyncio.to_thread(claims.claim_batch, self.db, self.node, self.clock.now())
-            )
+            self._ahead = asyncio.create_task(asyncio.to_thread(self._claim, self.clock.now()))
 
     async def _release_ahead(self) -> None:
         """A batch claimed ahead and not to be sent now (a pause, a stop) is free again."""
@@ -361,13 +396,17 @@ class FanoutSender:
         return template_for(self.config, content, charset)
 
     def _record(self, results: list[_Result], now: dt.datetime) -> None:
-        """The rest of a batch's results; its sent messages are recorded already."""
+        """The rest of a batch's results: its sent messages are on record already, in
+        the database or (SQLite) in the journal, whose ids are marked here."""
         sent = [r.row.delivery_id for r in results if r.error is None and not r.skipped]
         skipped = [r.row.delivery_id for r in results if r.skipped]
         outage = bool(results) and all(
             isinstance(r.error, TemporaryFailure) and r.error.stage == "connect" for r in results
         )
+        journal = self._journal
         with self.db.transaction() as session:
+            if journal is not None and journal.ids:
+                claims.mark_sent(session.connection(), journal.ids)
             if skipped:  # left queued: a cancelled alert's rows are never claimed again
                 session.execute(
                     update(Delivery).where(Delivery.id.in_(skipped)).values(claimed_until=None)
@@ -386,6 +425,8 @@ class FanoutSender:
                         counts.get(DELIVERY_SENT, 0),
                         counts.get(DELIVERY_FAILED, 0),
                     )
+        if journal is not None:
+            journal.clear()  # committed: the journal's ids are in the database
         if outage:
             # The relay is down: pause the whole fan-out instead of failing row after row.
             self._outage_attempts += 1

@@ -8,7 +8,10 @@ once every lane that is still sending has a message waiting for it, or after
 :data:`GATHER_SECONDS`, whichever comes first: a commit costs a fair share of what
 sending a message costs, so one per lane per message would be most of the fan-out's
 CPU, while the lanes still sending keep the relay busy meanwhile. Nothing here knows
-SQL: ``write``, a coroutine, does the commit (without blocking the loop).
+SQL: ``write``, a coroutine, does the commit (without blocking the loop). On SQLite
+``write`` appends to the process's own file instead (:mod:`maild.delivery.journal`),
+which costs next to nothing: with ``gather=0`` it writes what the lanes added while the
+loop went round once, without waiting for the other lanes.
 """
 
 from __future__ import annotations
@@ -25,8 +28,16 @@ class SentRecorder:
     """Group commit of sent delivery ids. Use within one event loop; run :meth:`run`
     as a task, :meth:`add` from the lanes, :meth:`close` when the lanes have ended."""
 
-    def __init__(self, write: Callable[[list[int]], Awaitable[None]], lanes: int = 1) -> None:
+    def __init__(
+        self,
+        write: Callable[[list[int]], Awaitable[None]],
+        lanes: int = 1,
+        gather: float = GATHER_SECONDS,
+    ) -> None:
         self._write = write
+        # 0 for a write that costs next to nothing (a file's): what the lanes added
+        # while the loop went round once is written at once.
+        self._gather = gather
         self._lanes = lanes  # lanes still sending: a group is full with one id from each
         self._ids: list[int] = []
         self._next: asyncio.Future[None] | None = None  # resolved by the commit of _ids
@@ -68,9 +79,9 @@ class SentRecorder:
                 await self._wake.wait()
                 self._wake.clear()
                 continue
-            if not self._full.is_set() and not self._closed:
+            if self._gather > 0 and not self._full.is_set() and not self._closed:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), GATHER_SECONDS)
+                    await asyncio.wait_for(self._full.wait(), self._gather)
             self._full.clear()
             ids, done = self._ids, self._next
             self._ids, self._next = [], None
