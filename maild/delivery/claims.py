@@ -6,7 +6,9 @@ token in ``claim``, the node in ``claimed_by`` and a lease in ``claimed_until``.
 processes, here or on other machines, never take the same row. A lease that is not
 renewed ends after :data:`LEASE`: how long a dead node's batch waits before another
 node sends it. Statements are built once and read as Core tuples, a batch at a time.
-What a claim sent is marked a group of messages at a time (:class:`SentRecords`).
+What a claim sent is marked a group of messages at a time on PostgreSQL
+(:class:`SentRecords`), and once a batch on SQLite (:func:`mark_sent`, from the sent
+journal).
 """
 
 from __future__ import annotations

@@ -6,11 +6,12 @@ go out), sent over the relay's pooled connections, one recipient per message
 (docs/mail-delivery.md), by one *lane* per relay connection. A lane hands a message to
 the relay only once its previous message is on record as sent: a crash (kill -9, a dead
 machine) repeats at most one message per lane, the messages in flight, as Postfix
-promises. The records of all lanes go in one commit (a group commit,
-:class:`~maild.delivery.recorder.SentRecorder`), so the wait costs a lane no more than
-one commit while it prepares its next message. Failures and the alert's end are written
-once a batch. Memory does not grow with the number of subscribers. A cancelled alert's
-rows are simply no longer claimed.
+promises. What the lanes sent meanwhile goes on record in one write
+(:class:`~maild.delivery.recorder.SentRecorder`) while they prepare their next messages:
+on PostgreSQL a commit, on SQLite a line in the process's own file
+(:mod:`maild.delivery.journal`), whose ids are marked in the database once a batch.
+Failures and the alert's end are written once a batch. Memory does not grow with the
+number of subscribers. A cancelled alert's rows are simply no longer claimed.
 
 The daemon's fan-out (``fills=True``) also writes the delivery rows of a released
 alert that are still to be written (:meth:`Alerts.fill`), while the first ones go out.

@@ -32,8 +32,10 @@ writers meet are written for both, each with a comment: the fan-out's claim and 
 bounce score lock their rows (``FOR UPDATE [SKIP LOCKED]``; SQLite has no row locks and
 ignores it, its write lock serialises them), and a registration answer retries on the
 unique-key race that only PostgreSQL's concurrent writers can meet. The fan-out's record
-of sent messages is written in each driver's own SQL and, on SQLite, from the event loop
-without SQLite's busy handler (:mod:`maild.store.bookkeeper`), for speed.
+of sent messages differs too: on PostgreSQL a commit every few milliseconds in the
+driver's own SQL (:mod:`maild.store.bookkeeper`); on SQLite, where those commits would
+wait for the one write lock, a file of each process's own, marked in the database once a
+batch (``maild.delivery.journal``).
 """
 
 from __future__ import annotations
