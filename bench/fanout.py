@@ -59,6 +59,7 @@ class FanoutRun:
     timed_out: bool = False
     # PostgreSQL's backends (a throw-away server only): CPU that SQLite spends in the daemon.
     server_cpu_seconds: float | None = None
+    peak_anon_kib: int = 0  # of peak_rss_kib's samples, the largest anonymous part
     # From released_at until the release's transaction had written every delivery row (the
     # daemon's "released to N recipients" line): the part of the urgent latency it takes.
     release_seconds: float | None = None
@@ -261,6 +262,7 @@ def _fanout(
         delivered=min(delivered, size),
         sent=alert["counts"]["sent"],
         peak_rss_kib=peak,
+        peak_anon_kib=sampler.peak_anon_kib,
         daemon_cpu_seconds=used,
         sink_cpu_seconds=cpu_seconds(sink.pid) - sink_cpu,
         timed_out=timed_out,

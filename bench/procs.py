@@ -274,6 +274,10 @@ class Tree:
         """Current VmRSS summed over the tree."""
         return sum(_status_kib(pid, "VmRSS") for pid in self.pids())
 
+    def anon_kib(self) -> int:
+        """Current RssAnon summed over the tree: the RSS that is not mapped files."""
+        return sum(_status_kib(pid, "RssAnon") for pid in self.pids())
+
     def hwm_kib(self) -> int:
         """The kernel's peak-RSS mark (VmHWM) summed over the tree: an upper bound."""
         return sum(_status_kib(pid, "VmHWM") for pid in self.pids())
@@ -309,12 +313,16 @@ class RssSampler:
 
     The kernel's VmHWM of the main process is folded in at :meth:`stop`, so a peak
     shorter than the interval is not missed for a single-process daemon.
+    ``peak_anon_kib`` is the largest anonymous part (RssAnon): the rest of the RSS is
+    mapped files, clean pages the kernel can drop and processes share, such as the
+    dictionary the privacy check of an alert's text reads.
     """
 
     def __init__(self, pid: int, interval: float = 0.1) -> None:
         self.tree = Tree(pid)
         self.interval = interval
         self.peak_kib = 0
+        self.peak_anon_kib = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss", daemon=True)
 
@@ -331,6 +339,7 @@ class RssSampler:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self.peak_kib = max(self.peak_kib, self.tree.rss_kib())
+            self.peak_anon_kib = max(self.peak_anon_kib, self.tree.anon_kib())
 
 
 class Daemon(DaemonProcess):

@@ -89,6 +89,9 @@ def fanout_rows(result: fanout.SizeResult, by_size: dict[int, fanout.SizeResult]
         reference=base_peak,
         reference_name=f"peak at {label(smallest)}",
     )
+    anonymous = max(r.peak_anon_kib for r in result.runs) / MB
+    if anonymous:
+        memory.notes = f"anonymous {anonymous:.0f} MB; the rest is mapped files"
     if size >= 1_000_000 and smallest <= 10_000:
         memory.target = f"<= {RSS_TARGET_RATIO} x 10k, < {RSS_TARGET_MB:.0f} MB"
         memory.met = (memory.ratio or 99) <= RSS_TARGET_RATIO and max(peaks) < RSS_TARGET_MB
