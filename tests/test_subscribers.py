@@ -188,6 +188,39 @@ def test_bad_rows_are_reported_by_line_and_the_rest_imported(
     assert str(report.problems[0]).startswith("3行目: ")
 
 
+def test_hours_are_imported_and_bad_ones_reported_by_line(
+    db: Database, areas: AreaMap, clock: FakeClock
+) -> None:
+    report = run(
+        db,
+        areas,
+        clock,
+        "address,areas,categories,hours\n"  # 1
+        "any@example.jp,aoba,,\n"  # 2
+        "day@example.jp,aoba,,07:00-21:00\n"  # 3
+        "night@example.jp,aoba,,22:00〜06:00 URGENT\n"  # 4
+        "quarter@example.jp,aoba,,07:15-21:00\n"  # 5: off the half-hour steps
+        "same@example.jp,aoba,,07:00-07:00\n"  # 6
+        "words@example.jp,aoba,,朝から夜まで\n"  # 7
+        "half@example.jp,aoba,,07:00-\n",  # 8
+    )
+    assert report.imported == 3
+    assert lines_of(report) == [5, 6, 7, 8]
+    reasons = {p.line: p.en for p in report.problems}
+    assert reasons[5].startswith('"07:15-21:00": the receiving hours are not valid')
+    assert "「朝から夜まで」" in report.problems[2].ja
+    with db.transaction() as session:
+        hours = {
+            s.address: (s.hours_start, s.hours_end, s.hours_urgent)
+            for s in session.scalars(select(Subscriber))
+        }
+    assert hours == {
+        "any@example.jp": (None, None, False),
+        "day@example.jp": (7 * 60, 21 * 60, False),
+        "night@example.jp": (22 * 60, 6 * 60, True),
+    }
+
+
 def test_problems_never_show_a_full_address(db: Database, areas: AreaMap, clock: FakeClock) -> None:
     run(db, areas, clock, "address,areas,categories\nsecret.person@example.jp,aoba,\n")
     report = run(
@@ -347,16 +380,17 @@ def test_stats_counts_exactly(db: Database, areas: AreaMap, clock: FakeClock) ->
         "by_status": {PENDING: 0, ACTIVE: 0, SUSPENDED: 0},
         "by_area": {},
         "by_category": dict.fromkeys(CATEGORY_IDS, 0),
+        "by_hours": {"any_time": 0, "own_hours": 0, "urgent_too": 0},
     }
     report = run(
         db,
         areas,
         clock,
-        "address,areas,categories,status\n"
-        "a@example.jp,aoba izumi,,active\n"
-        "b@example.jp,aoba,child-women,active\n"
-        "c@example.jp,all,child-women other,active\n"
-        "d@example.jp,aoba,,suspended\n",
+        "address,areas,categories,status,hours\n"
+        "a@example.jp,aoba izumi,,active,07:00-21:00\n"
+        "b@example.jp,aoba,child-women,active,22:00-06:00 urgent\n"
+        "c@example.jp,all,child-women other,active,\n"
+        "d@example.jp,aoba,,suspended,08:00-09:00 urgent\n",
     )
     assert report.imported == 4
     with db.transaction() as session:
@@ -381,6 +415,8 @@ def test_stats_counts_exactly(db: Database, areas: AreaMap, clock: FakeClock) ->
         "community": 1,
         "other": 2,
     }
+    # Active subscribers only: d's hours are not counted either.
+    assert result["by_hours"] == {"any_time": 1, "own_hours": 2, "urgent_too": 1}
     with_map = roster.stats(db, areas)["by_area"]
     assert list(with_map) == [area.id for area in areas.areas()]
     assert with_map["aoba"] == 2
@@ -397,22 +433,22 @@ def test_export_then_import_round_trips(
         db,
         areas,
         clock,
-        "address,areas,categories,status\n"
-        "taro..test.@docomo.ne.jp,泉区 all 仙台北署,,\n"
-        "a.b+tag@example.jp,aoba,community other,\n"
-        "s@example.jp,七ケ浜町,street-crime,suspended\n",
+        "address,areas,categories,status,hours\n"
+        "taro..test.@docomo.ne.jp,泉区 all 仙台北署,,,\n"
+        "a.b+tag@example.jp,aoba,community other,,７:００〜２１:３０\n"
+        "s@example.jp,七ケ浜町,street-crime,suspended,22:00-06:00 緊急も\n",
     )
     out = io.StringIO()
     assert roster.export_csv(db, areas, out) == 3
     exported = out.getvalue()
     assert exported.splitlines() == [
-        "address,areas,categories,status",
+        "address,areas,categories,status,hours",
         # All categories by id, never "empty means all": a category added later would
         # otherwise reach residents who never chose it.
         "taro..test.@docomo.ne.jp,all st-sendai-kita izumi,"
-        "child-women street-crime frequent-crime community other,active",
-        "a.b+tag@example.jp,aoba,community other,active",
-        "s@example.jp,shichigahama,street-crime,suspended",
+        "child-women street-crime frequent-crime community other,active,",
+        "a.b+tag@example.jp,aoba,community other,active,07:00-21:30",
+        "s@example.jp,shichigahama,street-crime,suspended,22:00-06:00 urgent",
     ]
     report = run(other_db, areas, clock, exported)
     assert report == ImportReport(imported=3, skipped=0, problems=[])
@@ -425,7 +461,7 @@ def test_export_then_import_round_trips(
 def test_export_of_an_empty_database_is_the_header(db: Database, areas: AreaMap) -> None:
     out = io.StringIO()
     assert roster.export_csv(db, areas, out) == 0
-    assert out.getvalue() == "address,areas,categories,status\n"
+    assert out.getvalue() == "address,areas,categories,status,hours\n"
 
 
 # --- remove -----------------------------------------------------------------------------

@@ -55,8 +55,8 @@ def test_export_to_a_file_is_0600_and_names_every_category(config: Path, tmp_pat
     assert done.stdout == ""  # nothing on stdout: the file has it
     assert "1 件出力しました / 1 subscriber exported" in done.stderr
     assert out.read_text(encoding="utf-8").splitlines() == [
-        "address,areas,categories,status",
-        "taro@docomo.ne.jp,aoba,child-women street-crime frequent-crime community other,active",
+        "address,areas,categories,status,hours",
+        "taro@docomo.ne.jp,aoba,child-women street-crime frequent-crime community other,active,",
     ]
     fresh = tmp_path / "fresh.csv"
     maild_command(config, "subscribers", "export", "--output", str(fresh))
@@ -77,3 +77,8 @@ def test_stats_speak_japanese_first_with_counters_and_plurals(config: Path, tmp_
     assert "  地域の自主防犯活動に役立つ情報 (community): 2 人 / 2 subscribers" in lines
     assert "  青葉区 (aoba): 2 人 / 2 subscribers" in lines
     assert "  県内全域 (all): 0 人 / 0 subscribers" in lines
+    assert lines[-1] == (
+        "受信時間帯（登録済み） / receiving hours (active subscribers): いつでも 2 人、"
+        "時間帯あり 0 人（うち緊急の情報も待つ 0 人） / any time 2, own hours 0"
+        " (urgent alerts wait too: 0)"
+    )

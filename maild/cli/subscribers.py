@@ -85,6 +85,13 @@ def cmd_stats(config: Config, args: argparse.Namespace) -> int:
     for area_id, count in numbers["by_area"].items():
         name = areas.get(area_id).name_ja if area_id in areas else area_id
         print(f"  {name} ({area_id}): {count} 人 / {counted(count, 'subscriber')}")
+    hours = numbers["by_hours"]
+    anytime, own, urgent = hours["any_time"], hours["own_hours"], hours["urgent_too"]
+    print(
+        f"受信時間帯（登録済み） / receiving hours (active subscribers): いつでも {anytime} 人、"
+        f"時間帯あり {own} 人（うち緊急の情報も待つ {urgent} 人） / any time {anytime},"
+        f" own hours {own} (urgent alerts wait too: {urgent})"
+    )
     return 0
 
 

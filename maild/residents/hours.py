@@ -11,6 +11,8 @@ statement (:mod:`maild.alerts.hours`). Pure: no I/O.
 from __future__ import annotations
 
 import datetime as dt
+import re
+import unicodedata
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -104,6 +106,40 @@ def parse_hours(start: str, end: str, urgent_too: bool) -> Hours:
             f"The {HOURS_EN} start and end at the same time; choose two different times.",
         )
     return Hours(first, last, urgent_too)
+
+
+# The subscribers CSV's ``hours`` field (docs/csv.md): empty for any time, "07:00-21:00",
+# and " urgent" after it when urgent alerts wait for the hours too.
+CSV_URGENT = ("urgent", "緊急も")
+_CSV_HOURS = re.compile(r"(\d{1,2}:\d{2})\s*[-~〜–]\s*(\d{1,2}:\d{2})\s*(.*)")
+
+
+def csv_text(hours: Hours) -> str:
+    """``hours`` as the CSV writes it: ``""``, ``"07:00-21:00"`` or ``"07:00-21:00 urgent"``."""
+    if hours.start is None or hours.end is None:
+        return ""
+    text = f"{clock_text(hours.start)}-{clock_text(hours.end)}"
+    return f"{text} {CSV_URGENT[0]}" if hours.urgent_too else text
+
+
+def parse_csv(text: str) -> Hours:
+    """A CSV ``hours`` field (full-width digits too, as Excel may save them)."""
+    normal = unicodedata.normalize("NFKC", text).strip()
+    if not normal:
+        return ANY_TIME
+    found = _CSV_HOURS.fullmatch(normal)
+    rest = found.group(3).strip().casefold() if found else ""
+    try:
+        if found is None or rest not in ("", *CSV_URGENT):
+            raise ValueError(normal)
+        return parse_hours(found.group(1), found.group(2), bool(rest))
+    except ValueError:  # HoursError too: the page's wording does not fit a file
+        raise HoursError(
+            f"{HOURS_JA}が正しくありません。30分きざみの違う2つの時刻を 07:00-21:00 のように"
+            "（緊急の情報も待つなら 07:00-21:00 urgent、いつでもなら空欄）",
+            f"the {HOURS_EN} are not valid: two different times on the half hour, as"
+            " 07:00-21:00 (07:00-21:00 urgent if urgent alerts wait too; empty for any time)",
+        ) from None
 
 
 def _bad_time() -> HoursError:

@@ -2,14 +2,16 @@
 
 The CSV format is the same both ways, so an export imports again::
 
-    address,areas,categories,status
-    taro..test.@docomo.ne.jp,aoba st-izumi,child-women other,active
-    hanako@example.jp,七ヶ浜町 04101,,active
+    address,areas,categories,status,hours
+    taro..test.@docomo.ne.jp,aoba st-izumi,child-women other,active,07:00-21:00
+    hanako@example.jp,七ヶ浜町 04101,,active,
 
 (an empty ``categories`` is read as all of them; export writes every id instead)
 
 ``address``, ``areas`` and ``categories`` are required in the header, in any order;
-``status`` is optional. Several areas in one field are separated as in an alert file's
+``status`` and ``hours`` (the resident's own receiving hours: empty for any time,
+``07:00-21:00``, ``07:00-21:00 urgent`` when urgent alerts wait for them too) are
+optional. Several areas in one field are separated as in an alert file's
 Area header (:data:`maild.residents.areas.AREA_SEPARATORS`: white space, full-width too,
 「、」, 「・」, commas in a quoted field); several categories by white space or 「、」.
 Areas go by id, JIS code or Japanese name, categories by id or label, and an empty
@@ -63,6 +65,7 @@ from maild.residents.categories import (
     categories_from_mask,
     category_bit,
 )
+from maild.residents.hours import Hours, csv_text
 from maild.residents.links import new_link_key
 from maild.residents.roster_read import (
     REQUIRED_COLUMNS,
@@ -80,7 +83,7 @@ from maild.store.models import ACTIVE, Subscriber, SubscriberArea
 
 log = logging.getLogger("maild.residents.roster")
 
-EXPORT_COLUMNS = (*REQUIRED_COLUMNS, "status")
+EXPORT_COLUMNS = (*REQUIRED_COLUMNS, "status", "hours")
 
 
 CHUNK_ROWS = 5000  # rows per transaction: big enough to amortise a commit, small for memory
@@ -196,6 +199,9 @@ _SUBSCRIBER_COLUMNS = (
     "updated_at",
     "activated_at",
     "bounce_score",
+    "hours_start",
+    "hours_end",
+    "hours_urgent",
 )
 
 
@@ -240,7 +246,19 @@ def _insert_new(
         _S_RAW,
         _SUBSCRIBER_COLUMNS,
         [
-            (row.address, row.status, row.category_mask, new_link_key(), stamp, stamp, stamp, 0)
+            (
+                row.address,
+                row.status,
+                row.category_mask,
+                new_link_key(),
+                stamp,
+                stamp,
+                stamp,
+                0,
+                row.hours.start,
+                row.hours.end,
+                row.hours.urgent_too,
+            )
             for row in new
         ],
     )
@@ -265,20 +283,29 @@ def _insert_new(
 
 
 def export_csv(db: Database, areas: AreaMap, out: TextIO) -> int:
-    """Write every subscriber as CSV (``address,areas,categories,status``); return the rows.
+    """Write every subscriber as CSV (``address,areas,categories,status,hours``); return
+    the rows.
 
-        Area ids are in the area file's order (ids it no longer knows last, so that the import
-        names them); categories are always written by id, all of them when the subscriber has
-    all. Rows stream in
-        batches of one query, so memory does not grow with the table and the file shows one
-        moment.
+    Area ids are in the area file's order (ids it no longer knows last, so that the import
+    names them); categories are always written by id, all of them when the subscriber has
+    all. Rows stream in batches of one query, so memory does not grow with the table and
+    the file shows one moment.
     """
     order = {area.id: i for i, area in enumerate(areas.areas())}
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(EXPORT_COLUMNS)
     s, a = _S, _A
     query = (
-        select(s.c.id, s.c.address, s.c.status, s.c.category_mask, a.c.area_id)
+        select(
+            s.c.id,
+            s.c.address,
+            s.c.status,
+            s.c.category_mask,
+            s.c.hours_start,
+            s.c.hours_end,
+            s.c.hours_urgent,
+            a.c.area_id,
+        )
         .select_from(s.outerjoin(a, a.c.subscriber_id == s.c.id))
         .order_by(s.c.id, a.c.area_id)
     )
@@ -294,7 +321,10 @@ def export_csv(db: Database, areas: AreaMap, out: TextIO) -> int:
             # Always by name, all of them too: an empty field imports as "every category",
             # which would then include categories added after the export, never chosen.
             categories = " ".join(categories_from_mask(mask))
-            writer.writerow((first.address, " ".join(area_ids), categories, first.status))
+            hours = Hours(first.hours_start, first.hours_end, bool(first.hours_urgent))
+            writer.writerow(
+                (first.address, " ".join(area_ids), categories, first.status, csv_text(hours))
+            )
             written += 1
     log.info("export: %d subscribers written", written)
     return written
@@ -312,6 +342,8 @@ def stats(db: Database, areas: AreaMap | None = None) -> dict[str, dict[str, int
     alert would reach them through), ``by_category`` by each category they receive, so
     both sum to more than the number of subscribers. Every category is present; given
     ``areas``, every area of the map is too (0 when nobody chose it), in the file's order.
+    ``by_hours`` splits the ACTIVE subscribers by their own receiving hours: ``any_time``
+    and ``own_hours``, and of the latter ``urgent_too`` (urgent alerts wait as well).
     """
     s, a = _S, _A
     with db.engine.connect() as connection:
@@ -340,10 +372,25 @@ def stats(db: Database, areas: AreaMap | None = None) -> dict[str, dict[str, int
                 )
             ).where(s.c.status == ACTIVE)
         ).one()
+        own = s.c.hours_start.is_not(None)
+        hours_row = connection.execute(
+            select(
+                func.count(),
+                func.coalesce(func.sum(case((own, 1))), 0),
+                func.coalesce(func.sum(case((own & s.c.hours_urgent, 1))), 0),
+            ).where(s.c.status == ACTIVE)
+        ).one()
+    active, own_hours, urgent_too = (int(n) for n in hours_row)
+    by_hours = {"any_time": active - own_hours, "own_hours": own_hours, "urgent_too": urgent_too}
     if areas is None:
         by_area = dict(sorted(area_counts.items()))
     else:
         by_area = {area.id: area_counts.pop(area.id, 0) for area in areas.areas()}
         by_area.update(sorted(area_counts.items()))
     by_category = {c.id: int(n) for c, n in zip(CATEGORIES, category_row, strict=True)}
-    return {"by_status": by_status, "by_area": by_area, "by_category": by_category}
+    return {
+        "by_status": by_status,
+        "by_area": by_area,
+        "by_category": by_category,
+        "by_hours": by_hours,
+    }

@@ -21,10 +21,11 @@ from maild.residents.categories import (
     category_bit,
     resolve_category,
 )
+from maild.residents.hours import ANY_TIME, Hours, HoursError, parse_csv
 from maild.store.models import ACTIVE, PENDING, SUSPENDED
 
 REQUIRED_COLUMNS = ("address", "areas", "categories")
-OPTIONAL_COLUMNS = ("status",)
+OPTIONAL_COLUMNS = ("status", "hours")
 STATUSES = (PENDING, ACTIVE, SUSPENDED)
 
 # A file of a million bad rows must not need a million problem objects to report.
@@ -87,6 +88,7 @@ class Row(NamedTuple):  # a NamedTuple: a million of them are made
     area_ids: tuple[str, ...]
     category_mask: int
     status: str
+    hours: Hours  # the resident's own receiving hours (issue 18)
 
 
 class BadRow(Exception):
@@ -162,6 +164,8 @@ class RowParser:
         self._areas_at = header.index("areas")
         self._categories_at = header.index("categories")
         self._status_at = header.index("status") if "status" in header else None
+        self._hours_at = header.index("hours") if "hours" in header else None
+        self._hours_fields: dict[str, Hours | BadRow] = {}
         self._area_fields: dict[str, tuple[str, ...] | BadRow] = {}
         self._category_fields: dict[str, int | BadRow] = {}
         # Name -> area id (None: unknown); fields combine a few hundred names many ways.
@@ -187,7 +191,16 @@ class RowParser:
             mask = _remember(self._category_fields, text, self._category_mask)
         if isinstance(mask, BadRow):
             raise mask
-        return Row(line, address, area_ids, mask, status)
+        hours = ANY_TIME
+        if self._hours_at is not None:
+            text = record[self._hours_at]
+            found = self._hours_fields.get(text)
+            if found is None:
+                found = _remember(self._hours_fields, text, self._hours)
+            if isinstance(found, BadRow):
+                raise found
+            hours = found
+        return Row(line, address, area_ids, mask, status, hours)
 
     @staticmethod
     def _address(text: str) -> str:
@@ -217,6 +230,13 @@ class RowParser:
             f"不明な状態です: 「{_shown(text)}」（active または suspended）",
             f'unknown status "{_shown(text)}" (active or suspended)',
         )
+
+    @staticmethod
+    def _hours(text: str) -> Hours:
+        try:
+            return parse_csv(text)
+        except HoursError as e:
+            raise BadRow(f"「{_shown(text)}」: {e.ja}", f'"{_shown(text)}": {e.en}') from None
 
     def _area_ids(self, text: str) -> tuple[str, ...]:
         names = split_areas(text)  # the separators alert files take too
