@@ -60,10 +60,10 @@ def _close_databases() -> Iterator[None]:
         for engine in engines.values():
             pool = engine.pool
             # Counted before: dispose() resets the count.
-            in_use = isinstance(pool, QueuePool) and pool.checkedout() > 0
+            in_use = pool if isinstance(pool, QueuePool) and pool.checkedout() > 0 else None
             engine.dispose()  # closes the idle connections; the engine gets a new pool
-            if in_use:
-                _disposed_in_use.append(pool)
+            if in_use is not None:
+                _disposed_in_use.append(in_use)
         for pool in _disposed_in_use:
             if pool.checkedin():
                 pool.dispose()

@@ -30,9 +30,10 @@ import psycopg
 import pytest
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, QueuePool
 
 from maild.common.config import load_config
+from maild.store.db import Database
 
 SERVER = os.environ.get("MAILD_TEST_POSTGRESQL", "")
 BACKEND = os.environ.get("MAILD_TEST_BACKEND", "sqlite")
@@ -189,3 +190,10 @@ requires_sqlite = pytest.mark.skipif(
 )
 """For a test about SQLite itself; where it has a PostgreSQL counterpart that matters,
 that is a test of its own beside it."""
+
+
+def checked_out(db: Database) -> int:
+    """Connections of ``db``'s engine taken from its pool and not given back."""
+    pool = db.engine.pool
+    assert isinstance(pool, QueuePool)  # the pool maild's engines use, on both backends
+    return pool.checkedout()

@@ -307,7 +307,9 @@ class SmtpSink:
         async def close_everything() -> None:
             # Stop listening first, so no connection slips in between the two steps
             # and is left open when the loop stops (a ResourceWarning, hence a failure).
-            controller.server.close()
+            server = controller.server
+            assert server is not None  # started: start() sets it
+            server.close()
             for protocol in list(self._live):
                 if protocol.transport is not None:
                     protocol.transport.close()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import re
 import tomllib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -193,7 +193,7 @@ def test_the_dialogues_reach_the_replies_they_are_meant_to() -> None:
     assert {b"220", b"250", b"354", b"221", b"500", b"501", b"502", b"503", b"552", b"555"} <= seen
 
 
-def run(scenario: Callable[[], Awaitable[None]]) -> None:
+def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
     asyncio.run(scenario())
 
 

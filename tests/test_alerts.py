@@ -6,6 +6,7 @@ import concurrent.futures
 import datetime as dt
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
@@ -25,7 +26,7 @@ SATURDAY = dt.datetime(2026, 12, 5, 1, 0, tzinfo=dt.UTC)  # 10:00 in Tokyo, clos
 DRAFT = AlertDraft("件名", ("aoba",), "other", False, None, None, "本文", "utf-8")
 
 
-def services(tmp_path: Path, **overrides: dict) -> Services:
+def services(tmp_path: Path, **overrides: dict[str, Any]) -> Services:
     return build_services(make_config(tmp_path, **overrides), FakeClock(SATURDAY))
 
 

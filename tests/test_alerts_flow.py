@@ -16,6 +16,7 @@ import urllib.parse
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,7 +58,7 @@ def prepared(
     """``prepared(rows, **sections)``: a config relaying to the sink (sections merged in),
     a migrated database and ``rows`` imported as subscribers; returns the config's path."""
 
-    def prepare(rows: list[tuple[str, str, str]], **sections: dict) -> Path:
+    def prepare(rows: list[tuple[str, str, str]], **sections: dict[str, Any]) -> Path:
         relay = {"url": sink.url, **sections.pop("relay", {})}
         config = config_path(relay=relay, **sections)
         maild_command(config, "db", "upgrade")
@@ -97,7 +98,7 @@ def import_subscribers(config: Path, tmp_path: Path, rows: list[tuple[str, str, 
     maild_command(config, "subscribers", "import", str(csv))
 
 
-def wait_for_alerts(config: Path, env: dict[str, str], count: int) -> list[dict]:
+def wait_for_alerts(config: Path, env: dict[str, str], count: int) -> list[dict[str, Any]]:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         alerts = json.loads(maild_command(config, "alerts", "list", "--json", env=env).stdout)
@@ -107,9 +108,9 @@ def wait_for_alerts(config: Path, env: dict[str, str], count: int) -> list[dict]
     raise AssertionError(f"fewer than {count} alerts appeared")
 
 
-def wait_status(config: Path, env: dict[str, str], alert_id: int, status: str) -> dict:
+def wait_status(config: Path, env: dict[str, str], alert_id: int, status: str) -> dict[str, Any]:
     deadline = time.monotonic() + 120
-    alert: dict = {}
+    alert: dict[str, Any] = {}
     while time.monotonic() < deadline:
         show = maild_command(config, "alerts", "show", str(alert_id), "--json", env=env)
         alert = json.loads(show.stdout)
@@ -119,9 +120,12 @@ def wait_status(config: Path, env: dict[str, str], alert_id: int, status: str) -
     raise AssertionError(f"alert {alert_id} is {alert.get('status')}, not {status}")
 
 
-def wait_counts(config: Path, env: dict[str, str], test: Callable[[dict], bool]) -> dict:
+def wait_counts(
+    config: Path, env: dict[str, str], test: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
+        alert: dict[str, Any]
         (alert,) = json.loads(maild_command(config, "alerts", "list", "--json", env=env).stdout)
         if test(alert["counts"]):
             return alert
@@ -401,7 +405,7 @@ def test_relay_outage_during_fanout_completes_after_it_returns(
     # Time passes five minutes per look, for three hours: every retry and every pause of
     # the fan-out comes due, even a pause grown to its cap (30 min) by attempts made while
     # the relay was down (a stale pooled connection may cost one more after it is back).
-    done: dict = {}
+    done: dict[str, Any] = {}
     for look in range(36):
         clock.set(f"2026-12-05T{11 + look // 12:02d}:{look % 12 * 5:02d}:00+09:00")
         (done,) = json.loads(maild_command(config, "alerts", "list", "--json").stdout)
@@ -705,7 +709,8 @@ def test_metrics_move_after_a_registration_and_an_alert(
     def metrics() -> str:
         with urllib.request.urlopen(f"{maild.operators_url}/metrics", timeout=5) as response:
             assert response.headers["Content-Type"].startswith("text/plain")
-            return response.read().decode()
+            body: bytes = response.read()
+            return body.decode()
 
     def value(text: str, name: str) -> float:
         for line in text.splitlines():

@@ -9,7 +9,7 @@ import threading
 
 from maild.store.bookkeeper import Bookkeeper
 from maild.store.db import Database
-from tests.databases import writers_blocked
+from tests.databases import checked_out, writers_blocked
 
 SETTING = "INSERT INTO settings (name, value) VALUES ({0}, {0})"
 
@@ -30,10 +30,10 @@ def test_each_statement_is_committed_on_one_held_connection(db: Database) -> Non
             await keeper.execute(insert_setting(keeper), ("a", "a"))
             assert "a" in stored(db)  # committed, seen from another connection
             await keeper.execute(insert_setting(keeper), ("b", "b"))
-            assert db.engine.pool.checkedout() == 1  # the one held
+            assert checked_out(db) == 1  # the one held
         finally:
             await keeper.close()
-        assert db.engine.pool.checkedout() == 0
+        assert checked_out(db) == 0
 
     asyncio.run(scenario())
     assert {"a", "b"} <= stored(db)

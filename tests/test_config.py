@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,7 +53,7 @@ def test_dev_config_uses_local_folders() -> None:
         ({"nonsense": {"a": 1}}, "unknown section [nonsense]"),
     ],
 )
-def test_bad_values_name_the_key(tmp_path: Path, overrides: dict, message: str) -> None:
+def test_bad_values_name_the_key(tmp_path: Path, overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as error:
         make_config(tmp_path, **overrides)
     assert message in str(error.value)

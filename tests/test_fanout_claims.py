@@ -18,6 +18,7 @@ from maild.mail.relay import open_relay
 from maild.service.services import Services, build_services
 from maild.store.models import Delivery
 from tests.configs import make_config
+from tests.databases import checked_out
 from tests.smtpsink import SmtpSink
 from tests.subscribers import add_active
 
@@ -118,7 +119,7 @@ def test_sent_records_mark_exactly_the_groups_given_on_one_held_connection(
             await records.close()
 
     asyncio.run(scenario())
-    assert s.db.engine.pool.checkedout() == 0  # and given back
+    assert checked_out(s.db) == 0  # and given back
     with s.db.transaction() as session:
         marked = {i: status for i, status in session.execute(select(Delivery.id, Delivery.status))}
     assert {i for i, status in marked.items() if status == "sent"} == {

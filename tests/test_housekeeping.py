@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from maild.alerts.alertfile import AlertDraft
 from maild.alerts.workflow import Source
@@ -32,7 +32,7 @@ def test_unfinished_registrations_and_sent_mails_are_erased(tmp_path: Path) -> N
     s = services(tmp_path, clock)
     s.registrations.request_signup("left@example.jp")
     with s.db.transaction() as session:
-        session.execute(OutboxMail.__table__.update().values(status="sent", finished_at=START))
+        session.execute(update(OutboxMail).values(status="sent", finished_at=START))
     clock.advance(hours=12)
     s.registrations.request_signup("fresh@example.jp")
     keeper = Housekeeping(s.config, s.db, s.alerts, clock)
@@ -72,7 +72,7 @@ def test_delivery_rows_of_old_alerts_are_pruned_but_counts_stay(tmp_path: Path) 
     alert_id = s.alerts.intake(draft, Source(None, "op"))
     assert s.alerts.release(alert_id) == 3
     with s.db.transaction() as session:
-        session.execute(Delivery.__table__.update().values(status="sent"))
+        session.execute(update(Delivery).values(status="sent"))
         assert s.alerts.finish_if_done(session, alert_id, clock.now())
     keeper = Housekeeping(s.config, s.db, s.alerts, clock)
 

@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import insert, text, update
@@ -83,7 +84,7 @@ def test_a_node_is_running_while_it_beats_and_stopped_or_gone_after(tmp_path: Pa
         other.start()
         env = {"MAILD_CLOCK_FILE": str(tmp_path / "now")}
 
-        def listed() -> dict[str, dict]:
+        def listed() -> dict[str, dict[str, Any]]:
             (tmp_path / "now").write_text(clock.now().isoformat())
             done = maild_command(config, "nodes", "--json", env=env)
             return {row["name"]: row for row in json.loads(done.stdout)}

@@ -459,7 +459,7 @@ def test_a_relay_that_stalls_is_logged_once_per_outage_with_its_stage(
         port = server.sockets[0].getsockname()[1]
         config = RelayConfig(url=f"smtp://127.0.0.1:{port}", connections=3)
         relay = SmtpRelay(config, HOSTNAME, timeout=0.3)
-        outcomes = []
+        outcomes: list[str] = []
         try:
             sends = [relay.send(SENDER, TARO, MESSAGE) for _ in range(6)]
             for result in await asyncio.gather(*sends, return_exceptions=True):

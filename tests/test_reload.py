@@ -212,6 +212,10 @@ def _rules(c: Config) -> WindowRules:
 
 
 # The component that acts on a key shows the new value (beyond holding the new config).
+def _same_limit(key: str) -> Callable[[Daemon, Config], bool]:
+    return lambda d, c: bool(getattr(d.services.budget.limits, key) == getattr(c.limits, key))
+
+
 PROBES: dict[Key, Callable[[Daemon, Config], bool]] = {
     ("service", "base_url"): lambda d, c: (
         "Secure" in _csrf_cookie(d.web)
@@ -238,9 +242,7 @@ PROBES: dict[Key, Callable[[Daemon, Config], bool]] = {
         for holder in (d.services, d.services.registrations, d.services.alerts, d.web)
     ),
     **{
-        ("limits", key): lambda d, c, key=key: (
-            getattr(d.services.budget.limits, key) == getattr(c.limits, key)
-        )
+        ("limits", key): _same_limit(key)
         for key in ("answers_per_ip_per_minute", "answers_per_hour", "trusted_networks")
     },
     **{

@@ -13,6 +13,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tests.daemon import DaemonProcess, maild_command
 from tests.databases import query
@@ -38,7 +39,7 @@ def csrf_cookie(base_url: str) -> str:
     return str(cookie)
 
 
-def delivery_rows(config: Path) -> tuple[int, list[tuple]]:
+def delivery_rows(config: Path) -> tuple[int, list[tuple[Any, ...]]]:
     [(count,)] = query(config, "SELECT count(*) FROM deliveries")
     return int(count), query(config, "SELECT final_counts FROM alerts")
 

@@ -18,6 +18,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from sqlalchemy import MetaData, create_engine, text
@@ -35,7 +36,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "v0.1.0"
 MONDAY_MORNING = "2026-12-07T08:31:00+09:00"
 
 
-def restore(config: Path) -> dict:
+def restore(config: Path) -> dict[str, Any]:
     """The 0.1.0 database and key of ``config``; returns what the fixtures recorded."""
     settings = load_config(config)
     state = settings.service.state_dir

@@ -75,7 +75,9 @@ def test_a_request_that_waits_does_not_hold_up_the_others() -> None:
 
 
 def localhost_addresses() -> set[str]:
-    return {info[4][0] for info in socket.getaddrinfo("localhost", 80, type=socket.SOCK_STREAM)}
+    return {
+        str(info[4][0]) for info in socket.getaddrinfo("localhost", 80, type=socket.SOCK_STREAM)
+    }
 
 
 def port_free_on(hosts: Iterable[tuple[socket.AddressFamily, str]]) -> int:
