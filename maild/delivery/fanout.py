@@ -202,11 +202,12 @@ class FanoutSender:
         now = self.clock.now()
         with self.db.transaction() as session:
             claims.mark_sent(session.connection(), delivery_ids)
-            alert_ids = set(
-                session.scalars(
-                    select(Delivery.alert_id).where(Delivery.id.in_(delivery_ids)).distinct()
+            alert_ids: set[int] = set()
+            for start in range(0, len(delivery_ids), claims.BATCH):
+                part = delivery_ids[start : start + claims.BATCH]
+                alert_ids.update(
+                    session.scalars(select(Delivery.alert_id).where(Delivery.id.in_(part)))
                 )
-            )
             for alert_id in alert_ids:
                 self.alerts.finish_if_done(session, alert_id, now)
 
