@@ -87,6 +87,40 @@ def test_the_journal_is_private_emptied_once_recorded_and_gone_at_a_clean_end(
     assert list(folder.iterdir()) == []
 
 
+# A process whose files may not grow past 10 bytes: the second append is cut short.
+SHORT_WRITE = """
+import asyncio, resource, signal, sys
+from pathlib import Path
+from maild.delivery.journal import SentJournal
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a short write, not death, at the limit
+journal = SentJournal(Path(sys.argv[1]))
+resource.setrlimit(resource.RLIMIT_FSIZE, (10, 10))
+asyncio.run(journal.append([1234]))
+try:
+    asyncio.run(journal.append([5678, 9012]))
+except OSError as e:
+    print("refused:", e)
+print(journal.path, journal.ids, flush=True)
+"""
+
+
+def test_a_write_cut_short_leaves_only_whole_lines(tmp_path: Path) -> None:
+    folder = folder_of(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", SHORT_WRITE, str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    refused, shown = done.stdout.splitlines()
+    assert refused.startswith("refused: the sent journal") and "took 5 of 10 bytes" in refused
+    path, ids = shown.split(" ", 1)
+    assert ids == "[1234]"
+    # Had the 5 bytes stayed, the next append would have made "1234\n5678\n9…" of it.
+    assert Path(path).read_bytes() == b"1234\n"
+
+
 def test_a_live_process_s_journal_is_left_alone_and_an_ended_one_s_applied(
     tmp_path: Path,
 ) -> None:

@@ -64,15 +64,27 @@ class SentJournal:
         self.path = folder / f"{name}{SUFFIX}"
         os.rename(hidden, self.path)
         self.ids: list[int] = []  # in the file, not yet marked in the database
+        self._size = 0  # the file's length: whole lines, one per id of self.ids
 
     async def append(self, delivery_ids: Sequence[int]) -> None:
         """Put ``delivery_ids`` on record (a coroutine for :class:`SentRecorder`)."""
-        os.write(self._fd, b"".join(b"%d\n" % i for i in delivery_ids))
+        data = b"".join(b"%d\n" % i for i in delivery_ids)
+        try:
+            written = os.write(self._fd, data)
+            if written != len(data):  # a full disk, a file size limit
+                raise OSError(f"the sent journal {self.path} took {written} of {len(data)} bytes")
+        except OSError:
+            # Never a line cut short with more after it: "12" then "345\n" would read as
+            # 12345, a message never sent marked sent.
+            os.ftruncate(self._fd, self._size)
+            raise
+        self._size += written
         self.ids.extend(delivery_ids)
 
     def clear(self) -> None:
         """The ids are marked in the database: the file starts again empty."""
         os.ftruncate(self._fd, 0)
+        self._size = 0
         self.ids.clear()
 
     def close(self) -> None:
