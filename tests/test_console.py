@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyotp
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from werkzeug.test import TestResponse
 
 from maild.alerts.alertfile import AlertDraft
@@ -24,7 +24,7 @@ from maild.common.config import ConfigError
 from maild.console.accounts import Accounts
 from maild.console.app import ConsoleApp
 from maild.service.services import Services, build_services
-from maild.store.models import AuditEntry
+from maild.store.models import AuditEntry, Subscriber
 from tests.configs import AREAS_FILE, ClosingClient, make_config
 from tests.subscribers import add_active
 
@@ -103,6 +103,12 @@ def console(tmp_path: Path) -> Iterator[Console]:
         people[name] = Person(name, made.password, secret)
     add_active(services, 3, SATURDAY, area="aoba", prefix="aoba")
     add_active(services, 2, SATURDAY, area="izumi", prefix="izumi")
+    with services.db.transaction() as session:  # one of them takes alerts 07:00–21:00 only
+        session.execute(
+            update(Subscriber)
+            .where(Subscriber.address == "izumi0@example.jp")
+            .values(hours_start=7 * 60, hours_end=21 * 60)
+        )
     app = ConsoleApp(services.config, services.alerts, services.links, clock)
     yield Console(services, clock, app, people)
     services.db.dispose()
@@ -325,6 +331,10 @@ def test_subscriber_figures_show_counts_and_no_address(console: Console) -> None
     client = console.signed_in("tanto")
     page = client.get("/subscribers").text
     assert "登録済み: <strong>5 件</strong>" in page
+    hours = page[page.index("<h2>受信時間帯</h2>") :]
+    assert re.search(r"いつでも</th><td class=\"num\">4 件", hours)
+    assert re.search(r"時間帯を決めている</th><td class=\"num\">1 件", hours)
+    assert re.search(r"待つ</th><td class=\"num\">0 件", hours)
     assert "青葉区" in page and "@" not in page.replace("@example", "")
     assert "example.jp" not in page
 

@@ -32,7 +32,13 @@ class SubscriberPages:
         ]
         labels = {c.id: c.label(page.lang) for c in CATEGORIES}
         by_category = [(labels.get(c, c), n) for c, n in numbers["by_category"].items()]
-        top = max([n for _, n in by_area + by_category] or [0]) or 1
+        hours = numbers["by_hours"]
+        by_hours = [
+            (page.t("hours_any_time"), hours["any_time"]),
+            (page.t("hours_own"), hours["own_hours"]),
+            (page.t("hours_urgent_too"), hours["urgent_too"]),
+        ]
+        top = max([n for _, n in by_area + by_category + by_hours] or [0]) or 1
         found = None
         if page.request.method == "POST":  # an admin's search: the address is in no URL
             if page.user is None or page.user.role != ADMIN:
@@ -46,6 +52,7 @@ class SubscriberPages:
             by_status=numbers["by_status"],
             by_area=by_area,
             by_category=by_category,
+            by_hours=by_hours,
             top=top,
             found=found,
         )

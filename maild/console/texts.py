@@ -57,6 +57,7 @@ TEXTS: dict[str, tuple[str, str]] = {
     "col_time": ("受付・送信予定", "Received / sends at"),
     "col_areas": ("配信エリア", "Areas"),
     "col_category": ("情報種別", "Category"),
+    "col_hours": ("受信時間帯", "Receiving hours"),
     "col_urgent": ("緊急", "Urgent"),
     "col_recipients": ("現在の送信先", "Recipients now"),
     "urgent_yes": ("緊急", "urgent"),
@@ -206,14 +207,21 @@ TEXTS: dict[str, tuple[str, str]] = {
     # --- subscribers
     "subscribers_title": ("登録者数", "Subscribers"),
     "subscribers_intro": (
-        "配信エリア・情報種別ごとの登録者数です（登録手続き中・停止中を除く）。"
-        "一人が複数を選ぶため、合計は登録者数より多くなります。",
-        "Active subscribers by the areas and kinds they chose; one person may choose"
-        " several, so the rows add up to more than the people.",
+        "配信エリア・情報種別・受信時間帯ごとの登録者数です（登録手続き中・停止中を除く）。"
+        "一人が複数を選ぶため、エリアと種別の合計は登録者数より多くなります。",
+        "Active subscribers by the areas and kinds they chose and by their receiving hours;"
+        " one person may choose several areas and kinds, so those rows add up to more than"
+        " the people.",
     ),
     "subscribers_pending": ("手続き中", "pending"),
     "subscribers_active": ("登録済み", "active"),
     "subscribers_suspended": ("停止中", "suspended"),
+    "hours_any_time": ("いつでも", "any time"),
+    "hours_own": ("時間帯を決めている", "own hours"),
+    "hours_urgent_too": (
+        "うち緊急の情報も時間帯を待つ",
+        "of whom urgent alerts wait too",
+    ),
     "search_heading": (
         "登録者を探して削除する（システム管理者）",
         "Find and remove one subscriber (admins)",
