@@ -26,6 +26,8 @@ def _value(value: Any) -> str:
         return json.dumps(str(value), ensure_ascii=False)
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table: [{…}, {…}] is an array of tables
+        return "{" + ", ".join(f"{k} = {_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {value!r} as TOML")
 
 

@@ -11,13 +11,14 @@ import zoneinfo
 from collections.abc import Callable
 from email.utils import format_datetime
 from pathlib import Path
+from typing import Any
 
 import dkim  # type: ignore[import-untyped]
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from maild.common.config import DkimConfig, RelayConfig
+from maild.common.config import ConfigError, DkimConfig, RelayConfig
 from maild.delivery.alertmail import AlertContent, AlertTemplate, Personal
 from maild.mail import dkim as maild_dkim
 from maild.mail.compose import compose
@@ -472,6 +473,53 @@ def test_dkim_record_prints_a_zone_line_per_key(keys: dict[str, Path], tmp_path:
         assert all(len(s) <= 255 for s in strings)
         assert "".join(strings) == publish_record(key)
     assert len(re.findall(r'"', lines[0])) > 2  # RSA-2048 needs more than one string
+
+
+def test_keys_as_an_array_of_tables_sign_and_publish_each(
+    keys: dict[str, Path], tmp_path: Path
+) -> None:
+    # SPEC §11: [dkim] takes its keys as [[dkim.keys]] tables, one signature each.
+    listed = [
+        {"selector": "rsa2026", "key_file": str(keys["rsa"])},
+        {"selector": "ed2026", "key_file": str(keys["ed25519"])},
+    ]
+    dkim_section = {"domain": DOMAIN, "keys": listed}
+    config = write_config(tmp_path, relay={"url": "smtp://127.0.0.1:25"}, dkim=dkim_section)
+    assert "[[dkim.keys]]" not in config.read_text()  # inline tables: the same TOML value
+    lines = maild_command(config, "dkim", "record").stdout.splitlines()
+    assert [line.split()[0] for line in lines] == [
+        f"rsa2026._domainkey.{DOMAIN}.",
+        f"ed2026._domainkey.{DOMAIN}.",
+    ]
+    signer = maild_dkim.signer_for(make_config(tmp_path, dkim=dkim_section))
+    assert signer is not None
+    assert [k.selector for k in signer.keys] == ["rsa2026", "ed2026"]
+    assert signer.sign(alert_mail()).count(b"DKIM-Signature:") == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "keys_given", "message"),
+    [
+        ({"selector": "old"}, "both", "not both"),
+        ({}, "same selector", "a selector of its own"),
+        ({}, "unknown key", "[dkim.keys 1] algorithm: unknown key"),
+        ({}, "no file", "[dkim.keys 1] key_file: each key needs both"),
+        ({"domain": ""}, "both", "DKIM keys need domain"),
+    ],
+)
+def test_keys_tables_that_cannot_work_are_refused(
+    keys: dict[str, Path], tmp_path: Path, extra: dict[str, str], keys_given: str, message: str
+) -> None:
+    rsa, ed = str(keys["rsa"]), str(keys["ed25519"])
+    listed: list[dict[str, str]] = {
+        "both": [{"selector": "a", "key_file": rsa}],
+        "same selector": [{"selector": "a", "key_file": rsa}, {"selector": "a", "key_file": ed}],
+        "unknown key": [{"selector": "a", "key_file": rsa, "algorithm": "rsa"}],
+        "no file": [{"selector": "a"}],
+    }[keys_given]
+    section: dict[str, Any] = {"domain": DOMAIN, "keys": listed} | extra
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        make_config(tmp_path, dkim=section)
 
 
 def test_dkim_record_without_dkim_says_what_to_set(tmp_path: Path) -> None:

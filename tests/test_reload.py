@@ -161,6 +161,15 @@ CHANGES: dict[Key, Callable[[dict[str, Path]], dict[str, dict[str, Any]]]] = {
     ("dkim", "key_file"): lambda f: _dkim(f),
     ("dkim", "second_selector"): lambda f: _dkim(f, second=True),
     ("dkim", "second_key_file"): lambda f: _dkim(f, second=True),
+    ("dkim", "keys"): lambda f: {
+        "dkim": {
+            "domain": "mail.example.jp",
+            "keys": [
+                {"selector": "t1", "key_file": str(f["dkim"])},
+                {"selector": "t2", "key_file": str(f["dkim_rsa"])},
+            ],
+        }
+    },
     ("limits", "answers_per_ip_per_minute"): lambda f: {"limits": {"answers_per_ip_per_minute": 9}},
     ("limits", "answers_per_hour"): lambda f: {"limits": {"answers_per_hour": 99}},
     ("limits", "trusted_networks"): lambda f: {"limits": {"trusted_networks": ["10.0.0.0/8"]}},
@@ -232,6 +241,10 @@ PROBES: dict[Key, Callable[[Daemon, Config], bool]] = {
         and [k.selector for k in d.relay.signer.keys] == [c.dkim.selector, c.dkim.second_selector]
     ),
     ("dkim", "key_file"): lambda d, c: d.relay.signer is not None,
+    ("dkim", "keys"): lambda d, c: (
+        d.relay.signer is not None
+        and [k.selector for k in d.relay.signer.keys] == [k.selector for k in c.dkim.keys]
+    ),
     ("bounces", "threshold"): lambda d, c: d.services.bounces.threshold == c.bounces.threshold,
     ("housekeeping", "keep_days"): lambda d, c: (
         d.housekeeping.config.housekeeping.keep_days == c.housekeeping.keep_days

@@ -29,6 +29,7 @@ from maild.common.schema import (
     ConsoleConfig,
     DatabaseConfig,
     DkimConfig,
+    DkimKeyConfig,
     HousekeepingConfig,
     LimitsConfig,
     ListenAddress,
@@ -207,13 +208,28 @@ def _read_dkim(r: _Reader) -> DkimConfig:
     d = DkimConfig()
     config = DkimConfig(
         domain=r.text("domain", d.domain),
+        keys=_read_dkim_keys(r),
         selector=r.text("selector", d.selector),
         key_file=r.existing_file("key_file"),
         second_selector=r.text("second_selector", d.second_selector),
         second_key_file=r.existing_file("second_key_file"),
     )
+    if config.keys:
+        single = (config.selector, config.key_file, config.second_selector, config.second_key_file)
+        if any(single):
+            raise r.fail(
+                "keys", "give the keys as [[dkim.keys]] or as selector and key_file, not both"
+            )
+        if not config.domain:
+            raise r.fail("keys", "DKIM keys need domain as well")
+        selectors = [key.selector for key in config.keys]
+        if len(set(selectors)) != len(selectors):
+            raise r.fail("keys", "each key needs a selector of its own")
+        return config
     if config.domain and (not config.selector or config.key_file is None):
-        raise r.fail("domain", "DKIM signing needs selector and key_file as well")
+        raise r.fail(
+            "domain", "DKIM signing needs selector and key_file (or [[dkim.keys]]) as well"
+        )
     if bool(config.second_selector) != (config.second_key_file is not None):
         raise r.fail(
             "second_selector", "a second key needs both second_selector and second_key_file"
@@ -324,6 +340,23 @@ def _read_areas(r: _Reader) -> AreasConfig:
     if not path.is_file():
         raise r.fail("file", f"area file {path} does not exist")
     return AreasConfig(file=path)
+
+
+def _read_dkim_keys(r: _Reader) -> tuple[DkimKeyConfig, ...]:
+    """``[[dkim.keys]]``: tables of ``selector`` and ``key_file``."""
+    keys = []
+    for number, table in enumerate(r.get("keys", list, []), start=1):
+        if not isinstance(table, dict):
+            raise r.fail("keys", "must be tables: [[dkim.keys]] with selector and key_file")
+        key = TableReader(table, f"dkim.keys {number}", r.source)
+        unknown = sorted(set(table) - {"selector", "key_file"})
+        if unknown:
+            raise key.fail(unknown[0], "unknown key (a key takes selector and key_file)")
+        selector, key_file = key.text("selector", ""), key.existing_file("key_file")
+        if not selector or key_file is None:
+            raise key.fail("selector" if not selector else "key_file", "each key needs both")
+        keys.append(DkimKeyConfig(selector, key_file))
+    return tuple(keys)
 
 
 _READERS: dict[str, Callable[[_Reader], Any]] = {

@@ -131,17 +131,34 @@ class MailConfig:
 
 
 @dataclass(frozen=True)
+class DkimKeyConfig:
+    selector: str
+    key_file: Path
+
+
+@dataclass(frozen=True)
 class DkimConfig:
     domain: str = ""
+    # The keys, one signature each (an RSA and an Ed25519 key together, RFC 8463):
+    # ``[[dkim.keys]]`` tables, or one key as selector and key_file (and a second one as
+    # second_selector and second_key_file). Read them through signing_keys.
+    keys: tuple[DkimKeyConfig, ...] = ()
     selector: str = ""
     key_file: Path | None = None
-    # A second key of the other kind: RSA and Ed25519 together, two signatures (RFC 8463).
     second_selector: str = ""
     second_key_file: Path | None = None
 
     @property
     def enabled(self) -> bool:
         return bool(self.domain)
+
+    @property
+    def signing_keys(self) -> tuple[DkimKeyConfig, ...]:
+        """Every key, in the order given, whichever form the config used."""
+        if self.keys:
+            return self.keys
+        single = ((self.selector, self.key_file), (self.second_selector, self.second_key_file))
+        return tuple(DkimKeyConfig(s, f) for s, f in single if s and f is not None)
 
 
 @dataclass(frozen=True)

@@ -131,13 +131,11 @@ class DkimSigner:
         """
         if not config.enabled:
             return None
-        if config.key_file is None or not config.selector:
+        if not config.signing_keys:
             raise ValueError("[dkim] domain is set, so selector and key_file are needed as well")
-        more = []
-        if config.second_selector and config.second_key_file is not None:
-            second = load_private_key(config.second_key_file, "second_key_file")
-            more.append(DkimKey.of(config.second_selector, second))
-        return cls(config.domain, config.selector, load_private_key(config.key_file), *more)
+        first, *rest = config.signing_keys
+        more = [DkimKey.of(k.selector, load_private_key(k.key_file)) for k in rest]
+        return cls(config.domain, first.selector, load_private_key(first.key_file), *more)
 
     def sign(self, data: bytes) -> bytes:
         """A ``DKIM-Signature: …`` field (CRLF) per key followed by ``data``, a complete
@@ -178,7 +176,7 @@ def signer_for(config: Config) -> DkimSigner | None:
     ):
         raise ValueError(
             "[dkim] an Ed25519 key alone: not every mailbox provider verifies Ed25519;"
-            " add an RSA key as second_selector and second_key_file (RFC 8463 §4.1)"
+            " add an RSA key as a second [[dkim.keys]] (RFC 8463 §4.1)"
         )
     return signer
 
@@ -276,16 +274,11 @@ def zone_records(config: DkimConfig) -> list[str]:
     """The zone-file lines to publish for ``[dkim]``: one TXT record per key, its text in
     quoted strings of at most 255 characters (RFC 1035 §3.3.14; an RSA-2048 key's record
     is longer than one string may be, and resolvers join them, RFC 6376 §3.6.2.2)."""
-    keys = [(config.selector, config.key_file)]
-    if config.second_selector and config.second_key_file is not None:
-        keys.append((config.second_selector, config.second_key_file))
     lines = []
-    for selector, key_file in keys:
-        if key_file is None:
-            continue
-        text = publish_record(key_file)
+    for key in config.signing_keys:
+        text = publish_record(key.key_file)
         strings = " ".join(f'"{text[i : i + 255]}"' for i in range(0, len(text), 255))
-        lines.append(f"{selector}._domainkey.{config.domain}. IN TXT ( {strings} )")
+        lines.append(f"{key.selector}._domainkey.{config.domain}. IN TXT ( {strings} )")
     return lines
 
 

@@ -146,8 +146,7 @@ def _secret_files(config: Config) -> list[tuple[str, Path]]:
         *(("[service] old_secret_key_files", p) for p in config.service.old_secret_key_files),
         ("[smtp] tls_key_file", config.smtp.tls_key_file),
         ("[relay] password_file", config.relay.password_file),
-        ("[dkim] key_file", config.dkim.key_file),
-        ("[dkim] second_key_file", config.dkim.second_key_file),
+        *(("[dkim] key_file", key.key_file) for key in config.dkim.signing_keys),
     ]
     return [(where, path) for where, path in files if path is not None]
 
