@@ -185,6 +185,9 @@ def writers_blocked(url: str) -> Iterator[None]:
         connection.rollback()
 
 
+requires_postgresql = pytest.mark.skipif(
+    not ON_POSTGRESQL, reason="needs PostgreSQL: runs in the PostgreSQL half"
+)
 requires_sqlite = pytest.mark.skipif(
     ON_POSTGRESQL, reason="about SQLite itself (its file, WAL, write lock, pragmas)"
 )

@@ -18,7 +18,7 @@ from maild.mail.relay import open_relay
 from maild.service.services import Services, build_services
 from maild.store.models import Delivery
 from tests.configs import make_config
-from tests.databases import checked_out
+from tests.databases import checked_out, requires_postgresql
 from tests.smtpsink import SmtpSink
 from tests.subscribers import add_active
 
@@ -99,6 +99,7 @@ def test_a_relay_outage_frees_the_batch_claimed_ahead(tmp_path: Path, sink: Smtp
     s.db.dispose()
 
 
+@requires_postgresql  # SQLite's record is the sent journal (tests/test_journal.py)
 def test_sent_records_mark_exactly_the_groups_given_on_one_held_connection(
     tmp_path: Path, sink: SmtpSink
 ) -> None:

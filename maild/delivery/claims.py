@@ -14,7 +14,6 @@ journal).
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -163,37 +162,31 @@ def mark_sent(connection: Connection, delivery_ids: Sequence[int]) -> None:
 
 
 class SentRecords:
-    """Marks delivery rows sent, a group at a time (the fan-out's group commit), from the
-    event loop through a :class:`~maild.store.bookkeeper.Bookkeeper`; :meth:`close` when
-    the batch is done.
+    """PostgreSQL's record of what the fan-out sent (SQLite's is the sent journal,
+    :mod:`maild.delivery.journal`): delivery rows marked sent a group at a time (the
+    group commit), from the event loop through a
+    :class:`~maild.store.bookkeeper.Bookkeeper`; :meth:`close` when the batch is done.
 
     A group commits every few milliseconds, a few dozen rows, so what surrounds the
     UPDATE costs more than the UPDATE: SQLAlchemy's rendering of an expanding ``IN``
-    each time was as much as the statement. Hence the driver's own SQL, fixed per
-    dialect and group size.
+    each time was as much as the statement. Hence the driver's own SQL, one text for
+    every group size (``= ANY(%s)`` takes the list as one parameter).
     """
 
     def __init__(self, db: Database) -> None:
+        if db.engine.dialect.name != "postgresql":
+            raise ValueError("SentRecords is PostgreSQL's; SQLite keeps a sent journal")
         self._keeper = Bookkeeper(db)
 
     async def write(self, delivery_ids: Sequence[int]) -> None:
-        if self._keeper.dialect == "postgresql":
-            await self._keeper.execute(_SENT_POSTGRESQL, (DELIVERY_SENT, list(delivery_ids)))
-        else:
-            await self._keeper.execute(
-                _sent_sqlite(len(delivery_ids)), (DELIVERY_SENT, *delivery_ids)
-            )
+        await self._keeper.execute(_SENT_POSTGRESQL, (DELIVERY_SENT, list(delivery_ids)))
 
     async def close(self) -> None:
         await self._keeper.close()
 
 
-_SENT_SET = (
-    f"UPDATE {Delivery.__tablename__} SET status = {{0}}, claimed_until = NULL, last_error = NULL"
+# The same values as mark_sent's, in psycopg's paramstyle.
+_SENT_POSTGRESQL = (
+    f"UPDATE {Delivery.__tablename__} SET status = %s, claimed_until = NULL, last_error = NULL"
+    " WHERE id = ANY(%s)"
 )
-_SENT_POSTGRESQL = _SENT_SET.format("%s") + " WHERE id = ANY(%s)"
-
-
-@functools.cache  # one text per group size, at most the relay's connections
-def _sent_sqlite(count: int) -> str:
-    return _SENT_SET.format("?") + f" WHERE id IN ({', '.join('?' * count)})"
